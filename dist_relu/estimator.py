@@ -1,0 +1,276 @@
+"""The estimator: the fit plan (DESIGN.md §2–§3), the ``ReLUGaussian`` class, and fits written to Zarr."""
+
+import datetime
+import time
+
+import dask
+import dask.array as da
+import numpy as np
+import zarr
+
+from . import __version__, graph, io, kernels
+from .model import RectifiedGaussian
+from .scheduler import compute
+
+FORMAT = "dist_relu.fit"
+FORMAT_VERSION = 1
+
+METHODS = ("censored", "truncated")
+INVERSIONS = ("tetrachoric", "model")
+
+
+def check_settings(method, passes, inversion, pilot_rows, column_block, split_every):
+    """Raise ``ValueError`` naming the first setting that is out of range."""
+    if method not in METHODS:
+        raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
+    if passes not in (1, 2):
+        raise ValueError(f"passes must be 1 or 2; got {passes!r}")
+    if inversion not in INVERSIONS:
+        raise ValueError(f"inversion must be one of {', '.join(INVERSIONS)}; got {inversion!r}")
+    for name, value, least in (("pilot_rows", pilot_rows, 2), ("column_block", column_block, 1), ("split_every", split_every, 2)):
+        if not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"{name} must be an integer ≥ {least}; got {value!r}")
+
+
+def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", pilot_rows=100_000,
+             clip_bias=False, column_block=512, split_every=8, progress=False):
+    """Return ``(outputs, settings)``: the fit's results as lazy dask arrays, and how they were made.
+
+    What is needed before the main pass is computed here: the pilot's
+    thresholds (one pass) or the whole Step 1 (two passes). Everything in
+    ``outputs`` is then one graph over the samples: computing or storing it
+    reads the data once more.
+
+    Parameters
+    ----------
+    samples : dask array, shape (n, d)
+        As from ``io.open_samples``.
+    See ``ReLUGaussian`` for the rest.
+
+    Returns
+    -------
+    outputs : dict of dask arrays
+        ``covariance`` (d, d), ``bias``, ``scale``, ``status``, ``thresholds``,
+        ``positive_fraction``, ``counts`` (d, d), and the sufficient statistics
+        ``n_zero``, ``n_positive``, ``sum_positive``, ``sum_sq_positive``.
+    settings : dict
+        JSON-ready description of the fit, stored with its output.
+    """
+    check_settings(method, passes, inversion, pilot_rows, column_block, split_every)
+    io.check_samples(samples)
+    n, d = samples.shape
+    if max(samples.chunks[1]) != min(column_block, d) or len(set(samples.chunks[1][:-1])) > 1:
+        samples = samples.rechunk({1: column_block})
+
+    if passes == 1:
+        # Thresholds from a pilot: rows spread over the array, independent of its chunking.
+        runs = kernels.pilot_row_runs(n, pilot_rows)
+        pilot = da.concatenate([samples[start:stop] for start, stop in runs])
+        (pilot_statistics,) = compute(graph.column_statistics(pilot, split_every), progress=progress)
+        pilot_bias = kernels.fit_coordinates(pilot_statistics, method)[0]
+        thresholds = np.maximum(0.0, pilot_bias)
+        statistics = graph.column_statistics(samples, split_every)
+    else:
+        (full_statistics,) = compute(graph.column_statistics(samples, split_every), progress=progress)
+        thresholds = np.maximum(0.0, kernels.fit_coordinates(full_statistics, method)[0])
+        statistics = da.from_array(full_statistics, chunks=(samples.chunks[1], 4))
+
+    bias, scale, status = graph.coordinate_estimates(statistics, method)
+    thresholds = da.from_array(thresholds, chunks=(samples.chunks[1],))
+    counts = graph.coexceedance_counts(samples, thresholds, split_every)
+    if inversion == "tetrachoric":
+        margins = graph.tetrachoric_margins(counts, n)
+    else:
+        margins = da.map_blocks(kernels.threshold_margins, bias, scale, thresholds, dtype=np.float64)
+    covariance = graph.covariance(counts, n, margins, scale)
+    if clip_bias:
+        bias = da.maximum(bias, 0.0)
+
+    outputs = {
+        "covariance": covariance,
+        "bias": bias,
+        "scale": scale,
+        "status": status,
+        "thresholds": thresholds,
+        "positive_fraction": statistics[:, 1] / n,
+        "counts": counts,
+    }
+    outputs.update({name: statistics[:, k] for k, name in enumerate(kernels.STATISTICS)})
+    settings = {
+        "n_samples": int(n),
+        "n_coordinates": int(d),
+        "method": method,
+        "passes": passes,
+        "inversion": inversion,
+        "pilot_rows": int(min(pilot_rows, n)) if passes == 1 else None,
+        "clip_bias": bool(clip_bias),
+        "column_block": int(max(samples.chunks[1])),
+        "row_chunk": int(max(samples.chunks[0])),
+        "split_every": int(split_every),
+    }
+    return outputs, settings
+
+
+def _provenance(settings, seconds, source=None):
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "dist_relu_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+        "source": None if source is None else str(source),
+        "versions": {"numpy": np.__version__, "dask": dask.__version__, "zarr": zarr.__version__},
+        **settings,
+    }
+
+
+def write_group(path, arrays, attributes, progress=False):
+    """Write ``arrays`` (dask or numpy) and ``attributes`` as a new Zarr group at ``path``.
+
+    Dask arrays are stored block by block by the tasks that compute them, so a
+    ``d × d`` result is never assembled in one process.
+    """
+    group = zarr.open_group(str(path), mode="w-")
+    targets = io.create_arrays(group, arrays)
+    if targets:
+        sources, stores = zip(*targets.values())
+        compute(da.store(list(sources), list(stores), lock=False, compute=False), progress=progress)
+    group.attrs.update(attributes)
+    return group
+
+
+def fit_to_zarr(source, out, *, array="samples", overwrite=False, progress=False, **settings):
+    """Fit the samples at ``source`` and write the fit as a Zarr group at ``out``; return its attributes.
+
+    The output appears only when complete (see ``io.atomic_store``). Keyword
+    settings are those of ``ReLUGaussian``.
+    """
+    samples = io.open_samples(source, array=array)
+    start = time.perf_counter()
+    with io.atomic_store(out, overwrite=overwrite) as partial:
+        outputs, fit_settings = plan_fit(samples, progress=progress, **settings)
+        group = write_group(partial, outputs, {}, progress=progress)
+        attributes = _provenance(fit_settings, time.perf_counter() - start, source if not hasattr(source, "shape") else None)
+        group.attrs.update(attributes)
+    return attributes
+
+
+class ReLUGaussian:
+    """Estimate ``Σ = W Wᵀ`` and ``b`` of ``x = ReLU(W z + b)``, ``z ~ N(0, I)``, from samples.
+
+    Parameters
+    ----------
+    method : {"censored", "truncated"}, default "censored"
+        Step 1 estimator of ``(b_i, σ_i)``: censored-normal (Tobit) maximum
+        likelihood, zeros included, or the paper's truncated-normal likelihood
+        of the positives alone.
+    passes : {1, 2}, default 1
+        1: thresholds from a pilot of ``pilot_rows`` rows, then statistics and
+        counts in one read. 2: the paper's order, thresholds ``max(0, b̂)`` from
+        a full first read, counts in a second.
+    inversion : {"tetrachoric", "model"}, default "tetrachoric"
+        Margins used to invert the orthant probability: ``Φ⁻¹(c_i/n)``, the
+        exceedance fraction each threshold had, or ``(b̂_i − t_i)/σ̂_i``.
+    pilot_rows : int, default 100_000
+        Rows of the pilot (one pass), taken as 8 runs spread over the array.
+    clip_bias : bool, default False
+        Report ``max(0, b̂)`` as the paper does. The thresholds are clipped
+        either way.
+    column_block : int, default 512
+        Coordinates per column block: each count task holds two blocks of
+        indicators and a ``column_block²`` count block. Does not affect results.
+    split_every : int, default 8
+        Fan-in of the tree reductions over row chunks. Does not affect the
+        counts; the statistics only to rounding.
+
+    Attributes
+    ----------
+    covariance_ : ndarray (d, d)
+        ``Σ̂``; not necessarily positive semidefinite.
+    bias_, scale_ : ndarray (d,)
+        ``b̂`` and ``σ̂``.
+    status_ : ndarray (d,) of int8
+        Per-coordinate status, ``kernels.STATUS_NAMES``.
+    positive_fraction_ : ndarray (d,)
+        Fraction of positive samples per coordinate: a coordinate with few
+        positives (``b ≪ 0``) needs many samples.
+    thresholds_ : ndarray (d,)
+    counts_ : ndarray (d, d) of int64
+        Co-exceedance counts ``C_ij = #{m : x_mi > t_i, x_mj > t_j}``.
+    statistics_ : ndarray (d, 4)
+        ``(n0, n1, S1, S2)`` per coordinate.
+    n_samples_ : int
+    model_ : RectifiedGaussian
+        The fitted distribution: ``sample``, ``factor``, ``errors``.
+    settings_ : dict
+        How the fit was made, as stored with a saved fit.
+
+    Notes
+    -----
+    ``Σ̂_ij = σ̂_i σ̂_j ρ_ij`` with ``ρ_ij`` the root of
+    ``Φ₂(a_i, a_j; ρ) = C_ij / n``. With ``a = 0`` this is the paper's
+    ``ρ = cos(π − 2π C_ij/n)``.
+
+    Examples
+    --------
+    >>> est = ReLUGaussian().fit("samples.zarr")        # doctest: +SKIP
+    >>> est.model_.errors(truth_covariance, truth_bias)  # doctest: +SKIP
+    """
+
+    def __init__(self, method="censored", passes=1, inversion="tetrachoric", pilot_rows=100_000,
+                 clip_bias=False, column_block=512, split_every=8):
+        self.method = method
+        self.passes = passes
+        self.inversion = inversion
+        self.pilot_rows = pilot_rows
+        self.clip_bias = clip_bias
+        self.column_block = column_block
+        self.split_every = split_every
+
+    def get_params(self):
+        return {name: getattr(self, name) for name in (
+            "method", "passes", "inversion", "pilot_rows", "clip_bias", "column_block", "split_every")}
+
+    def fit(self, X, array="samples", progress=False):
+        """Fit the estimator on samples ``X`` and return ``self``.
+
+        ``X`` is a path to a Zarr array or group (``array`` names the array in
+        a group), a zarr array, a dask array or a numpy array, shape (n, d).
+        Runs on the default ``distributed`` client if there is one, else on
+        local threads.
+        """
+        samples = io.open_samples(X, array=array)
+        start = time.perf_counter()
+        outputs, settings = plan_fit(samples, progress=progress, **self.get_params())
+        values = dict(zip(outputs, compute(*outputs.values(), progress=progress)))
+        self.settings_ = _provenance(settings, time.perf_counter() - start)
+        self.covariance_ = values["covariance"]
+        self.bias_ = values["bias"]
+        self.scale_ = values["scale"]
+        self.status_ = values["status"]
+        self.positive_fraction_ = values["positive_fraction"]
+        self.thresholds_ = values["thresholds"]
+        self.counts_ = values["counts"]
+        self.statistics_ = np.stack([values[name] for name in kernels.STATISTICS], axis=1)
+        self.n_samples_ = settings["n_samples"]
+        self.model_ = RectifiedGaussian(self.covariance_, self.bias_)
+        return self
+
+    def save(self, path, overwrite=False):
+        """Write the fit as a Zarr group at ``path``, in the layout of ``dist-relu fit``."""
+        arrays = {
+            "covariance": self.covariance_, "bias": self.bias_, "scale": self.scale_,
+            "status": self.status_, "thresholds": self.thresholds_,
+            "positive_fraction": self.positive_fraction_, "counts": self.counts_,
+        }
+        arrays.update({name: self.statistics_[:, k] for k, name in enumerate(kernels.STATISTICS)})
+        with io.atomic_store(path, overwrite=overwrite) as partial:
+            write_group(partial, arrays, self.settings_)
+
+
+def open_fit(path):
+    """Return ``(model, group)`` of a fit written by ``dist-relu fit`` or ``ReLUGaussian.save``."""
+    group = zarr.open_group(str(path), mode="r")
+    if group.attrs.get("format") != FORMAT:
+        raise io.InputError(f"{path} is not a dist_relu fit (no format attribute {FORMAT!r})")
+    return RectifiedGaussian(group["covariance"][:], group["bias"][:]), group

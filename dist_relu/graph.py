@@ -1,0 +1,118 @@
+"""Graph building: which kernel runs on which blocks, and how partials reduce.
+
+Dask only; every number is computed by a kernel of ``kernels.py``, and nothing
+here computes: each function takes dask arrays and returns dask arrays.
+
+Shapes (DESIGN.md §5): samples are chunked in row chunks ``r`` and column blocks
+``I``. Statistics are ``(d_I, 4)`` per (row chunk, column block), summed over row
+chunks as a tree. Counts are ``(d_I, d_J)`` partials per (row chunk, block pair
+``I ≤ J``), summed over row chunks as a tree (``split_every`` partials per task,
+never one long serial fold); the lower block triangle is the upper one
+transposed, so only ``B(B+1)/2`` block pairs are counted.
+"""
+
+import dask.array as da
+import numpy as np
+
+from . import kernels
+
+
+def _statistics_partial(x):
+    return kernels.chunk_statistics(x)[None]
+
+
+def _coexceedance_partial(indicators_i, indicators_j):
+    return kernels.coexceedance_partial(indicators_i, indicators_j)[None]
+
+
+def _estimates_block(statistics, method):
+    bias, scale, status = kernels.fit_coordinates(statistics, method)
+    return np.stack([bias, scale, status], axis=1)
+
+
+def column_statistics(samples, split_every=8):
+    """Return the lazy ``(d, 4)`` sufficient statistics ``(n0, n1, S1, S2)`` of ``samples``.
+
+    Memory: one ``(d_I, 4)`` float64 array per row chunk and column block;
+    ``split_every`` of them per reduction task.
+    """
+    partials = da.blockwise(
+        _statistics_partial, "rik", samples, "ri",
+        new_axes={"k": 4}, adjust_chunks={"r": 1},
+        dtype=np.float64, name="chunk-statistics",
+        meta=np.empty((0, 0, 0), dtype=np.float64),
+    )
+    return partials.sum(axis=0, split_every=split_every)
+
+
+def coordinate_estimates(statistics, method="censored"):
+    """Return lazy ``(bias, scale, status)``: one vectorised solve per column block."""
+    solved = statistics.map_blocks(
+        _estimates_block, method,
+        chunks=(statistics.chunks[0], (3,)),
+        dtype=np.float64, name=f"fit-coordinates-{method}",
+    )
+    return solved[:, 0], solved[:, 1], solved[:, 2].astype(np.int8)
+
+
+def coexceedance_counts(samples, thresholds, split_every=8):
+    """Return the lazy ``(d, d)`` int64 counts ``C = Iᵀ I`` of ``I = (samples > thresholds)``.
+
+    The indicator of each (row chunk, column block) is formed once and shared by
+    all the block pairs that use it. Memory: a reduction task holds
+    ``split_every`` int64 blocks of ``d_I × d_J``; ``split_every`` does not
+    affect results (the counts are exact integers).
+    """
+    thresholds = da.asarray(thresholds).rechunk((samples.chunks[1],))
+    indicators = da.blockwise(
+        kernels.exceedance_indicators, "ri", samples, "ri", thresholds, "i",
+        dtype=np.float32, name="exceedance-indicators",
+    )
+    partials = da.blockwise(
+        _coexceedance_partial, "rij", indicators, "ri", indicators, "rj",
+        adjust_chunks={"r": 1}, dtype=np.int64, name="coexceedance-partial",
+        meta=np.empty((0, 0, 0), dtype=np.int64),
+    )
+    full = partials.sum(axis=0, split_every=split_every)
+    # Only the upper block triangle is asked for, so dask culls the partials
+    # of the lower one, which would repeat the same counts transposed.
+    n_blocks = full.numblocks[0]
+    return da.block([
+        [full.blocks[i, j] if i <= j else full.blocks[j, i].T for j in range(n_blocks)]
+        for i in range(n_blocks)
+    ])
+
+
+def tetrachoric_margins(counts, n_samples):
+    """Return lazy ``a_i = Φ⁻¹(c_i/n)`` from the diagonal of the counts."""
+    return da.diagonal(counts).map_blocks(kernels.tetrachoric_margins, n_samples, dtype=np.float64)
+
+
+def covariance(counts, n_samples, margins, scale):
+    """Return the lazy ``(d, d)`` estimate ``Σ̂``, one inversion task per count block."""
+    chunks = (counts.chunks[0],)
+    margins = da.asarray(margins).rechunk(chunks)
+    scale = da.asarray(scale).rechunk(chunks)
+    index = da.arange(counts.shape[0], chunks=chunks)
+    return da.blockwise(
+        kernels.covariance_block, "ij",
+        counts, "ij", n_samples, None,
+        margins, "i", margins, "j", scale, "i", scale, "j", index, "i", index, "j",
+        dtype=np.float64, name="covariance-block",
+    )
+
+
+def _simulated_block(weights, bias, seed, dtype, block_info=None):
+    info = block_info[None]
+    rows = info["chunk-shape"][0]
+    return kernels.relu_gaussian_chunk(rows, weights, bias, seed, info["chunk-location"][0], dtype)
+
+
+def simulated_samples(n_samples, weights, bias, chunk_rows, seed, dtype=np.float32):
+    """Return a lazy ``(n, d)`` array of ``ReLU(W z + b)`` samples, one seeded draw per row chunk."""
+    return da.map_blocks(
+        _simulated_block, weights, bias, seed, np.dtype(dtype),
+        chunks=(da.core.normalize_chunks(chunk_rows, (n_samples,))[0], (weights.shape[0],)),
+        dtype=dtype, name=f"simulate-{seed}",
+        meta=np.empty((0, 0), dtype=dtype),
+    )

@@ -1,0 +1,377 @@
+"""Math kernels: numpy and scipy only, one chunk or one block at a time.
+
+Nothing here imports dask. Every function takes and returns plain arrays, so each
+can be tested on its own against formulas and scipy (``tests/test_kernels.py``);
+``graph.py`` decides which kernel runs on which blocks.
+
+Notation follows ``DESIGN.md``: a sample is ``x = max(0, y)``, ``y ~ N(b, Σ)``;
+per coordinate ``n0`` zeros, ``n1`` positives, ``S1 = Σ_{x>0} x``,
+``S2 = Σ_{x>0} x²``; thresholds ``t``; co-exceedance counts ``C = Iᵀ I`` with
+``I = (X > t)``.
+"""
+
+import numpy as np
+from scipy import special
+
+# Column order of a sufficient-statistics array of shape (d, 4).
+STATISTICS = ("n_zero", "n_positive", "sum_positive", "sum_sq_positive")
+
+# Per-coordinate status codes (DESIGN.md §2, footnote 3 of the paper).
+STATUS_OK = 0
+STATUS_FEW_POSITIVES = 1  # fewer than MIN_POSITIVES positive values: estimate unreliable
+STATUS_ALL_ZERO = 2  # no positive value: σ̂ = 0 and b̂ ≤ 0 is unidentifiable (reported as 0)
+STATUS_CONSTANT = 3  # one positive value repeated in every sample: σ̂ = 0, b̂ = that value
+STATUS_NOT_CONVERGED = 4  # the likelihood maximisation did not converge
+STATUS_NAMES = {
+    STATUS_OK: "ok",
+    STATUS_FEW_POSITIVES: "few positives",
+    STATUS_ALL_ZERO: "all zero",
+    STATUS_CONSTANT: "constant",
+    STATUS_NOT_CONVERGED: "not converged",
+}
+MIN_POSITIVES = 30
+
+# float32 sums of 0/1 products are exact up to 2**24 (the float32 mantissa).
+_EXACT_FLOAT32_ROWS = 2**24
+
+
+# --------------------------------------------------------------------------
+# One chunk of samples
+# --------------------------------------------------------------------------
+
+
+def chunk_statistics(x):
+    """Return the sufficient statistics ``(n0, n1, S1, S2)`` of each column of ``x``.
+
+    Parameters
+    ----------
+    x : ndarray, shape (rows, d)
+        A chunk of samples.
+
+    Returns
+    -------
+    ndarray, shape (d, 4), float64
+        Columns in the order of ``STATISTICS``. Additive over row chunks: the
+        statistics of a stack of chunks are the sum of theirs.
+    """
+    positive = x > 0
+    values = np.where(positive, x, 0).astype(np.float64, copy=False)
+    n1 = positive.sum(axis=0, dtype=np.int64)
+    out = np.empty((x.shape[1], 4), dtype=np.float64)
+    out[:, 0] = x.shape[0] - n1
+    out[:, 1] = n1
+    out[:, 2] = values.sum(axis=0)
+    out[:, 3] = np.einsum("ij,ij->j", values, values)
+    return out
+
+
+def exceedance_indicators(x, thresholds):
+    """Return the 0/1 indicator ``x > thresholds`` as float32 (ready for exact GEMM)."""
+    return (x > thresholds).astype(np.float32)
+
+
+def coexceedance_partial(indicators_i, indicators_j):
+    """Return the exact integer count block ``Iᵢᵀ Iⱼ`` of two indicator blocks.
+
+    Parameters
+    ----------
+    indicators_i, indicators_j : ndarray, shapes (rows, d_i) and (rows, d_j)
+        0/1 float32 indicators of the same rows, two column blocks.
+
+    Returns
+    -------
+    ndarray, shape (d_i, d_j), int64
+        ``C[k, l] = #{m : I[m, k] = 1 and J[m, l] = 1}``.
+
+    Notes
+    -----
+    numpy's integer matmul does not use BLAS; float32 GEMM of 0/1 values is
+    ~100x faster and exact while every partial sum stays below 2**24, so
+    longer row blocks are cut into pieces of at most 2**24 rows.
+    """
+    rows = indicators_i.shape[0]
+    out = np.zeros((indicators_i.shape[1], indicators_j.shape[1]), dtype=np.int64)
+    for start in range(0, rows, _EXACT_FLOAT32_ROWS):
+        stop = start + _EXACT_FLOAT32_ROWS
+        out += (indicators_i[start:stop].T @ indicators_j[start:stop]).astype(np.int64)
+    return out
+
+
+def pilot_row_runs(n_rows, n_pilot, n_runs=8):
+    """Return ``[(start, stop), ...]``: ``n_runs`` contiguous row runs of ``n_pilot`` rows in all, spread evenly.
+
+    The runs depend only on ``n_rows`` and ``n_pilot``, never on the chunking,
+    so a one-pass fit picks the same thresholds on any chunking; contiguous
+    runs keep the pilot's reads to a few chunks of a large array.
+    """
+    if n_pilot >= n_rows:
+        return [(0, n_rows)]
+    n_runs = max(1, min(n_runs, n_pilot))
+    lengths = np.full(n_runs, n_pilot // n_runs)
+    lengths[: n_pilot % n_runs] += 1
+    starts = (np.arange(n_runs) * n_rows) // n_runs
+    return [(int(s), int(s + m)) for s, m in zip(starts, lengths)]
+
+
+def relu_gaussian_chunk(rows, weights, bias, seed, chunk_index, dtype=np.float32):
+    """Return ``rows`` samples ``ReLU(W z + b)`` drawn from a generator seeded by ``(seed, chunk_index)``.
+
+    Seeding by the chunk's index makes the data independent of which worker
+    draws which chunk, and of the order they run in.
+    """
+    rng = np.random.default_rng([seed, chunk_index])
+    z = rng.standard_normal((rows, weights.shape[1]))
+    return np.maximum(0.0, z @ weights.T + bias).astype(dtype)
+
+
+# --------------------------------------------------------------------------
+# Step 1: per-coordinate bias and scale from (n0, n1, S1, S2)
+# --------------------------------------------------------------------------
+
+
+def _log_ndtr_derivatives(v):
+    """Return ``log Φ(v)`` and its first two derivatives, stable in both tails."""
+    log_cdf = special.log_ndtr(v)
+    mills = np.exp(-0.5 * v * v - 0.5 * np.log(2 * np.pi) - log_cdf)  # φ(v)/Φ(v)
+    return log_cdf, mills, -mills * (v + mills)
+
+
+def _likelihood(gamma, tau, cut, w_cens, sign, w1, s1, s2):
+    """Per-sample log-likelihood, gradient and Hessian in Olsen's ``(γ, τ)``.
+
+    ``ℓ = w_cens·log Φ(sign·(cut·τ − γ)) + w1·log τ − ½(τ² s2 − 2τγ s1 + w1 γ²)``:
+    censored normal with ``(w_cens, sign) = (n0/n, +1)``, truncated with
+    ``(−n1/n, −1)``; ``cut`` is the censoring point in the standardised units.
+    """
+    u = sign * (cut * tau - gamma)
+    log_cdf, d1, d2 = _log_ndtr_derivatives(u)
+    value = w_cens * log_cdf + w1 * np.log(tau) - 0.5 * (tau**2 * s2 - 2 * tau * gamma * s1 + w1 * gamma**2)
+    g_gamma = -w_cens * sign * d1 + tau * s1 - w1 * gamma
+    g_tau = cut * w_cens * sign * d1 + w1 / tau - tau * s2 + gamma * s1
+    h_gg = w_cens * d2 - w1
+    h_gt = -cut * w_cens * d2 + s1
+    h_tt = cut**2 * w_cens * d2 - w1 / tau**2 - s2
+    return value, g_gamma, g_tau, h_gg, h_gt, h_tt
+
+
+def _maximise(cut, w_cens, sign, w1, s1, s2, max_iter=100, tol=1e-11):
+    """Return ``(γ, τ, converged)``: damped Newton ascent, vectorised over coordinates."""
+    gamma = np.zeros_like(cut)
+    tau = np.ones_like(cut)
+    active = np.ones(cut.shape, dtype=bool)
+    converged = np.zeros(cut.shape, dtype=bool)
+    args = lambda m: (cut[m], w_cens[m], sign, w1[m], s1[m], s2[m])  # noqa: E731
+    for _ in range(max_iter):
+        if not active.any():
+            break
+        idx = np.flatnonzero(active)
+        g, t = gamma[idx], tau[idx]
+        value, gg, gt, hgg, hgt, htt = _likelihood(g, t, *args(idx))
+        det = hgg * htt - hgt**2
+        step_g = -(htt * gg - hgt * gt) / det
+        step_t = -(hgg * gt - hgt * gg) / det
+        # Where the Hessian is not negative definite numerically, take a gradient step.
+        bad = ~(det > 0) | ~(hgg < 0)
+        step_g = np.where(bad, gg, step_g)
+        step_t = np.where(bad, gt, step_t)
+        alpha = np.ones_like(g)
+        for _halving in range(60):
+            new_g, new_t = g + alpha * step_g, t + alpha * step_t
+            ok = new_t > 0
+            new_value = np.full_like(g, -np.inf)
+            new_value[ok] = _likelihood(new_g[ok], new_t[ok], *args(idx[ok]))[0]
+            accept = new_value >= value - 1e-15 * np.abs(value)
+            if accept.all():
+                break
+            alpha = np.where(accept, alpha, alpha / 2)
+        gamma[idx] = np.where(accept, new_g, g)
+        tau[idx] = np.where(accept, new_t, t)
+        size = np.abs(alpha * step_g) + np.abs(alpha * step_t) / t
+        done = accept & (size < tol)
+        converged[idx[done]] = True
+        active[idx[done | ~accept]] = False
+    return gamma, tau, converged
+
+
+def fit_coordinates(statistics, method="censored"):
+    """Return ``(bias, scale, status)`` of each coordinate from its sufficient statistics.
+
+    Parameters
+    ----------
+    statistics : ndarray, shape (d, 4)
+        ``(n0, n1, S1, S2)`` per coordinate, as from ``chunk_statistics`` summed.
+    method : {"censored", "truncated"}
+        ``"censored"`` (Tobit) maximises the likelihood of the censored normal,
+        zeros included; ``"truncated"`` that of the positives alone, as the paper
+        does.
+
+    Returns
+    -------
+    bias, scale : ndarray, shape (d,), float64
+        ``b̂`` and ``σ̂``, not clipped.
+    status : ndarray, shape (d,), int8
+        One of the ``STATUS_*`` codes.
+
+    Notes
+    -----
+    The positives are first standardised by their mean ``m`` and standard
+    deviation ``s`` (so the censoring point becomes ``c = −m/s``), then Newton's
+    method with step halving maximises the globally concave log-likelihood in
+    Olsen's parameters ``γ = µ/σ``, ``τ = 1/σ`` (DESIGN.md §2), starting from
+    the moments of the positives. The statistics are divided by ``n``, so the
+    tolerance does not depend on the sample size.
+    """
+    statistics = np.asarray(statistics, dtype=np.float64)
+    n0, n1, s1_raw, s2_raw = statistics.T
+    n = n0 + n1
+    d = statistics.shape[0]
+    bias = np.zeros(d)
+    scale = np.zeros(d)
+    status = np.full(d, STATUS_OK, dtype=np.int8)
+
+    safe_n1 = np.maximum(n1, 1)
+    mean = s1_raw / safe_n1
+    var = np.maximum(s2_raw / safe_n1 - mean**2, 0.0)
+    all_zero = n1 == 0
+    constant = ~all_zero & (n0 == 0) & (var <= 1e-12 * mean**2)
+    status[all_zero] = STATUS_ALL_ZERO
+    status[constant] = STATUS_CONSTANT
+    bias[constant] = mean[constant]
+
+    solve = ~all_zero & ~constant
+    if solve.any():
+        m, v = mean[solve], var[solve]
+        # Positives all equal but zeros present: standardise by the value itself.
+        s = np.where(v > 1e-12 * m**2, np.sqrt(v), m)
+        w_all = n[solve]
+        w1 = n1[solve] / w_all
+        s1 = (s1_raw[solve] - n1[solve] * m) / (s * w_all)
+        s2 = (s2_raw[solve] - 2 * m * s1_raw[solve] + n1[solve] * m**2) / (s**2 * w_all)
+        cut = -m / s
+        if method == "censored":
+            w_cens, sign = n0[solve] / w_all, 1.0
+        elif method == "truncated":
+            w_cens, sign = -w1, -1.0
+        else:
+            raise ValueError(f"unknown method {method!r}: use 'censored' or 'truncated'")
+        gamma, tau, converged = _maximise(cut, w_cens, sign, w1, s1, s2)
+        bias[solve] = m + s * gamma / tau
+        scale[solve] = s / tau
+        sub = status[solve]
+        sub[n1[solve] < MIN_POSITIVES] = STATUS_FEW_POSITIVES
+        sub[~converged] = STATUS_NOT_CONVERGED
+        status[solve] = sub
+    return bias, scale, status
+
+
+# --------------------------------------------------------------------------
+# Step 2: per pair, invert the bivariate normal orthant probability
+# --------------------------------------------------------------------------
+
+_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(32)
+
+
+def _orthant_integrand(a_i, a_j, s):
+    """Return ``exp(−(a_i² + a_j² − 2 a_i a_j sin s) / (2 cos² s))``: ``2π φ₂`` after ``r = sin s``."""
+    c2 = np.cos(s) ** 2
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        g = np.exp(-(a_i**2 + a_j**2 - 2 * a_i * a_j * np.sin(s)) / (2 * c2))
+    return np.where(c2 > 0, g, 0.0)
+
+
+def _orthant_increment(a_i, a_j, theta):
+    """Return ``Φ₂(a_i, a_j; sin θ) − Φ(a_i)Φ(a_j) = (1/2π)∫₀^θ g(s) ds`` by Gauss–Legendre."""
+    s = theta[..., None] * (0.5 * (_GL_NODES + 1))
+    g = _orthant_integrand(a_i[..., None], a_j[..., None], s)
+    return theta * (g @ _GL_WEIGHTS) / (4 * np.pi)
+
+
+def orthant_probability(a_i, a_j, rho):
+    """Return ``Φ₂(a_i, a_j; ρ) = P[Z_i ≤ a_i, Z_j ≤ a_j]`` for standard normals of correlation ρ.
+
+    Uses ``Φ₂ = Φ(a_i)Φ(a_j) + ∫₀^ρ φ₂(a_i, a_j; r) dr`` with ``r = sin s``,
+    which makes the integrand smooth up to ``|ρ| = 1``. Broadcasts.
+    """
+    a_i, a_j, rho = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (a_i, a_j, rho)))
+    theta = np.arcsin(np.clip(rho, -1, 1))
+    return special.ndtr(a_i) * special.ndtr(a_j) + _orthant_increment(a_i, a_j, theta)
+
+
+def invert_orthant(a_i, a_j, p, max_iter=60, tol=1e-13):
+    """Return ``ρ`` with ``Φ₂(a_i, a_j; ρ) = p``, clipped to ``[−1, 1]``. Broadcasts.
+
+    ``Φ₂`` increases in ``ρ``; the root is found in ``θ = arcsin ρ`` by Newton's
+    method kept inside a shrinking bracket (bisection when a step leaves it).
+    For ``a_i = a_j = 0`` the first step is exact: ``θ = 2π(p − ¼)``, which is
+    the paper's Lemma 2, ``ρ = cos(π − 2πp)``. Where ``p`` lies outside the
+    attainable range ``[max(0, Φ(a_i)+Φ(a_j)−1), min(Φ(a_i), Φ(a_j))]`` the
+    answer is clipped to ``−1`` or ``1``; where an ``a`` is not finite (a
+    threshold nobody or everybody exceeds) the pair carries no information and
+    ``ρ`` is 0.
+    """
+    a_i, a_j, p = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (a_i, a_j, p)))
+    cdf_i, cdf_j = special.ndtr(a_i), special.ndtr(a_j)
+    target = p - cdf_i * cdf_j
+    low_end = p <= np.maximum(0.0, cdf_i + cdf_j - 1)
+    high_end = p >= np.minimum(cdf_i, cdf_j)
+    informative = np.isfinite(a_i) & np.isfinite(a_j)
+    interior = informative & ~low_end & ~high_end
+
+    rho = np.where(high_end, 1.0, np.where(low_end, -1.0, 0.0))
+    rho[~informative] = 0.0
+    if not interior.any():
+        return rho
+    ai, aj, q = a_i[interior], a_j[interior], target[interior]
+    lo = np.full(q.shape, -np.pi / 2)
+    hi = np.full(q.shape, np.pi / 2)
+    theta = np.clip(2 * np.pi * q, lo, hi)
+    for _ in range(max_iter):
+        f = _orthant_increment(ai, aj, theta) - q
+        lo = np.where(f < 0, theta, lo)
+        hi = np.where(f > 0, theta, hi)
+        slope = _orthant_integrand(ai, aj, theta) / (2 * np.pi)
+        with np.errstate(divide="ignore", invalid="ignore"):
+            new = theta - f / slope
+        outside = ~((new > lo) & (new < hi))
+        new = np.where(outside, 0.5 * (lo + hi), new)
+        change = np.abs(new - theta)
+        theta = new
+        if change.max() < tol:
+            break
+    rho[interior] = np.sin(theta)
+    return rho
+
+
+def covariance_block(counts, n, a_i, a_j, scale_i, scale_j, index_i, index_j):
+    """Return the block ``Σ̂_ij = σ̂_i σ̂_j ρ_ij`` from co-exceedance counts.
+
+    Parameters
+    ----------
+    counts : ndarray, shape (d_i, d_j), int64
+        Co-exceedance counts of the block.
+    n : int
+        Number of samples.
+    a_i, a_j : ndarray, shapes (d_i,) and (d_j,)
+        Standardised threshold margins (``threshold_margins`` or
+        ``tetrachoric_margins``).
+    scale_i, scale_j : ndarray
+        ``σ̂`` of the block's rows and columns.
+    index_i, index_j : ndarray of int
+        Global coordinate numbers of the block's rows and columns: where they
+        are equal, ``ρ = 1`` and ``Σ̂_ii = σ̂_i²`` by definition.
+    """
+    rho = invert_orthant(a_i[:, None], a_j[None, :], counts / n)
+    rho[index_i[:, None] == index_j[None, :]] = 1.0
+    return scale_i[:, None] * scale_j[None, :] * rho
+
+
+def tetrachoric_margins(exceedance_counts, n):
+    """Return ``a_i = Φ⁻¹(c_i/n)``: the margin each threshold actually had (DESIGN.md §3)."""
+    return special.ndtri(np.asarray(exceedance_counts) / n)
+
+
+def threshold_margins(bias, scale, thresholds):
+    """Return model-based ``a_i = (b̂_i − t_i)/σ̂_i``; ``−inf`` where ``σ̂_i = 0``."""
+    with np.errstate(divide="ignore", invalid="ignore"):
+        a = (np.asarray(bias) - thresholds) / scale
+    return np.where(scale > 0, a, -np.inf)

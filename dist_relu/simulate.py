@@ -1,0 +1,68 @@
+"""Simulated data sets: the paper's Figure-1 generators, and samples written straight to Zarr."""
+
+import numpy as np
+
+from . import graph, io
+from .estimator import write_group
+
+BIAS_KINDS = ("clipped", "gaussian")
+
+
+def figure1_truth(d, kappa=1.0, seed=0, bias="clipped"):
+    """Return ``(W, b)`` drawn as in the paper's Figure 1 (DESIGN.md §4).
+
+    ``W = U diag(λ⁰, λ⁻¹, …, λ^-(d-1))`` with ``U`` the orthogonal factor of the
+    SVD of a Gaussian ``d × d`` matrix and ``λ = κ^(1/(2(d−1)))``, so ``W Wᵀ``
+    has condition number ``κ``. ``b ~ N(0, I)``, clipped at 0 with
+    ``bias="clipped"`` (the paper) or left as drawn with ``"gaussian"``.
+    """
+    if bias not in BIAS_KINDS:
+        raise ValueError(f"bias must be one of {', '.join(BIAS_KINDS)}; got {bias!r}")
+    if d < 1 or kappa < 1:
+        raise ValueError(f"need d ≥ 1 and kappa ≥ 1; got d={d}, kappa={kappa}")
+    rng = np.random.default_rng(seed)
+    u, _, _ = np.linalg.svd(rng.standard_normal((d, d)))
+    ratio = kappa ** (1 / (2 * (d - 1))) if d > 1 else 1.0
+    weights = u * ratio ** -np.arange(d)
+    b = rng.standard_normal(d)
+    if bias == "clipped":
+        b = np.maximum(0.0, b)
+    return weights, b
+
+
+def simulate_to_zarr(out, weights, bias, n_samples, chunk_rows=65_536, seed=0, dtype="float32",
+                     overwrite=False, progress=False):
+    """Write ``n_samples`` samples of ``ReLU(W z + b)`` and the truth as a Zarr group at ``out``.
+
+    The group holds ``samples`` (n, d), chunked ``(chunk_rows, d)``, and
+    ``truth/weights``, ``truth/covariance``, ``truth/bias``. Chunks are drawn in
+    parallel on the current scheduler, each from a generator seeded by
+    ``(seed, chunk index)``, so the data do not depend on the scheduler.
+    """
+    weights = np.asarray(weights, dtype=np.float64)
+    bias = np.asarray(bias, dtype=np.float64)
+    if weights.ndim != 2 or bias.shape != (weights.shape[0],):
+        raise ValueError(f"weights must be (d, k) and bias (d,); got {weights.shape} and {bias.shape}")
+    if n_samples < 1 or chunk_rows < 1:
+        raise ValueError("n_samples and chunk_rows must be positive")
+    samples = graph.simulated_samples(n_samples, weights, bias, chunk_rows, seed, dtype)
+    attributes = {
+        "generator": "dist_relu.simulate", "model": "x = ReLU(W z + b), z ~ N(0, I)",
+        "n_samples": int(n_samples), "seed": int(seed), "chunk_rows": int(chunk_rows),
+    }
+    with io.atomic_store(out, overwrite=overwrite) as partial:
+        write_group(partial, {"samples": samples}, attributes, progress=progress)
+        truth = {"weights": weights, "covariance": weights @ weights.T, "bias": bias}
+        write_group(f"{partial}/truth", truth, {"note": "the parameters the samples were drawn from"})
+    return attributes
+
+
+def open_truth(path):
+    """Return ``(covariance, bias)`` stored beside simulated samples at ``path``."""
+    import zarr
+
+    try:
+        truth = zarr.open_group(str(path), mode="r")["truth"]
+    except (KeyError, FileNotFoundError) as error:
+        raise io.InputError(f"{path} holds no truth/ group: it was not written by dist-relu simulate") from error
+    return truth["covariance"][:], truth["bias"][:]
