@@ -1,0 +1,259 @@
+"""The ``dist-relu`` command line: simulate, fit, evaluate, demo."""
+
+import functools
+import json
+import shutil
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import click
+import numpy as np
+
+from . import __version__, io, kernels
+from .estimator import INVERSIONS, METHODS, fit_to_zarr, open_fit
+from .scheduler import scheduler
+from .simulate import BIAS_KINDS, figure1_truth, open_truth, simulate_to_zarr
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERNAL = 3
+
+
+def _log(message):
+    click.echo(message, err=True)
+
+
+def _handle_errors(command):
+    """Print one line on stderr for a failure: exit 2 for bad input, 3 for an internal error."""
+
+    @functools.wraps(command)
+    def wrapper(*args, debug=False, **kwargs):
+        try:
+            return command(*args, **kwargs)
+        except (io.InputError, FileExistsError, ValueError) as error:
+            if debug:
+                raise
+            _log(f"error: {error}")
+            sys.exit(EXIT_BAD_INPUT)
+        except KeyboardInterrupt:
+            _log("interrupted: no output was written")
+            sys.exit(130)
+        except Exception as error:
+            if debug:
+                raise
+            _log(f"internal error: {type(error).__name__}: {error} (run with --debug for the traceback)")
+            sys.exit(EXIT_INTERNAL)
+
+    return click.option("--debug", is_flag=True, help="Show the traceback of a failure.")(wrapper)
+
+
+def _scheduler_options(command):
+    command = click.option(
+        "--workers", type=click.IntRange(min=1), default=None,
+        help="Start a local cluster of N single-threaded worker processes (loopback only).",
+    )(command)
+    command = click.option(
+        "--scheduler", "address", metavar="ADDRESS", default=None,
+        help="Address of a running dask scheduler, e.g. tcp://10.0.0.5:8786. "
+        "Default: local threads.",
+    )(command)
+    return command
+
+
+def _progress_option(command):
+    return click.option(
+        "--progress/--no-progress", default=None,
+        help="Show a progress bar on stderr. Default: when stderr is a terminal.",
+    )(command)
+
+
+def _want_progress(progress):
+    return sys.stderr.isatty() if progress is None else progress
+
+
+@click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
+@click.version_option(__version__, prog_name="dist-relu")
+def main():
+    """Learn the rectified Gaussian x = ReLU(W z + b), z ~ N(0, I), from samples.
+
+    Estimates Σ = W Wᵀ and b from an (n, d) Zarr array of samples, out of core
+    and in parallel with Dask: on local threads, a local cluster (--workers)
+    or a running dask scheduler (--scheduler).
+
+    \b
+    Example:
+      dist-relu simulate --n 1000000 --d 50 --out sim.zarr
+      dist-relu fit sim.zarr --out fit.zarr
+      dist-relu evaluate fit.zarr --truth sim.zarr
+    """
+
+
+@main.command()
+@click.option("--n", "n_samples", type=click.IntRange(min=1), required=True, help="Number of samples.")
+@click.option("--d", "dimension", type=click.IntRange(min=1), required=True, help="Number of coordinates.")
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Zarr group to create.")
+@click.option("--kappa", type=click.FloatRange(min=1), default=1.0, show_default=True,
+              help="Condition number of Σ = W Wᵀ.")
+@click.option("--bias", "bias_kind", type=click.Choice(BIAS_KINDS), default="clipped", show_default=True,
+              help="b ~ N(0, I) clipped at 0 (the paper's Figure 1) or left Gaussian (negative biases).")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of W, b and the samples.")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=65_536, show_default=True,
+              help="Rows per Zarr chunk.")
+@click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
+@_scheduler_options
+@_progress_option
+@_handle_errors
+def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtype, overwrite, address, workers,
+             progress):
+    """Simulate samples of ReLU(W z + b) into a Zarr group, with the truth beside them.
+
+    W and b are drawn as in the paper's Figure 1: W an orthonormal matrix
+    scaled to condition number --kappa, b ~ N(0, I). The group holds
+    `samples` (n, d) and `truth/{weights,covariance,bias}`.
+
+    \b
+    Example:
+      dist-relu simulate --n 1000000 --d 50 --out sim.zarr --workers 2
+    """
+    weights, bias = figure1_truth(dimension, kappa=kappa, seed=seed, bias=bias_kind)
+    start = time.perf_counter()
+    with scheduler(address, workers, log=_log):
+        simulate_to_zarr(out, weights, bias, n_samples, chunk_rows=chunk_rows, seed=seed, dtype=dtype,
+                         overwrite=overwrite, progress=_want_progress(progress))
+    _log(f"wrote {n_samples:,} samples × {dimension} coordinates to {out} in {time.perf_counter() - start:.1f} s")
+
+
+@main.command()
+@click.argument("samples", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Zarr group to create for the fit.")
+@click.option("--array", default="samples", show_default=True,
+              help="Name of the samples array when SAMPLES is a Zarr group.")
+@click.option("--method", type=click.Choice(METHODS), default="censored", show_default=True,
+              help="Step 1: censored-normal MLE (zeros used) or the paper's truncated-normal MLE.")
+@click.option("--passes", type=click.IntRange(1, 2), default=1, show_default=True,
+              help="1: pilot thresholds, one read. 2: thresholds from a full first read (the paper).")
+@click.option("--inversion", type=click.Choice(INVERSIONS), default="tetrachoric", show_default=True,
+              help="Margins of the orthant inversion: measured exceedance fractions or (b̂−t)/σ̂.")
+@click.option("--pilot-rows", type=click.IntRange(min=2), default=100_000, show_default=True,
+              help="Rows of the pilot that sets one-pass thresholds.")
+@click.option("--clip-bias", is_flag=True, help="Report max(0, b̂), as the paper does.")
+@click.option("--column-block", type=click.IntRange(min=1), default=512, show_default=True,
+              help="Coordinates per column block (memory per task; does not change results).")
+@click.option("--split-every", type=click.IntRange(min=2), default=8, show_default=True,
+              help="Fan-in of the tree reductions over row chunks.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing fit at --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@_scheduler_options
+@_progress_option
+@_handle_errors
+def fit(samples, out, array, method, passes, inversion, pilot_rows, clip_bias, column_block, split_every,
+        overwrite, as_json, address, workers, progress):
+    """Fit Σ̂ and b̂ to the samples in SAMPLES and write them to a Zarr group.
+
+    SAMPLES is a Zarr array of shape (n, d), rows being samples, or a Zarr
+    group holding one (named by --array). The output group holds `covariance`
+    (Σ̂), `bias` (b̂), `scale` (σ̂), `status`, `positive_fraction`,
+    `thresholds`, `counts` and the sufficient statistics, with the fit's
+    settings and provenance as attributes. It appears only once complete.
+
+    \b
+    Examples:
+      dist-relu fit sim.zarr --out fit.zarr
+      dist-relu fit data.zarr --array x --out fit.zarr --workers 2 --json
+      dist-relu fit data.zarr --out fit.zarr --scheduler tcp://10.0.0.5:8786
+    """
+    if out.exists() and not overwrite:
+        raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
+    with scheduler(address, workers, log=_log):
+        attributes = fit_to_zarr(
+            samples, out, array=array, overwrite=overwrite, progress=_want_progress(progress),
+            method=method, passes=passes, inversion=inversion, pilot_rows=pilot_rows, clip_bias=clip_bias,
+            column_block=column_block, split_every=split_every,
+        )
+    _, group = open_fit(out)
+    status = group["status"][:]
+    summary = {
+        "out": str(out),
+        "n_samples": attributes["n_samples"],
+        "n_coordinates": attributes["n_coordinates"],
+        "seconds": attributes["seconds"],
+        "status": {kernels.STATUS_NAMES[code]: int((status == code).sum()) for code in np.unique(status)},
+        "min_positive_fraction": float(group["positive_fraction"][:].min()),
+    }
+    if as_json:
+        click.echo(json.dumps(summary | {"settings": attributes}, indent=2))
+        return
+    click.echo(
+        f"fitted {summary['n_samples']:,} samples × {summary['n_coordinates']} coordinates "
+        f"in {summary['seconds']:.1f} s ({method} MLE, {passes} pass{'es' if passes == 2 else ''}, {inversion})"
+    )
+    click.echo("coordinates: " + ", ".join(f"{count} {name}" for name, count in summary["status"].items()))
+    click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("fit_path", metavar="FIT", type=click.Path(path_type=Path))
+@click.option("--truth", type=click.Path(path_type=Path), required=True,
+              help="A store written by `dist-relu simulate`, holding truth/.")
+@click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
+@_handle_errors
+def evaluate(fit_path, truth, as_json):
+    """Compare a fit with the truth of simulated data (the paper's metrics).
+
+    err_sigma = ‖Σ̂ − Σ*‖_F / ‖W*‖_F², err_b = ‖b̂ − b*‖₂ / ‖W*‖_F, and the
+    upper bound on the total-variation distance sqrt(min KL / 2).
+
+    \b
+    Example:
+      dist-relu evaluate fit.zarr --truth sim.zarr
+    """
+    model, _ = open_fit(fit_path)
+    metrics = model.errors(*open_truth(truth))
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+    else:
+        for name, value in metrics.items():
+            click.echo(f"{name:>10} = {value:.5f}")
+
+
+@main.command()
+@click.option("--n", "n_samples", type=click.IntRange(min=2), default=1_000_000, show_default=True)
+@click.option("--d", "dimension", type=click.IntRange(min=1), default=50, show_default=True)
+@click.option("--seed", type=int, default=0, show_default=True)
+@click.option("--workdir", type=click.Path(path_type=Path), default=None,
+              help="Keep the simulated data and the fit here (default: a temporary directory, removed).")
+@_scheduler_options
+@_progress_option
+@_handle_errors
+def demo(n_samples, dimension, seed, workdir, address, workers, progress):
+    """Simulate a data set, fit it, and print how close the fit is to the truth.
+
+    \b
+    Example:
+      dist-relu demo --n 1000000 --d 50
+    """
+    keep = workdir is not None
+    workdir = Path(workdir or tempfile.mkdtemp(prefix="dist-relu-demo-"))
+    samples, fit_out = workdir / "samples.zarr", workdir / "fit.zarr"
+    show = _want_progress(progress)
+    try:
+        weights, bias = figure1_truth(dimension, seed=seed)
+        with scheduler(address, workers, log=_log):
+            start = time.perf_counter()
+            simulate_to_zarr(samples, weights, bias, n_samples, seed=seed, overwrite=True, progress=show)
+            simulated = time.perf_counter() - start
+            attributes = fit_to_zarr(samples, fit_out, overwrite=True, progress=show)
+        model, _ = open_fit(fit_out)
+        metrics = model.errors(*open_truth(samples))
+    finally:
+        if not keep:
+            shutil.rmtree(workdir, ignore_errors=True)
+    click.echo(f"simulated {n_samples:,} samples × {dimension} coordinates in {simulated:.1f} s")
+    click.echo(f"fitted them in {attributes['seconds']:.1f} s (censored MLE, one pass, tetrachoric)")
+    click.echo(f"err_sigma = {metrics['err_sigma']:.5f}   (‖Σ̂ − Σ*‖_F / ‖W*‖_F²)")
+    click.echo(f"err_b     = {metrics['err_b']:.5f}   (‖b̂ − b*‖₂ / ‖W*‖_F)")
+    click.echo(f"tv_bound  = {metrics['tv_bound']:.5f}   (upper bound on the total-variation distance)")
+    if keep:
+        click.echo(f"data and fit kept in {workdir}")
