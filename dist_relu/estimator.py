@@ -62,18 +62,21 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
     if max(samples.chunks[1]) != min(column_block, d) or len(set(samples.chunks[1][:-1])) > 1:
         samples = samples.rechunk({1: column_block})
 
+    statistics = graph.column_statistics(samples, split_every)
     if passes == 1:
         # Thresholds from a pilot: rows spread over the array, independent of its chunking.
         runs = kernels.pilot_row_runs(n, pilot_rows)
         pilot = da.concatenate([samples[start:stop] for start, stop in runs])
         (pilot_statistics,) = compute(graph.column_statistics(pilot, split_every), progress=progress)
-        pilot_bias = kernels.fit_coordinates(pilot_statistics, method)[0]
-        thresholds = np.maximum(0.0, pilot_bias)
-        statistics = graph.column_statistics(samples, split_every)
+        thresholds = np.maximum(0.0, kernels.fit_coordinates(pilot_statistics, method)[0])
     else:
-        (full_statistics,) = compute(graph.column_statistics(samples, split_every), progress=progress)
-        thresholds = np.maximum(0.0, kernels.fit_coordinates(full_statistics, method)[0])
-        statistics = da.from_array(full_statistics, chunks=(samples.chunks[1], 4))
+        # The paper's order: Step 1 on all the data first. The second pass
+        # recomputes the (cheap, bit-identical) statistics with the counts, so
+        # each chunk read feeds two layers and dask never fuses the read into
+        # every count task that uses it (which would read each chunk again
+        # per task).
+        (first_pass,) = compute(statistics, progress=progress)
+        thresholds = np.maximum(0.0, kernels.fit_coordinates(first_pass, method)[0])
 
     bias, scale, status = graph.coordinate_estimates(statistics, method)
     thresholds = da.from_array(thresholds, chunks=(samples.chunks[1],))

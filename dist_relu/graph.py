@@ -58,8 +58,9 @@ def coordinate_estimates(statistics, method="censored"):
 def coexceedance_counts(samples, thresholds, split_every=8):
     """Return the lazy ``(d, d)`` int64 counts ``C = Iᵀ I`` of ``I = (samples > thresholds)``.
 
-    The indicator of each (row chunk, column block) is formed once and shared by
-    all the block pairs that use it. Memory: a reduction task holds
+    Dask fuses the indicator step into each pair's count task, so an indicator
+    is formed once per block pair that uses it: ``2/d_I`` of the product's
+    work, and no indicator is held between tasks. Memory: a reduction task holds
     ``split_every`` int64 blocks of ``d_I × d_J``; ``split_every`` does not
     affect results (the counts are exact integers).
     """

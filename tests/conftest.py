@@ -1,0 +1,35 @@
+import numpy as np
+import pytest
+
+import dist_relu
+
+
+@pytest.fixture(scope="session")
+def simulated(tmp_path_factory):
+    """Return a factory of simulated stores on disk, cached per argument set: ``(path, W, b)``."""
+    cache = {}
+    root = tmp_path_factory.mktemp("simulated")
+
+    def make(n, d, seed=0, kappa=1.0, bias="clipped", chunk_rows=50_000):
+        key = (n, d, seed, kappa, bias, chunk_rows)
+        if key not in cache:
+            weights, b = dist_relu.figure1_truth(d, kappa=kappa, seed=seed, bias=bias)
+            path = root / f"n{n}-d{d}-s{seed}-k{kappa}-{bias}-c{chunk_rows}.zarr"
+            dist_relu.simulate_to_zarr(path, weights, b, n, chunk_rows=chunk_rows, seed=seed)
+            cache[key] = (path, weights, b)
+        return cache[key]
+
+    return make
+
+
+def errors(estimator, weights, bias):
+    return estimator.model_.errors(weights @ weights.T, bias)
+
+
+@pytest.fixture
+def relu_data():
+    """A small in-memory data set with correlated coordinates and mixed-sign biases."""
+    rng = np.random.default_rng(11)
+    weights = rng.standard_normal((6, 6)) / np.sqrt(6)
+    bias = np.array([0.5, 0.0, -0.3, 1.0, 0.2, -0.1])
+    return np.maximum(0, rng.standard_normal((20_000, 6)) @ weights.T + bias).astype(np.float32)

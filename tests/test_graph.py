@@ -1,0 +1,87 @@
+"""Graph shape and laziness: what runs on which blocks, checked without (or before) computing."""
+
+import dask
+from dask.core import flatten, get_dependencies
+import dask.array as da
+import numpy as np
+import pytest
+
+from dist_relu import graph, kernels
+
+
+def refuse_to_compute(*args, **kwargs):
+    raise AssertionError("graph building must not compute")
+
+
+def culled_graph(array):
+    """Return the graph of the tasks ``array`` needs, before fusion renames them."""
+    return dict(array.__dask_graph__().cull(set(flatten(array.__dask_keys__()))))
+
+
+def tasks_named(array, prefix):
+    return [k for k in culled_graph(array) if isinstance(k, tuple) and k[0].startswith(prefix)]
+
+
+@pytest.fixture
+def samples():
+    rng = np.random.default_rng(0)
+    x = np.maximum(0, rng.standard_normal((1000, 10)) + 0.2)
+    return x, da.from_array(x, chunks=(100, 3))
+
+
+def test_building_the_graph_never_computes(samples):
+    _, x = samples
+    with dask.config.set(scheduler=refuse_to_compute):
+        statistics = graph.column_statistics(x)
+        bias, scale, status = graph.coordinate_estimates(statistics)
+        counts = graph.coexceedance_counts(x, np.zeros(10))
+        margins = graph.tetrachoric_margins(counts, 1000)
+        graph.covariance(counts, 1000, margins, scale)
+        graph.simulated_samples(100, np.eye(3), np.zeros(3), 30, seed=0)
+
+
+def test_counts_equal_numpy_gram_of_the_indicators(samples):
+    x, lazy = samples
+    thresholds = np.linspace(0, 1, 10)
+    indicator = (x > thresholds).astype(np.int64)
+    counts = graph.coexceedance_counts(lazy, thresholds, split_every=3).compute()
+    assert counts.dtype == np.int64
+    np.testing.assert_array_equal(counts, indicator.T @ indicator)
+
+
+def test_only_the_upper_block_triangle_is_counted(samples):
+    _, x = samples  # 10 row chunks, 4 column blocks
+    counts = graph.coexceedance_counts(x, np.zeros(10))
+    partials = tasks_named(counts, "coexceedance-partial")
+    assert len(partials) == 10 * (4 * 5 // 2)
+    assert {k[2] <= k[3] for k in partials} == {True}
+
+
+def test_partials_reduce_as_a_tree(samples):
+    """With split_every=2, no reduction task sums more than 2 partials."""
+    _, x = samples
+    counts = graph.coexceedance_counts(x, np.zeros(10), split_every=2)
+    statistics = graph.column_statistics(x, split_every=2)
+    for array in (counts, statistics):
+        tasks = culled_graph(array)
+        fan_in = [len(get_dependencies(tasks, k)) for k in tasks
+                  if isinstance(k, tuple) and k[0].startswith(("sum-partial", "sum-aggregate"))]
+        assert fan_in and max(fan_in) == 2
+
+
+def test_statistics_do_not_depend_on_chunking(samples):
+    x, _ = samples
+    expected = kernels.chunk_statistics(x)
+    for chunks in [(100, 3), (333, 10), (1000, 1), (7, 10)]:
+        got = graph.column_statistics(da.from_array(x, chunks=chunks), split_every=4).compute()
+        np.testing.assert_allclose(got, expected, rtol=1e-13)
+
+
+def test_simulated_samples_depend_on_chunk_index_not_on_scheduler():
+    w, b = np.eye(4), np.zeros(4)
+    lazy = graph.simulated_samples(1000, w, b, 300, seed=3)
+    assert lazy.chunks == ((300, 300, 300, 100), (4,))
+    threaded = lazy.compute(scheduler="threads")
+    synchronous = lazy.compute(scheduler="synchronous")
+    np.testing.assert_array_equal(threaded, synchronous)
+    np.testing.assert_array_equal(threaded[300:600], kernels.relu_gaussian_chunk(300, w, b, 3, 1))
