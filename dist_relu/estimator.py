@@ -8,18 +8,19 @@ import dask.array as da
 import numpy as np
 import zarr
 
-from . import __version__, graph, io, kernels
+from . import __version__, graph, io, kernels, sgd
 from .model import RectifiedGaussian
 from .scheduler import compute
 
 FORMAT = "dist_relu.fit"
 FORMAT_VERSION = 1
 
-METHODS = ("censored", "truncated")
+METHODS = ("censored", "truncated", "sgd")
 INVERSIONS = ("tetrachoric", "model")
 
 
-def check_settings(method, passes, inversion, pilot_rows, column_block, split_every):
+def check_settings(method, passes, inversion, pilot_rows, column_block, split_every, sgd_batches=1,
+                   sgd_radius=3.0, sgd_lambda=0.1, sgd_minibatch=10):
     """Raise ``ValueError`` naming the first setting that is out of range."""
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
@@ -30,16 +31,25 @@ def check_settings(method, passes, inversion, pilot_rows, column_block, split_ev
     for name, value, least in (("pilot_rows", pilot_rows, 2), ("column_block", column_block, 1), ("split_every", split_every, 2)):
         if not isinstance(value, (int, np.integer)) or value < least:
             raise ValueError(f"{name} must be an integer ≥ {least}; got {value!r}")
+    for name, value, least in (("sgd_batches", sgd_batches, 1), ("sgd_minibatch", sgd_minibatch, 1)):
+        if not isinstance(value, (int, np.integer)) or value < least:
+            raise ValueError(f"{name} must be an integer ≥ {least}; got {value!r}")
+    if not sgd_radius > 1:
+        raise ValueError(f"sgd_radius must be > 1 (the box is 1/r ≤ 1/σ² ≤ r); got {sgd_radius!r}")
+    if not sgd_lambda > 0:
+        raise ValueError(f"sgd_lambda must be > 0; got {sgd_lambda!r}")
 
 
 def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", pilot_rows=100_000,
-             clip_bias=False, column_block=512, split_every=8, progress=False):
+             clip_bias=False, column_block=512, split_every=8, seed=0, sgd_batches=1, sgd_radius=3.0,
+             sgd_lambda=0.1, sgd_minibatch=10, progress=False):
     """Return ``(outputs, settings)``: the fit's results as lazy dask arrays, and how they were made.
 
     What is needed before the main pass is computed here: the pilot's
-    thresholds (one pass) or the whole Step 1 (two passes). Everything in
-    ``outputs`` is then one graph over the samples: computing or storing it
-    reads the data once more.
+    thresholds (one pass) or the whole Step 1 (two passes; with
+    ``method="sgd"`` that is one read for the standardisation and one for the
+    SGD). Everything in ``outputs`` is then one graph over the samples:
+    computing or storing it reads the data once more.
 
     Parameters
     ----------
@@ -56,19 +66,26 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
     settings : dict
         JSON-ready description of the fit, stored with its output.
     """
-    check_settings(method, passes, inversion, pilot_rows, column_block, split_every)
+    check_settings(method, passes, inversion, pilot_rows, column_block, split_every, sgd_batches, sgd_radius,
+                   sgd_lambda, sgd_minibatch)
     io.check_samples(samples)
     n, d = samples.shape
     if max(samples.chunks[1]) != min(column_block, d) or len(set(samples.chunks[1][:-1])) > 1:
         samples = samples.rechunk({1: column_block})
 
+    sgd_settings = {"seed": seed, "n_batches": sgd_batches, "radius": sgd_radius, "step_scale": sgd_lambda,
+                    "minibatch": sgd_minibatch}
+    # The likelihood that finds degenerate coordinates, and the pilot's thresholds.
+    likelihood = "censored" if method == "sgd" else method
     statistics = graph.column_statistics(samples, split_every)
+    sgd_step1 = None
     if passes == 1:
         # Thresholds from a pilot: rows spread over the array, independent of its chunking.
         runs = kernels.pilot_row_runs(n, pilot_rows)
         pilot = da.concatenate([samples[start:stop] for start, stop in runs])
         (pilot_statistics,) = compute(graph.column_statistics(pilot, split_every), progress=progress)
-        thresholds = np.maximum(0.0, kernels.fit_coordinates(pilot_statistics, method)[0])
+        thresholds = np.maximum(0.0, kernels.fit_coordinates(pilot_statistics, likelihood)[0])
+        standardisation = sgd.standardisation(pilot_statistics)
     else:
         # The paper's order: Step 1 on all the data first. The second pass
         # recomputes the (cheap, bit-identical) statistics with the counts, so
@@ -76,9 +93,18 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         # every count task that uses it (which would read each chunk again
         # per task).
         (first_pass,) = compute(statistics, progress=progress)
-        thresholds = np.maximum(0.0, kernels.fit_coordinates(first_pass, method)[0])
+        first_bias, first_scale, first_status = kernels.fit_coordinates(first_pass, likelihood)
+        standardisation = sgd.standardisation(first_pass)
+        if method == "sgd":
+            (sgd_step1,) = compute(graph.sgd_estimates(samples, *standardisation, **sgd_settings), progress=progress)
+            first_bias = sgd.with_degenerate(sgd_step1, first_bias, first_scale, first_status)[0]
+        thresholds = np.maximum(0.0, first_bias)
 
-    bias, scale, status = graph.coordinate_estimates(statistics, method)
+    bias, scale, status = graph.coordinate_estimates(statistics, likelihood)
+    if method == "sgd":
+        if sgd_step1 is None:
+            sgd_step1 = graph.sgd_estimates(samples, *standardisation, **sgd_settings)
+        bias, scale = graph.with_degenerate(da.asarray(sgd_step1), bias, scale, status)
     thresholds = da.from_array(thresholds, chunks=(samples.chunks[1],))
     counts = graph.coexceedance_counts(samples, thresholds, split_every)
     if inversion == "tetrachoric":
@@ -111,6 +137,9 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         "row_chunk": int(max(samples.chunks[0])),
         "split_every": int(split_every),
     }
+    if method == "sgd":
+        settings["sgd"] = {"seed": int(seed), "batches": int(sgd_batches), "radius": float(sgd_radius),
+                           "lambda": float(sgd_lambda), "minibatch": int(sgd_minibatch)}
     return outputs, settings
 
 
@@ -163,10 +192,11 @@ class ReLUGaussian:
 
     Parameters
     ----------
-    method : {"censored", "truncated"}, default "censored"
+    method : {"censored", "truncated", "sgd"}, default "censored"
         Step 1 estimator of ``(b_i, σ_i)``: censored-normal (Tobit) maximum
-        likelihood, zeros included, or the paper's truncated-normal likelihood
-        of the positives alone.
+        likelihood, zeros included; the maximum of the paper's truncated-normal
+        likelihood of the positives alone; or the paper's own ProjSGD
+        NormBiasEst (``dist_relu.sgd``), which assumes ``b ≥ 0``.
     passes : {1, 2}, default 1
         1: thresholds from a pilot of ``pilot_rows`` rows, then statistics and
         counts in one read. 2: the paper's order, thresholds ``max(0, b̂)`` from
@@ -179,6 +209,12 @@ class ReLUGaussian:
     clip_bias : bool, default False
         Report ``max(0, b̂)`` as the paper does. The thresholds are clipped
         either way.
+    seed : int, default 0
+        Seed of the SGD's draws (``method="sgd"``); results do not depend on
+        the scheduler or the chunking.
+    sgd_batches, sgd_radius, sgd_lambda, sgd_minibatch : int, float, float, int
+        ``B``, ``r``, ``λ`` and the minibatch size of the paper's Algorithms 2
+        and 3; the authors used 1, 3, 0.1 and 10.
     column_block : int, default 512
         Coordinates per column block: each count task holds two blocks of
         indicators and a ``column_block²`` count block. Does not affect results.
@@ -221,7 +257,8 @@ class ReLUGaussian:
     """
 
     def __init__(self, method="censored", passes=1, inversion="tetrachoric", pilot_rows=100_000,
-                 clip_bias=False, column_block=512, split_every=8):
+                 clip_bias=False, column_block=512, split_every=8, seed=0, sgd_batches=1, sgd_radius=3.0,
+                 sgd_lambda=0.1, sgd_minibatch=10):
         self.method = method
         self.passes = passes
         self.inversion = inversion
@@ -229,10 +266,16 @@ class ReLUGaussian:
         self.clip_bias = clip_bias
         self.column_block = column_block
         self.split_every = split_every
+        self.seed = seed
+        self.sgd_batches = sgd_batches
+        self.sgd_radius = sgd_radius
+        self.sgd_lambda = sgd_lambda
+        self.sgd_minibatch = sgd_minibatch
 
     def get_params(self):
         return {name: getattr(self, name) for name in (
-            "method", "passes", "inversion", "pilot_rows", "clip_bias", "column_block", "split_every")}
+            "method", "passes", "inversion", "pilot_rows", "clip_bias", "column_block", "split_every",
+            "seed", "sgd_batches", "sgd_radius", "sgd_lambda", "sgd_minibatch")}
 
     def fit(self, X, array="samples", progress=False):
         """Fit the estimator on samples ``X`` and return ``self``.

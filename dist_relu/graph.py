@@ -14,7 +14,7 @@ transposed, so only ``B(B+1)/2`` block pairs are counted.
 import dask.array as da
 import numpy as np
 
-from . import kernels
+from . import kernels, sgd
 
 
 def _statistics_partial(x):
@@ -117,3 +117,48 @@ def simulated_samples(n_samples, weights, bias, chunk_rows, seed, dtype=np.float
         dtype=dtype, name=f"simulate-{seed}",
         meta=np.empty((0, 0), dtype=dtype),
     )
+
+
+def sgd_estimates(samples, mean0, sd0, seed=0, n_batches=1, radius=3.0, step_scale=0.1, minibatch=10):
+    """Return lazy ``(d, 2)`` estimates ``(µ̂, σ̂)`` by the paper's ProjSGD NormBiasEst.
+
+    One task chain per (column block, bootstrap batch) streams the batch's row
+    chunks in order, carrying the SGD state from task to task; chains of
+    different blocks and batches run in parallel. Batch ``k`` of ``B`` is the
+    row range ``[k·n/B, (k+1)·n/B)``. ``mean0``, ``sd0`` (numpy, ``(d,)``)
+    standardise the positives. Memory: one chunk and a ``d_I``-sized state per
+    task.
+    """
+    from dask import delayed
+
+    n = samples.shape[0]
+    column_bounds = np.cumsum((0,) + samples.chunks[1])
+    settings = {"radius": radius, "step_scale": step_scale, "minibatch": minibatch}
+    block_estimates = []
+    for block, (first, last) in enumerate(zip(column_bounds[:-1], column_bounds[1:])):
+        m0, s0 = mean0[first:last], sd0[first:last]
+        states = []
+        for batch in range(n_batches):
+            start, stop = batch * n // n_batches, (batch + 1) * n // n_batches
+            state = delayed(sgd.initial_state, pure=True)(np.arange(first, last), batch, seed)
+            chunks = samples[start:stop, first:last].to_delayed().ravel()
+            for chunk in chunks:
+                state = delayed(sgd.advance, pure=True)(state, chunk, m0, s0, **settings)
+            states.append(state)
+        estimate = delayed(sgd.select_and_map_back, pure=True)(states, m0, s0)
+        block_estimates.append(da.from_delayed(estimate, shape=(last - first, 2), dtype=np.float64))
+    return da.concatenate(block_estimates, axis=0)
+
+
+def _with_degenerate_block(estimates, bias, scale, status):
+    return np.stack(sgd.with_degenerate(estimates, bias, scale, status), axis=1)
+
+
+def with_degenerate(sgd_estimates, bias, scale, status):
+    """Return lazy ``(bias, scale)``: the SGD's except on degenerate coordinates."""
+    sgd_estimates = sgd_estimates.rechunk((bias.chunks[0], 2))
+    merged = da.blockwise(
+        _with_degenerate_block, "ij", sgd_estimates, "ij", bias, "i", scale, "i", status, "i",
+        dtype=np.float64, name="sgd-with-degenerate",
+    )
+    return merged[:, 0], merged[:, 1]
