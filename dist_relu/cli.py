@@ -131,7 +131,8 @@ def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtyp
 @click.option("--array", default="samples", show_default=True,
               help="Name of the samples array when SAMPLES is a Zarr group.")
 @click.option("--method", type=click.Choice(METHODS), default="censored", show_default=True,
-              help="Step 1: censored-normal MLE (zeros used) or the paper's truncated-normal MLE.")
+              help="Step 1: censored-normal MLE (zeros used), the truncated-normal MLE of the positives, "
+              "or the paper's projected-SGD NormBiasEst (assumes b ≥ 0).")
 @click.option("--passes", type=click.IntRange(1, 2), default=1, show_default=True,
               help="1: pilot thresholds, one read. 2: thresholds from a full first read (the paper).")
 @click.option("--inversion", type=click.Choice(INVERSIONS), default="tetrachoric", show_default=True,
@@ -143,13 +144,22 @@ def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtyp
               help="Coordinates per column block (memory per task; does not change results).")
 @click.option("--split-every", type=click.IntRange(min=2), default=8, show_default=True,
               help="Fan-in of the tree reductions over row chunks.")
+@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the SGD's draws (--method sgd).")
+@click.option("--sgd-batches", type=click.IntRange(min=1), default=1, show_default=True,
+              help="Bootstrap batches B of NormBiasEst (--method sgd).")
+@click.option("--sgd-radius", type=click.FloatRange(min=1, min_open=True), default=3.0, show_default=True,
+              help="Projection box r: 1/r ≤ 1/σ² ≤ r, |µ/σ²| ≤ r, in standardised units (--method sgd).")
+@click.option("--sgd-lambda", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
+              help="Step size 1/(λt) of ProjSGD (--method sgd).")
+@click.option("--sgd-minibatch", type=click.IntRange(min=1), default=10, show_default=True,
+              help="Positives per SGD step (--method sgd).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing fit at --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @_scheduler_options
 @_progress_option
 @_handle_errors
 def fit(samples, out, array, method, passes, inversion, pilot_rows, clip_bias, column_block, split_every,
-        overwrite, as_json, address, workers, progress):
+        seed, sgd_batches, sgd_radius, sgd_lambda, sgd_minibatch, overwrite, as_json, address, workers, progress):
     """Fit Σ̂ and b̂ to the samples in SAMPLES and write them to a Zarr group.
 
     SAMPLES is a Zarr array of shape (n, d), rows being samples, or a Zarr
@@ -163,6 +173,7 @@ def fit(samples, out, array, method, passes, inversion, pilot_rows, clip_bias, c
       dist-relu fit sim.zarr --out fit.zarr
       dist-relu fit data.zarr --array x --out fit.zarr --workers 2 --json
       dist-relu fit data.zarr --out fit.zarr --scheduler tcp://10.0.0.5:8786
+      dist-relu fit sim.zarr --out paper.zarr --method sgd --passes 2 --inversion model --clip-bias
     """
     if out.exists() and not overwrite:
         raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
@@ -170,7 +181,8 @@ def fit(samples, out, array, method, passes, inversion, pilot_rows, clip_bias, c
         attributes = fit_to_zarr(
             samples, out, array=array, overwrite=overwrite, progress=_want_progress(progress),
             method=method, passes=passes, inversion=inversion, pilot_rows=pilot_rows, clip_bias=clip_bias,
-            column_block=column_block, split_every=split_every,
+            column_block=column_block, split_every=split_every, seed=seed, sgd_batches=sgd_batches,
+            sgd_radius=sgd_radius, sgd_lambda=sgd_lambda, sgd_minibatch=sgd_minibatch,
         )
     _, group = open_fit(out)
     status = group["status"][:]
@@ -187,7 +199,7 @@ def fit(samples, out, array, method, passes, inversion, pilot_rows, clip_bias, c
         return
     click.echo(
         f"fitted {summary['n_samples']:,} samples × {summary['n_coordinates']} coordinates "
-        f"in {summary['seconds']:.1f} s ({method} MLE, {passes} pass{'es' if passes == 2 else ''}, {inversion})"
+        f"in {summary['seconds']:.1f} s ({method}, {passes} pass{'es' if passes == 2 else ''}, {inversion})"
     )
     click.echo("coordinates: " + ", ".join(f"{count} {name}" for name, count in summary["status"].items()))
     click.echo(f"wrote {out}")

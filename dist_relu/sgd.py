@@ -144,7 +144,7 @@ def select_and_map_back(states, mean0, sd0):
     """
     with np.errstate(invalid="ignore", divide="ignore"):
         averages = np.stack([s["v_sum"] / s["steps"][:, None] for s in states])  # (B, d, 2)
-    chosen = averages[central_batch(np.nan_to_num(averages, nan=np.inf)), np.arange(averages.shape[1])]
+    chosen = averages[central_batch(np.nan_to_num(averages)), np.arange(averages.shape[1])]
     incomplete = np.any([s["steps"] == 0 for s in states], axis=0)
     v1, v2 = chosen[:, 0], chosen[:, 1]
     bias = mean0 + v2 * sd0 / v1

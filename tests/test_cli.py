@@ -80,6 +80,18 @@ def test_fit_refuses_to_overwrite_and_reports_bad_input_in_one_line(simulated_st
     run("fit", simulated_store, "--out", out, "--overwrite", "--method", "truncated")
     assert zarr.open_group(str(out), mode="r").attrs["method"] == "truncated"
 
+    result = run("fit", simulated_store, "--out", out, "--overwrite", "--method", "sgd", "--sgd-radius", 1, check=False)
+    assert result.returncode == EXIT_BAD_INPUT and "--sgd-radius" in result.stderr
+
+
+def test_paper_method_through_the_cli(simulated_store, tmp_path):
+    out = tmp_path / "paper.zarr"
+    summary = json.loads(run("fit", simulated_store, "--out", out, "--method", "sgd", "--passes", 2,
+                             "--inversion", "model", "--clip-bias", "--sgd-batches", 2, "--seed", 4, "--json").stdout)
+    assert summary["settings"]["sgd"] == {"seed": 4, "batches": 2, "radius": 3.0, "lambda": 0.1, "minibatch": 10}
+    metrics = json.loads(run("evaluate", out, "--truth", simulated_store, "--json").stdout)
+    assert metrics["err_sigma"] < 0.2 and metrics["err_b"] < 0.1
+
 
 @pytest.mark.parametrize("command", ["simulate", "fit", "evaluate", "demo"])
 def test_every_command_has_help_with_an_example(command):

@@ -105,14 +105,14 @@ class CountingStore(zarr.storage.LocalStore):
         return await super().get(key, prototype, byte_range)
 
 
-@pytest.mark.parametrize("passes", [1, 2])
-def test_each_chunk_is_read_once_per_pass(tmp_path, passes):
+@pytest.mark.parametrize("passes, method", [(1, "censored"), (2, "censored"), (1, "sgd")])
+def test_each_chunk_is_read_once_per_pass(tmp_path, passes, method):
     weights, b = dist_relu.figure1_truth(4, seed=0)
     path = tmp_path / "s.zarr"
     dist_relu.simulate_to_zarr(path, weights, b, 160_000, chunk_rows=10_000)
     CountingStore.reads.clear()
     array = zarr.open_array(store=CountingStore(path / "samples", read_only=True), mode="r")
-    dist_relu.ReLUGaussian(passes=passes, pilot_rows=800).fit(array)
+    dist_relu.ReLUGaussian(passes=passes, method=method, pilot_rows=800).fit(array)
     chunk_reads = [count for key, count in CountingStore.reads.items() if key.startswith("c/")]
     assert len(chunk_reads) == 16
     if passes == 1:
