@@ -28,10 +28,9 @@ def check_settings(method, passes, inversion, pilot_rows, column_block, split_ev
         raise ValueError(f"passes must be 1 or 2; got {passes!r}")
     if inversion not in INVERSIONS:
         raise ValueError(f"inversion must be one of {', '.join(INVERSIONS)}; got {inversion!r}")
-    for name, value, least in (("pilot_rows", pilot_rows, 2), ("column_block", column_block, 1), ("split_every", split_every, 2)):
-        if not isinstance(value, (int, np.integer)) or value < least:
-            raise ValueError(f"{name} must be an integer ≥ {least}; got {value!r}")
-    for name, value, least in (("sgd_batches", sgd_batches, 1), ("sgd_minibatch", sgd_minibatch, 1)):
+    integers = (("pilot_rows", pilot_rows, 2), ("column_block", column_block, 1), ("split_every", split_every, 2),
+                ("sgd_batches", sgd_batches, 1), ("sgd_minibatch", sgd_minibatch, 1))
+    for name, value, least in integers:
         if not isinstance(value, (int, np.integer)) or value < least:
             raise ValueError(f"{name} must be an integer ≥ {least}; got {value!r}")
     if not sgd_radius > 1:
@@ -107,13 +106,14 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         bias, scale = graph.with_degenerate(da.asarray(sgd_step1), bias, scale, status)
     thresholds = da.from_array(thresholds, chunks=(samples.chunks[1],))
     counts = graph.coexceedance_counts(samples, thresholds, split_every)
+    if clip_bias:
+        # Before the margins: the paper thresholds at the clipped b̂ and inverts with a = 0.
+        bias = da.maximum(bias, 0.0)
     if inversion == "tetrachoric":
         margins = graph.tetrachoric_margins(counts, n)
     else:
         margins = da.map_blocks(kernels.threshold_margins, bias, scale, thresholds, dtype=np.float64)
     covariance = graph.covariance(counts, n, margins, scale)
-    if clip_bias:
-        bias = da.maximum(bias, 0.0)
 
     outputs = {
         "covariance": covariance,

@@ -198,3 +198,15 @@ def test_saved_fit_round_trips(tmp_path, relu_data):
     with pytest.raises(io.InputError, match="not a dist_relu fit"):
         zarr.open_group(str(tmp_path / "other.zarr"), mode="w")
         open_fit(tmp_path / "other.zarr")
+
+
+def test_paper_settings_reproduce_the_papers_formula_exactly(simulated):
+    """Two passes, model margins and clipped b̂: Σ̂_ij = σ̂_i σ̂_j cos(π − 2π C_ij/n), as in the authors' code."""
+    path, _, _ = simulated(200_000, 6, seed=6)
+    for method in ("sgd", "truncated"):
+        fit = dist_relu.ReLUGaussian(method=method, passes=2, inversion="model", clip_bias=True).fit(path)
+        assert (fit.bias_ >= 0).all()
+        np.testing.assert_array_equal(fit.thresholds_, fit.bias_)
+        expected = np.outer(fit.scale_, fit.scale_) * np.cos(np.pi - 2 * np.pi * fit.counts_ / 200_000)
+        np.fill_diagonal(expected, fit.scale_**2)
+        np.testing.assert_allclose(fit.covariance_, expected, rtol=1e-12, atol=1e-14)
