@@ -17,8 +17,18 @@ import numpy as np
 from . import kernels, sgd
 
 
-def _statistics_partial(x):
-    return kernels.chunk_statistics(x)[None]
+def _leading_axis(kernel):
+    """Wrap a per-chunk kernel returning ``(d_I, k)`` to return ``(1, d_I, k)`` (one row-chunk slot)."""
+
+    def partial(x):
+        return kernel(x)[None]
+
+    partial.__name__ = kernel.__name__
+    return partial
+
+
+_statistics_partial = _leading_axis(kernels.chunk_statistics)
+_value_problems_partial = _leading_axis(kernels.chunk_value_problems)
 
 
 def _coexceedance_partial(indicators_i, indicators_j):
@@ -30,19 +40,28 @@ def _estimates_block(statistics, method):
     return np.stack([bias, scale, status], axis=1)
 
 
+def _per_column_sums(samples, partial, width, dtype, name, split_every):
+    """Return the lazy ``(d, width)`` sum over row chunks of ``partial``'s per-chunk ``(d_I, width)`` arrays."""
+    partials = da.blockwise(
+        partial, "rik", samples, "ri",
+        new_axes={"k": width}, adjust_chunks={"r": 1},
+        dtype=dtype, token=name, meta=np.empty((0, 0, 0), dtype=dtype),
+    )
+    return partials.sum(axis=0, split_every=split_every)
+
+
 def column_statistics(samples, split_every=8):
     """Return the lazy ``(d, 4)`` sufficient statistics ``(n0, n1, S1, S2)`` of ``samples``.
 
     Memory: one ``(d_I, 4)`` float64 array per row chunk and column block;
     ``split_every`` of them per reduction task.
     """
-    partials = da.blockwise(
-        _statistics_partial, "rik", samples, "ri",
-        new_axes={"k": 4}, adjust_chunks={"r": 1},
-        dtype=np.float64, name="chunk-statistics",
-        meta=np.empty((0, 0, 0), dtype=np.float64),
-    )
-    return partials.sum(axis=0, split_every=split_every)
+    return _per_column_sums(samples, _statistics_partial, 4, np.float64, "chunk-statistics", split_every)
+
+
+def value_problems(samples, split_every=8):
+    """Return lazy ``(d, 2)`` counts of negative and of non-finite values per column."""
+    return _per_column_sums(samples, _value_problems_partial, 2, np.int64, "value-problems", split_every)
 
 
 def coordinate_estimates(statistics, method="censored"):
@@ -50,7 +69,7 @@ def coordinate_estimates(statistics, method="censored"):
     solved = statistics.map_blocks(
         _estimates_block, method,
         chunks=(statistics.chunks[0], (3,)),
-        dtype=np.float64, name=f"fit-coordinates-{method}",
+        dtype=np.float64, token=f"fit-coordinates-{method}",
     )
     return solved[:, 0], solved[:, 1], solved[:, 2].astype(np.int8)
 
@@ -67,11 +86,11 @@ def coexceedance_counts(samples, thresholds, split_every=8):
     thresholds = da.asarray(thresholds).rechunk((samples.chunks[1],))
     indicators = da.blockwise(
         kernels.exceedance_indicators, "ri", samples, "ri", thresholds, "i",
-        dtype=np.float32, name="exceedance-indicators",
+        dtype=np.float32, token="exceedance-indicators",
     )
     partials = da.blockwise(
         _coexceedance_partial, "rij", indicators, "ri", indicators, "rj",
-        adjust_chunks={"r": 1}, dtype=np.int64, name="coexceedance-partial",
+        adjust_chunks={"r": 1}, dtype=np.int64, token="coexceedance-partial",
         meta=np.empty((0, 0, 0), dtype=np.int64),
     )
     full = partials.sum(axis=0, split_every=split_every)
@@ -99,7 +118,7 @@ def covariance(counts, n_samples, margins, scale):
         kernels.covariance_block, "ij",
         counts, "ij", n_samples, None,
         margins, "i", margins, "j", scale, "i", scale, "j", index, "i", index, "j",
-        dtype=np.float64, name="covariance-block",
+        dtype=np.float64, token="covariance-block",
     )
 
 
@@ -114,7 +133,7 @@ def simulated_samples(n_samples, weights, bias, chunk_rows, seed, dtype=np.float
     return da.map_blocks(
         _simulated_block, weights, bias, seed, np.dtype(dtype),
         chunks=(da.core.normalize_chunks(chunk_rows, (n_samples,))[0], (weights.shape[0],)),
-        dtype=dtype, name=f"simulate-{seed}",
+        dtype=dtype, token=f"simulate-{seed}",
         meta=np.empty((0, 0), dtype=dtype),
     )
 
@@ -159,6 +178,6 @@ def with_degenerate(sgd_estimates, bias, scale, status):
     sgd_estimates = sgd_estimates.rechunk((bias.chunks[0], 2))
     merged = da.blockwise(
         _with_degenerate_block, "ij", sgd_estimates, "ij", bias, "i", scale, "i", status, "i",
-        dtype=np.float64, name="sgd-with-degenerate",
+        dtype=np.float64, token="sgd-with-degenerate",
     )
     return merged[:, 0], merged[:, 1]

@@ -85,3 +85,20 @@ def test_simulated_samples_depend_on_chunk_index_not_on_scheduler():
     synchronous = lazy.compute(scheduler="synchronous")
     np.testing.assert_array_equal(threaded, synchronous)
     np.testing.assert_array_equal(threaded[300:600], kernels.relu_gaussian_chunk(300, w, b, 3, 1))
+
+
+def test_graphs_of_different_data_never_share_keys():
+    """Keys are prefix + hash of the inputs: two fits in one graph or on one cluster cannot collide."""
+    one = da.from_array(np.ones((10, 2)), chunks=5)
+    two = da.from_array(2 * np.ones((10, 2)), chunks=5)
+    a, b = graph.column_statistics(one), graph.column_statistics(two)
+    assert a.name != b.name
+    got_a, got_b = dask.compute(a, b)
+    np.testing.assert_array_equal(got_a[:, 2], 10)
+    np.testing.assert_array_equal(got_b[:, 2], 20)
+    c1 = graph.coexceedance_counts(one, np.zeros(2))
+    c2 = graph.coexceedance_counts(one, np.full(2, 5.0))
+    np.testing.assert_array_equal(dask.compute(c1, c2)[1], 0)
+    s1 = graph.simulated_samples(10, np.eye(2), np.zeros(2), 5, seed=1)
+    s2 = graph.simulated_samples(10, np.eye(2), np.ones(2), 5, seed=1)
+    assert s1.name != s2.name
