@@ -65,6 +65,14 @@ def chunk_statistics(x):
     return out
 
 
+def chunk_value_problems(x):
+    """Return ``(d, 2)`` int64 counts per column of values a ReLU cannot produce: negatives, and NaN or ±inf."""
+    out = np.empty((x.shape[1], 2), dtype=np.int64)
+    out[:, 0] = (x < 0).sum(axis=0)
+    out[:, 1] = (~np.isfinite(x)).sum(axis=0)
+    return out
+
+
 def exceedance_indicators(x, thresholds):
     """Return the 0/1 indicator ``x > thresholds`` as float32 (ready for exact GEMM)."""
     return (x > thresholds).astype(np.float32)
