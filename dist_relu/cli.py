@@ -130,6 +130,8 @@ def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtyp
 @click.option("--out", type=click.Path(path_type=Path), required=True, help="Zarr group to create for the fit.")
 @click.option("--array", default="samples", show_default=True,
               help="Name of the samples array when SAMPLES is a Zarr group.")
+@click.option("--allow-missing-chunks", is_flag=True,
+              help="Read chunks absent from the store as the fill value (for writers that skip all-zero chunks).")
 @click.option("--method", type=click.Choice(METHODS), default="censored", show_default=True,
               help="Step 1: censored-normal MLE (zeros used), the truncated-normal MLE of the positives, "
               "or the paper's projected-SGD NormBiasEst (assumes b ≥ 0).")
@@ -158,8 +160,8 @@ def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtyp
 @_scheduler_options
 @_progress_option
 @_handle_errors
-def fit(samples, out, array, method, passes, inversion, pilot_rows, clip_bias, column_block, split_every,
-        seed, sgd_batches, sgd_radius, sgd_lambda, sgd_minibatch, overwrite, as_json, address, workers, progress):
+def fit(samples, out, array, allow_missing_chunks, method, passes, inversion, pilot_rows, clip_bias, column_block,
+        split_every, seed, sgd_batches, sgd_radius, sgd_lambda, sgd_minibatch, overwrite, as_json, address, workers, progress):
     """Fit Σ̂ and b̂ to the samples in SAMPLES and write them to a Zarr group.
 
     SAMPLES is a Zarr array of shape (n, d), rows being samples, or a Zarr
@@ -179,7 +181,8 @@ def fit(samples, out, array, method, passes, inversion, pilot_rows, clip_bias, c
         raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
     with scheduler(address, workers, log=_log):
         attributes = fit_to_zarr(
-            samples, out, array=array, overwrite=overwrite, progress=_want_progress(progress),
+            samples, out, array=array, allow_missing_chunks=allow_missing_chunks, overwrite=overwrite,
+            progress=_want_progress(progress),
             method=method, passes=passes, inversion=inversion, pilot_rows=pilot_rows, clip_bias=clip_bias,
             column_block=column_block, split_every=split_every, seed=seed, sgd_batches=sgd_batches,
             sgd_radius=sgd_radius, sgd_lambda=sgd_lambda, sgd_minibatch=sgd_minibatch,
@@ -202,6 +205,10 @@ def fit(samples, out, array, method, passes, inversion, pilot_rows, clip_bias, c
         f"in {summary['seconds']:.1f} s ({method}, {passes} pass{'es' if passes == 2 else ''}, {inversion})"
     )
     click.echo("coordinates: " + ", ".join(f"{count} {name}" for name, count in summary["status"].items()))
+    for code in np.unique(status[status != kernels.STATUS_OK]):
+        columns = np.flatnonzero(status == code)
+        listed = ", ".join(map(str, columns[:20])) + (f" and {columns.size - 20} more" if columns.size > 20 else "")
+        click.echo(f"  {kernels.STATUS_NAMES[code]}: column{'s' if columns.size > 1 else ''} {listed}")
     click.echo(f"wrote {out}")
 
 

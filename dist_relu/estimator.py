@@ -61,7 +61,9 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
     outputs : dict of dask arrays
         ``covariance`` (d, d), ``bias``, ``scale``, ``status``, ``thresholds``,
         ``positive_fraction``, ``counts`` (d, d), and the sufficient statistics
-        ``n_zero``, ``n_positive``, ``sum_positive``, ``sum_sq_positive``.
+        ``n_zero``, ``n_positive``, ``sum_positive``, ``sum_sq_positive``;
+        with one pass also ``value_problems`` (d, 2), for ``io.check_values``
+        once computed.
     settings : dict
         JSON-ready description of the fit, stored with its output.
     """
@@ -82,7 +84,10 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         # Thresholds from a pilot: rows spread over the array, independent of its chunking.
         runs = kernels.pilot_row_runs(n, pilot_rows)
         pilot = da.concatenate([samples[start:stop] for start, stop in runs])
-        (pilot_statistics,) = compute(graph.column_statistics(pilot, split_every), progress=progress)
+        pilot_statistics, pilot_problems = compute(
+            graph.column_statistics(pilot, split_every), graph.value_problems(pilot, split_every), progress=progress
+        )
+        io.check_values(pilot_problems, where=f" among the pilot's {min(pilot_rows, n):,} rows")  # fail early
         thresholds = np.maximum(0.0, kernels.fit_coordinates(pilot_statistics, likelihood)[0])
         standardisation = sgd.standardisation(pilot_statistics)
     else:
@@ -91,7 +96,8 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         # each chunk read feeds two layers and dask never fuses the read into
         # every count task that uses it (which would read each chunk again
         # per task).
-        (first_pass,) = compute(statistics, progress=progress)
+        first_pass, first_problems = compute(statistics, graph.value_problems(samples, split_every), progress=progress)
+        io.check_values(first_problems)
         first_bias, first_scale, first_status = kernels.fit_coordinates(first_pass, likelihood)
         standardisation = sgd.standardisation(first_pass)
         if method == "sgd":
@@ -125,6 +131,9 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         "counts": counts,
     }
     outputs.update({name: statistics[:, k] for k, name in enumerate(kernels.STATISTICS)})
+    if passes == 1:
+        # Checked after the main pass (io.check_values): the pilot saw only some rows.
+        outputs["value_problems"] = graph.value_problems(samples, split_every)
     settings = {
         "n_samples": int(n),
         "n_coordinates": int(d),
@@ -171,17 +180,20 @@ def write_group(path, arrays, attributes, progress=False):
     return group
 
 
-def fit_to_zarr(source, out, *, array="samples", overwrite=False, progress=False, **settings):
+def fit_to_zarr(source, out, *, array="samples", allow_missing_chunks=False, overwrite=False, progress=False,
+                **settings):
     """Fit the samples at ``source`` and write the fit as a Zarr group at ``out``; return its attributes.
 
     The output appears only when complete (see ``io.atomic_store``). Keyword
     settings are those of ``ReLUGaussian``.
     """
-    samples = io.open_samples(source, array=array)
+    samples = io.open_samples(source, array=array, allow_missing_chunks=allow_missing_chunks)
     start = time.perf_counter()
     with io.atomic_store(out, overwrite=overwrite) as partial:
         outputs, fit_settings = plan_fit(samples, progress=progress, **settings)
         group = write_group(partial, outputs, {}, progress=progress)
+        if "value_problems" in outputs:
+            io.check_values(group["value_problems"][:])
         attributes = _provenance(fit_settings, time.perf_counter() - start, source if not hasattr(source, "shape") else None)
         group.attrs.update(attributes)
     return attributes
@@ -277,7 +289,7 @@ class ReLUGaussian:
             "method", "passes", "inversion", "pilot_rows", "clip_bias", "column_block", "split_every",
             "seed", "sgd_batches", "sgd_radius", "sgd_lambda", "sgd_minibatch")}
 
-    def fit(self, X, array="samples", progress=False):
+    def fit(self, X, array="samples", allow_missing_chunks=False, progress=False):
         """Fit the estimator on samples ``X`` and return ``self``.
 
         ``X`` is a path to a Zarr array or group (``array`` names the array in
@@ -285,10 +297,12 @@ class ReLUGaussian:
         Runs on the default ``distributed`` client if there is one, else on
         local threads.
         """
-        samples = io.open_samples(X, array=array)
+        samples = io.open_samples(X, array=array, allow_missing_chunks=allow_missing_chunks)
         start = time.perf_counter()
         outputs, settings = plan_fit(samples, progress=progress, **self.get_params())
         values = dict(zip(outputs, compute(*outputs.values(), progress=progress)))
+        if "value_problems" in values:
+            io.check_values(values["value_problems"])
         self.settings_ = _provenance(settings, time.perf_counter() - start)
         self.covariance_ = values["covariance"]
         self.bias_ = values["bias"]

@@ -6,6 +6,7 @@ is replaced only when the caller asks (``overwrite=True``).
 """
 
 import contextlib
+import itertools
 import os
 import shutil
 import uuid
@@ -14,6 +15,8 @@ from pathlib import Path
 import dask.array as da
 import numpy as np
 import zarr
+from dask.base import tokenize
+from zarr.core.sync import sync
 
 # Bytes of one row chunk made from an in-memory array when no chunking is given.
 _TARGET_CHUNK_BYTES = 64 * 2**20
@@ -23,8 +26,8 @@ class InputError(ValueError):
     """The input cannot be fitted: the message says what is wrong and what to do."""
 
 
-def open_samples(source, array="samples"):
-    """Return the samples of ``source`` as a 2-D dask array, chunked as stored.
+def open_samples(source, array="samples", allow_missing_chunks=False):
+    """Return the samples of ``source`` as a 2-D float dask array, chunked as stored.
 
     Parameters
     ----------
@@ -32,6 +35,17 @@ def open_samples(source, array="samples"):
         A path to a Zarr array, or to a Zarr group holding one named ``array``.
     array : str
         The array's name when ``source`` is a group.
+    allow_missing_chunks : bool
+        Zarr reads a chunk that was never written as the fill value. By default
+        such a chunk is an error (an incomplete store would be fitted
+        silently); allow it for stores whose writer skipped chunks that equal
+        the fill value everywhere (zarr's default for all-zero chunks).
+
+    Raises
+    ------
+    InputError
+        When the input is missing, not an array, not 2-D, not real numbers,
+        has fewer than 2 rows, or (Zarr) has chunks missing.
     """
     if isinstance(source, (str, os.PathLike)):
         path = Path(source)
@@ -40,35 +54,111 @@ def open_samples(source, array="samples"):
         try:
             source = zarr.open(store=str(path), mode="r")
         except Exception as error:  # zarr raises several types for a non-store
-            raise InputError(f"{path}: not a Zarr store ({error})") from error
+            raise InputError(f"{path}: not a Zarr store ({error}); `dist-relu convert` makes one") from error
     if isinstance(source, zarr.Group):
         if array not in source:
             names = ", ".join(sorted(source.array_keys())) or "none"
             raise InputError(f"the group has no array {array!r} (arrays: {names}); name one with array=/--array")
         source = source[array]
     if isinstance(source, zarr.Array):
+        check_dtype(source.dtype)
+        if not allow_missing_chunks:
+            check_chunks_present(source)
         # A sharded array's chunk is the inner chunk; read whole shards instead.
-        samples = da.from_zarr(source, chunks=source.shards or source.chunks)
+        chunks = source.shards or source.chunks
+        samples = da.from_array(source, chunks=chunks, getitem=_read_chunk, name=f"from-zarr-{tokenize(source)}")
     elif isinstance(source, da.Array):
         samples = source
     else:
+        if isinstance(source, np.ndarray) and source.dtype.kind == "O":
+            check_dtype(source.dtype)
         values = np.asarray(source)
+        check_dtype(values.dtype)
         rows = max(1, _TARGET_CHUNK_BYTES // max(1, values.itemsize * int(np.prod(values.shape[1:]))))
         samples = da.from_array(values, chunks=(rows,) + values.shape[1:])
     check_samples(samples)
+    if samples.dtype.kind != "f":
+        # Integers and booleans are accepted as real numbers (exact up to 2**53).
+        samples = samples.astype(np.float64)
     return samples
 
 
 def check_samples(samples):
-    """Raise ``InputError`` unless ``samples`` is a 2-D real array of at least two rows."""
+    """Raise ``InputError`` unless ``samples`` is a 2-D array of real numbers with at least two rows."""
     if samples.ndim != 2:
         raise InputError(f"samples must be a 2-D array (n samples × d coordinates); got {samples.ndim} dimensions")
-    if samples.dtype.kind not in "biuf":
-        raise InputError(f"samples must be real numbers; got dtype {samples.dtype}")
+    check_dtype(samples.dtype)
     if samples.shape[0] < 2:
         raise InputError(f"need at least 2 samples; got {samples.shape[0]}")
     if samples.shape[1] < 1:
         raise InputError("samples have no columns")
+
+
+def check_dtype(dtype):
+    """Raise ``InputError`` unless ``dtype`` holds real numbers (float, integer or boolean)."""
+    dtype = np.dtype(dtype)
+    kinds = {
+        "c": "complex numbers: a ReLU's output is real",
+        "O": "Python objects, which dist_relu never unpickles",
+        "U": "text", "S": "bytes", "V": "structured records", "M": "dates", "m": "time spans",
+    }
+    if dtype.kind in kinds:
+        raise InputError(f"samples must be real numbers; this array holds {kinds[dtype.kind]} (dtype {dtype})")
+
+
+def check_chunks_present(array):
+    """Raise ``InputError`` naming the chunks of a Zarr array that were never written."""
+    stored = array.nchunks_initialized
+    if stored >= array.nchunks:
+        return
+    grid = array.shards or array.chunks
+    missing = []
+    for coords in itertools.product(*(range(-(-size // step)) for size, step in zip(array.shape, grid))):
+        key = array.metadata.encode_chunk_key(coords)
+        if not sync(array.store_path.store.exists(f"{array.store_path.path}/{key}".lstrip("/"))):
+            missing.append(key)
+            if len(missing) == 5:
+                break
+    raise InputError(
+        f"{array.nchunks - stored} of {array.nchunks} chunks of the samples are missing (first: "
+        f"{', '.join(missing)}); they would read as the fill value {array.fill_value}. If the store is still "
+        "being written, wait; if its writer skipped all-fill chunks, pass allow_missing_chunks=True "
+        "(--allow-missing-chunks)"
+    )
+
+
+def _read_chunk(array, index):
+    """Read one block of a Zarr array, naming the block if it cannot be read."""
+    try:
+        return array[index]
+    except Exception as error:
+        rows, columns = index[0], index[1]
+        raise InputError(
+            f"cannot read the samples at rows {rows.start}:{rows.stop}, columns {columns.start}:{columns.stop} "
+            f"of {array.store_path}: {type(error).__name__}: {error}"
+        ) from error
+
+
+def check_values(problems, where=""):
+    """Raise ``InputError`` naming the columns with negative or non-finite values.
+
+    ``problems`` is ``(d, 2)``: per column, the counts of negative values and
+    of NaN or ±inf, as from ``graph.value_problems``; ``where`` says which rows
+    were counted, when not all of them.
+    """
+    problems = np.asarray(problems)
+    for k, what, advice in (
+        (0, "negative values", "samples of a ReLU are ≥ 0: is this the right array, or does it need ReLU applied?"),
+        (1, "NaN or ±inf values", "remove or fill those rows first"),
+    ):
+        columns = np.flatnonzero(problems[:, k])
+        if columns.size:
+            named = ", ".join(f"{c} ({problems[c, k]:,})" for c in columns[:10])
+            more = f" and {columns.size - 10} more" if columns.size > 10 else ""
+            raise InputError(
+                f"{problems[:, k].sum():,} {what}{where} in {columns.size} column(s): {named}{more} "
+                f"[column (count)]; {advice}"
+            )
 
 
 @contextlib.contextmanager

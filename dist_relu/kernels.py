@@ -229,7 +229,11 @@ def fit_coordinates(statistics, method="censored"):
     the moments of the positives. The statistics are divided by ``n``, so the
     tolerance does not depend on the sample size.
     """
-    statistics = np.asarray(statistics, dtype=np.float64)
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # NaN/inf input is reported by io.check_values
+        return _fit_coordinates(np.asarray(statistics, dtype=np.float64), method)
+
+
+def _fit_coordinates(statistics, method):
     n0, n1, s1_raw, s2_raw = statistics.T
     n = n0 + n1
     d = statistics.shape[0]
