@@ -20,6 +20,7 @@ test: $(STAMP)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/memory_fit.py
+	$(BIN)/python benchmarks/figure1.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -12,6 +12,8 @@ import click
 import numpy as np
 
 from . import __version__, io, kernels
+from .convert import FORMATS
+from .convert import convert as convert_file
 from .estimator import INVERSIONS, METHODS, fit_to_zarr, open_fit
 from .scheduler import scheduler
 from .simulate import BIAS_KINDS, figure1_truth, open_truth, simulate_to_zarr
@@ -210,6 +212,36 @@ def fit(samples, out, array, allow_missing_chunks, method, passes, inversion, pi
         listed = ", ".join(map(str, columns[:20])) + (f" and {columns.size - 20} more" if columns.size > 20 else "")
         click.echo(f"  {kernels.STATUS_NAMES[code]}: column{'s' if columns.size > 1 else ''} {listed}")
     click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("source", type=click.Path(path_type=Path))
+@click.option("--out", type=click.Path(path_type=Path), required=True, help="Zarr group to create.")
+@click.option("--format", "file_format", type=click.Choice(sorted(set(FORMATS.values()))), default=None,
+              help="Input format. Default: from the file's suffix.")
+@click.option("--dataset", default=None, help="The array inside an .npz or HDF5 file that holds several.")
+@click.option("--chunk-rows", type=click.IntRange(min=1), default=None,
+              help="Rows per Zarr chunk. Default: about 32 MB per chunk (printed).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
+@_handle_errors
+def convert(source, out, file_format, dataset, chunk_rows, overwrite):
+    """Convert .npy, .npz, CSV/TSV, HDF5 or Parquet samples into a Zarr group for `fit`.
+
+    Streams the input in blocks of rows (it is never loaded whole) into the
+    array `samples` of a new Zarr group, chunked by rows. Rows are samples,
+    columns coordinates. A CSV/TSV header line is detected and skipped.
+    Objects are never unpickled. HDF5 and Parquet need `pip install
+    dist_relu[convert]`.
+
+    \b
+    Example:
+      dist-relu convert measurements.csv --out data.zarr
+      dist-relu convert run.h5 --dataset activations --out data.zarr --chunk-rows 100000
+    """
+    summary = convert_file(source, out, format=file_format, dataset=dataset, chunk_rows=chunk_rows,
+                           overwrite=overwrite)
+    click.echo(f"converted {summary['n_samples']:,} rows × {summary['n_coordinates']} columns of {source} "
+               f"({summary['format']}) to {out}/samples, {summary['dtype']}, chunks of {summary['chunk_rows']:,} rows")
 
 
 @main.command()

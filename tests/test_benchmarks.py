@@ -1,0 +1,34 @@
+"""The benchmarks run (their --quick versions) and write what they promise."""
+
+import csv
+import json
+import subprocess
+import sys
+from pathlib import Path
+
+BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
+
+
+def test_memory_benchmark_quick(tmp_path):
+    subprocess.run([sys.executable, str(BENCHMARKS / "memory_fit.py"), "--quick", "--out", str(tmp_path)],
+                   check=True, capture_output=True, text=True, timeout=300)
+    record = json.loads((tmp_path / "memory_fit_quick.json").read_text())
+    assert record["n"] == 100_000 and record["d"] == 20
+    for step in ("read", "fit", "fit-api"):
+        assert record["summary"][step]["median_seconds"] > 0
+        assert record["summary"][step]["peak_above_baseline_mb"] > 0
+    assert (tmp_path / "memory_fit_quick.png").stat().st_size > 10_000
+
+
+def test_figure1_quick(tmp_path):
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "figure1.py"), "--quick", "--out", str(tmp_path)],
+                            check=True, capture_output=True, text=True, timeout=300)
+    with open(tmp_path / "figure1_quick_summary.csv") as f:
+        summary = list(csv.DictReader(f))
+    assert {row["method"] for row in summary} == {"paper (ProjSGD)", "dist_relu default"}
+    assert {row["sweep"] for row in summary} == {"n", "d", "kappa"}
+    by = {(r["sweep"], r["value"], r["method"]): float(r["err_sigma_mean"]) for r in summary}
+    # The default is far more accurate than the paper's method on the same data.
+    assert by[("n", "50000", "dist_relu default")] < by[("n", "50000", "paper (ProjSGD)")] / 3
+    assert "paper / default error ratio" in result.stdout
+    assert (tmp_path / "figure1_quick.png").stat().st_size > 10_000
