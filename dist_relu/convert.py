@@ -211,7 +211,7 @@ def convert(source, out, *, format=None, dataset=None, chunk_rows=None, overwrit
     rows = chunk_rows or default_chunk_rows(d, np.dtype(dtype).itemsize)
     with io.atomic_store(out, overwrite=overwrite) as partial:
         group = zarr.open_group(str(partial), mode="w-")
-        samples = group.create_array("samples", shape=(0, d), chunks=(rows, d), dtype=dtype)
+        samples = group.create_array("samples", shape=(0, d), chunks=(rows, d), dtype=dtype, config=io.WRITE_ALL_CHUNKS)
         n = 0
         for block in blocks(rows):
             samples.append(block.astype(dtype, copy=False), axis=0)

@@ -20,6 +20,10 @@ from zarr.core.sync import sync
 
 # Bytes of one row chunk made from an in-memory array when no chunking is given.
 _TARGET_CHUNK_BYTES = 64 * 2**20
+# Zarr skips chunks that equal the fill value everywhere unless told otherwise;
+# dist_relu's stores keep every chunk, so that an absent one always means an
+# incomplete store (see ``check_chunks_present``).
+WRITE_ALL_CHUNKS = {"write_empty_chunks": True}
 
 
 class InputError(ValueError):
@@ -122,8 +126,8 @@ def check_chunks_present(array):
     raise InputError(
         f"{array.nchunks - stored} of {array.nchunks} chunks of the samples are missing (first: "
         f"{', '.join(missing)}); they would read as the fill value {array.fill_value}. If the store is still "
-        "being written, wait; if its writer skipped all-fill chunks, pass allow_missing_chunks=True "
-        "(--allow-missing-chunks)"
+        "being written, wait; if its writer skipped chunks that are all zero (zarr's default), pass "
+        "allow_missing_chunks=True (--allow-missing-chunks)"
     )
 
 
@@ -200,9 +204,9 @@ def create_arrays(group, arrays):
             # Blocks must not straddle Zarr chunks, or parallel writes would race.
             targets[name] = (
                 values.rechunk(chunks),
-                group.create_array(name, shape=values.shape, chunks=chunks, dtype=values.dtype),
+                group.create_array(name, shape=values.shape, chunks=chunks, dtype=values.dtype, config=WRITE_ALL_CHUNKS),
             )
         else:
             values = np.asarray(values)
-            group.create_array(name, data=values, chunks=values.shape or None)
+            group.create_array(name, data=values, chunks=values.shape or None, config=WRITE_ALL_CHUNKS)
     return targets

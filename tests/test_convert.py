@@ -133,3 +133,14 @@ def test_hdf5_dataset_is_chosen_by_name(tmp_path):
         convert(tmp_path / "x.h5", tmp_path / "out.zarr")
     convert(tmp_path / "x.h5", tmp_path / "out.zarr", dataset="b")
     np.testing.assert_array_equal(zarr.open_group(str(tmp_path / "out.zarr"))["samples"][:], 2 * X)
+
+
+def test_all_zero_chunks_are_stored_so_the_fit_needs_no_flag(tmp_path):
+    zeros = np.zeros((3000, 3), dtype=np.float32)
+    zeros[:, 0] = np.arange(3000) % 3
+    np.save(tmp_path / "z.npy", zeros)
+    convert(tmp_path / "z.npy", tmp_path / "z.zarr", chunk_rows=1000)
+    samples = zarr.open_group(str(tmp_path / "z.zarr"), mode="r")["samples"]
+    assert samples.nchunks_initialized == samples.nchunks == 3
+    fit = dist_relu.ReLUGaussian().fit(tmp_path / "z.zarr")
+    assert list(fit.status_[1:]) == [2, 2]  # all zero, named, not refused
