@@ -134,6 +134,8 @@ def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtyp
               help="Name of the samples array when SAMPLES is a Zarr group.")
 @click.option("--allow-missing-chunks", is_flag=True,
               help="Read chunks absent from the store as the fill value (for writers that skip all-zero chunks).")
+@click.option("--drop-nonfinite", is_flag=True,
+              help="Leave out rows holding NaN or ±inf (counted in the output) instead of refusing the data.")
 @click.option("--method", type=click.Choice(METHODS), default="censored", show_default=True,
               help="Step 1: censored-normal MLE (zeros used), the truncated-normal MLE of the positives, "
               "or the paper's projected-SGD NormBiasEst (assumes b ≥ 0).")
@@ -162,7 +164,7 @@ def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtyp
 @_scheduler_options
 @_progress_option
 @_handle_errors
-def fit(samples, out, array, allow_missing_chunks, method, passes, inversion, pilot_rows, clip_bias, column_block,
+def fit(samples, out, array, allow_missing_chunks, drop_nonfinite, method, passes, inversion, pilot_rows, clip_bias, column_block,
         split_every, seed, sgd_batches, sgd_radius, sgd_lambda, sgd_minibatch, overwrite, as_json, address, workers, progress):
     """Fit Σ̂ and b̂ to the samples in SAMPLES and write them to a Zarr group.
 
@@ -188,6 +190,7 @@ def fit(samples, out, array, allow_missing_chunks, method, passes, inversion, pi
             method=method, passes=passes, inversion=inversion, pilot_rows=pilot_rows, clip_bias=clip_bias,
             column_block=column_block, split_every=split_every, seed=seed, sgd_batches=sgd_batches,
             sgd_radius=sgd_radius, sgd_lambda=sgd_lambda, sgd_minibatch=sgd_minibatch,
+            drop_nonfinite=drop_nonfinite,
         )
     _, group = open_fit(out)
     status = group["status"][:]
@@ -211,6 +214,8 @@ def fit(samples, out, array, allow_missing_chunks, method, passes, inversion, pi
         columns = np.flatnonzero(status == code)
         listed = ", ".join(map(str, columns[:20])) + (f" and {columns.size - 20} more" if columns.size > 20 else "")
         click.echo(f"  {kernels.STATUS_NAMES[code]}: column{'s' if columns.size > 1 else ''} {listed}")
+    if attributes.get("rows_dropped"):
+        click.echo(f"left out {attributes['rows_dropped']:,} rows holding NaN or ±inf")
     click.echo(f"wrote {out}")
 
 

@@ -41,7 +41,7 @@ def check_settings(method, passes, inversion, pilot_rows, column_block, split_ev
 
 def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", pilot_rows=100_000,
              clip_bias=False, column_block=512, split_every=8, seed=0, sgd_batches=1, sgd_radius=3.0,
-             sgd_lambda=0.1, sgd_minibatch=10, progress=False):
+             sgd_lambda=0.1, sgd_minibatch=10, drop_nonfinite=False, progress=False):
     """Return ``(outputs, settings)``: the fit's results as lazy dask arrays, and how they were made.
 
     What is needed before the main pass is computed here: the pilot's
@@ -78,14 +78,21 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
                     "minibatch": sgd_minibatch}
     # The likelihood that finds degenerate coordinates, and the pilot's thresholds.
     likelihood = "censored" if method == "sgd" else method
-    statistics = graph.column_statistics(samples, split_every)
+    # With drop_nonfinite, rows holding NaN or ±inf are left out of every
+    # kernel, and n becomes the lazy count of the rows kept.
+    keep = graph.finite_row_mask(samples) if drop_nonfinite else None
+    n_kept = keep.sum() if drop_nonfinite else n
+    statistics = graph.column_statistics(samples, split_every, keep)
     sgd_step1 = None
     if passes == 1:
         # Thresholds from a pilot: rows spread over the array, independent of its chunking.
         runs = kernels.pilot_row_runs(n, pilot_rows)
         pilot = da.concatenate([samples[start:stop] for start, stop in runs])
+        pilot_keep = graph.finite_row_mask(pilot) if drop_nonfinite else None
         pilot_statistics, pilot_problems = compute(
-            graph.column_statistics(pilot, split_every), graph.value_problems(pilot, split_every), progress=progress
+            graph.column_statistics(pilot, split_every, pilot_keep),
+            graph.value_problems(pilot, split_every, pilot_keep),
+            progress=progress,
         )
         io.check_values(pilot_problems, where=f" among the pilot's {min(pilot_rows, n):,} rows")  # fail early
         thresholds = np.maximum(0.0, kernels.fit_coordinates(pilot_statistics, likelihood)[0])
@@ -96,30 +103,32 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         # each chunk read feeds two layers and dask never fuses the read into
         # every count task that uses it (which would read each chunk again
         # per task).
-        first_pass, first_problems = compute(statistics, graph.value_problems(samples, split_every), progress=progress)
+        first_pass, first_problems = compute(statistics, graph.value_problems(samples, split_every, keep),
+                                             progress=progress)
         io.check_values(first_problems)
         first_bias, first_scale, first_status = kernels.fit_coordinates(first_pass, likelihood)
         standardisation = sgd.standardisation(first_pass)
         if method == "sgd":
-            (sgd_step1,) = compute(graph.sgd_estimates(samples, *standardisation, **sgd_settings), progress=progress)
+            (sgd_step1,) = compute(graph.sgd_estimates(samples, *standardisation, keep=keep, **sgd_settings),
+                                   progress=progress)
             first_bias = sgd.with_degenerate(sgd_step1, first_bias, first_scale, first_status)[0]
         thresholds = np.maximum(0.0, first_bias)
 
     bias, scale, status = graph.coordinate_estimates(statistics, likelihood)
     if method == "sgd":
         if sgd_step1 is None:
-            sgd_step1 = graph.sgd_estimates(samples, *standardisation, **sgd_settings)
+            sgd_step1 = graph.sgd_estimates(samples, *standardisation, keep=keep, **sgd_settings)
         bias, scale = graph.with_degenerate(da.asarray(sgd_step1), bias, scale, status)
     thresholds = da.from_array(thresholds, chunks=(samples.chunks[1],))
-    counts = graph.coexceedance_counts(samples, thresholds, split_every)
+    counts = graph.coexceedance_counts(samples, thresholds, split_every, keep)
     if clip_bias:
         # Before the margins: the paper thresholds at the clipped b̂ and inverts with a = 0.
         bias = da.maximum(bias, 0.0)
     if inversion == "tetrachoric":
-        margins = graph.tetrachoric_margins(counts, n)
+        margins = graph.tetrachoric_margins(counts, n_kept)
     else:
         margins = da.map_blocks(kernels.threshold_margins, bias, scale, thresholds, dtype=np.float64)
-    covariance = graph.covariance(counts, n, margins, scale)
+    covariance = graph.covariance(counts, n_kept, margins, scale)
 
     outputs = {
         "covariance": covariance,
@@ -127,16 +136,19 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         "scale": scale,
         "status": status,
         "thresholds": thresholds,
-        "positive_fraction": statistics[:, 1] / n,
+        "positive_fraction": statistics[:, 1] / n_kept,
         "counts": counts,
     }
     outputs.update({name: statistics[:, k] for k, name in enumerate(kernels.STATISTICS)})
     if passes == 1:
         # Checked after the main pass (io.check_values): the pilot saw only some rows.
-        outputs["value_problems"] = graph.value_problems(samples, split_every)
+        outputs["value_problems"] = graph.value_problems(samples, split_every, keep)
+    if drop_nonfinite:
+        outputs["rows_dropped"] = n - n_kept
     settings = {
-        "n_samples": int(n),
+        "n_samples": int(n),  # rows read; with drop_nonfinite, rows_dropped are then subtracted
         "n_coordinates": int(d),
+        "drop_nonfinite": bool(drop_nonfinite),
         "method": method,
         "passes": passes,
         "inversion": inversion,
@@ -150,6 +162,14 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         settings["sgd"] = {"seed": int(seed), "batches": int(sgd_batches), "radius": float(sgd_radius),
                            "lambda": float(sgd_lambda), "minibatch": int(sgd_minibatch)}
     return outputs, settings
+
+
+def _count_dropped(settings, rows_dropped):
+    """Return the settings with ``n_samples`` the rows fitted and ``rows_dropped`` the rows left out."""
+    if rows_dropped >= settings["n_samples"] - 1:
+        raise io.InputError(f"{rows_dropped:,} of {settings['n_samples']:,} rows hold NaN or ±inf: "
+                            "fewer than 2 samples are left")
+    return {**settings, "n_samples": settings["n_samples"] - rows_dropped, "rows_dropped": rows_dropped}
 
 
 def _provenance(settings, seconds, source=None):
@@ -194,6 +214,8 @@ def fit_to_zarr(source, out, *, array="samples", allow_missing_chunks=False, ove
         group = write_group(partial, outputs, {}, progress=progress)
         if "value_problems" in outputs:
             io.check_values(group["value_problems"][:])
+        if "rows_dropped" in outputs:
+            fit_settings = _count_dropped(fit_settings, int(group["rows_dropped"][...]))
         attributes = _provenance(fit_settings, time.perf_counter() - start, source if not hasattr(source, "shape") else None)
         group.attrs.update(attributes)
     return attributes
@@ -227,6 +249,10 @@ class ReLUGaussian:
     sgd_batches, sgd_radius, sgd_lambda, sgd_minibatch : int, float, float, int
         ``B``, ``r``, ``λ`` and the minibatch size of the paper's Algorithms 2
         and 3; the authors used 1, 3, 0.1 and 10.
+    drop_nonfinite : bool, default False
+        Leave out the rows that hold NaN or ±inf (counted in
+        ``settings_["rows_dropped"]``) instead of refusing the data. Found in
+        the fit's own read: no extra pass.
     column_block : int, default 512
         Coordinates per column block: each count task holds two blocks of
         indicators and a ``column_block²`` count block. Does not affect results.
@@ -270,7 +296,7 @@ class ReLUGaussian:
 
     def __init__(self, method="censored", passes=1, inversion="tetrachoric", pilot_rows=100_000,
                  clip_bias=False, column_block=512, split_every=8, seed=0, sgd_batches=1, sgd_radius=3.0,
-                 sgd_lambda=0.1, sgd_minibatch=10):
+                 sgd_lambda=0.1, sgd_minibatch=10, drop_nonfinite=False):
         self.method = method
         self.passes = passes
         self.inversion = inversion
@@ -283,11 +309,12 @@ class ReLUGaussian:
         self.sgd_radius = sgd_radius
         self.sgd_lambda = sgd_lambda
         self.sgd_minibatch = sgd_minibatch
+        self.drop_nonfinite = drop_nonfinite
 
     def get_params(self):
         return {name: getattr(self, name) for name in (
             "method", "passes", "inversion", "pilot_rows", "clip_bias", "column_block", "split_every",
-            "seed", "sgd_batches", "sgd_radius", "sgd_lambda", "sgd_minibatch")}
+            "seed", "sgd_batches", "sgd_radius", "sgd_lambda", "sgd_minibatch", "drop_nonfinite")}
 
     def fit(self, X, array="samples", allow_missing_chunks=False, progress=False):
         """Fit the estimator on samples ``X`` and return ``self``.
@@ -303,6 +330,8 @@ class ReLUGaussian:
         values = dict(zip(outputs, compute(*outputs.values(), progress=progress)))
         if "value_problems" in values:
             io.check_values(values["value_problems"])
+        if "rows_dropped" in values:
+            settings = _count_dropped(settings, int(values["rows_dropped"]))
         self.settings_ = _provenance(settings, time.perf_counter() - start)
         self.covariance_ = values["covariance"]
         self.bias_ = values["bias"]
@@ -312,7 +341,7 @@ class ReLUGaussian:
         self.thresholds_ = values["thresholds"]
         self.counts_ = values["counts"]
         self.statistics_ = np.stack([values[name] for name in kernels.STATISTICS], axis=1)
-        self.n_samples_ = settings["n_samples"]
+        self.n_samples_ = self.settings_["n_samples"]
         self.model_ = RectifiedGaussian(self.covariance_, self.bias_)
         return self
 

@@ -20,8 +20,8 @@ from . import kernels, sgd
 def _leading_axis(kernel):
     """Wrap a per-chunk kernel returning ``(d_I, k)`` to return ``(1, d_I, k)`` (one row-chunk slot)."""
 
-    def partial(x):
-        return kernel(x)[None]
+    def partial(x, keep=None):
+        return kernel(x, keep)[None]
 
     partial.__name__ = kernel.__name__
     return partial
@@ -40,28 +40,48 @@ def _estimates_block(statistics, method):
     return np.stack([bias, scale, status], axis=1)
 
 
-def _per_column_sums(samples, partial, width, dtype, name, split_every):
+def _with_rows(keep):
+    """Blockwise arguments that add the row mask ``keep`` (index ``r``), if there is one."""
+    return () if keep is None else (keep, "r")
+
+
+def _scalar_index(value):
+    """Blockwise index of a scalar argument: a lazy 0-d array is a dependency, a number is not."""
+    return "" if isinstance(value, da.Array) else None
+
+
+def finite_row_mask(samples):
+    """Return the lazy ``(n,)`` boolean of rows without NaN or ±inf, one task per row chunk.
+
+    The task sees the whole row chunk (all column blocks concatenated), so a
+    row is dropped from every block alike.
+    """
+    return da.blockwise(kernels.finite_rows, "r", samples, "ri", concatenate=True, dtype=bool,
+                        token="finite-rows")
+
+
+def _per_column_sums(samples, partial, width, dtype, name, split_every, keep=None):
     """Return the lazy ``(d, width)`` sum over row chunks of ``partial``'s per-chunk ``(d_I, width)`` arrays."""
     partials = da.blockwise(
-        partial, "rik", samples, "ri",
+        partial, "rik", samples, "ri", *_with_rows(keep),
         new_axes={"k": width}, adjust_chunks={"r": 1},
         dtype=dtype, token=name, meta=np.empty((0, 0, 0), dtype=dtype),
     )
     return partials.sum(axis=0, split_every=split_every)
 
 
-def column_statistics(samples, split_every=8):
+def column_statistics(samples, split_every=8, keep=None):
     """Return the lazy ``(d, 4)`` sufficient statistics ``(n0, n1, S1, S2)`` of ``samples``.
 
     Memory: one ``(d_I, 4)`` float64 array per row chunk and column block;
     ``split_every`` of them per reduction task.
     """
-    return _per_column_sums(samples, _statistics_partial, 4, np.float64, "chunk-statistics", split_every)
+    return _per_column_sums(samples, _statistics_partial, 4, np.float64, "chunk-statistics", split_every, keep)
 
 
-def value_problems(samples, split_every=8):
-    """Return lazy ``(d, 2)`` counts of negative and of non-finite values per column."""
-    return _per_column_sums(samples, _value_problems_partial, 2, np.int64, "value-problems", split_every)
+def value_problems(samples, split_every=8, keep=None):
+    """Return lazy ``(d, 2)`` counts of negative and of non-finite values per column (of the kept rows)."""
+    return _per_column_sums(samples, _value_problems_partial, 2, np.int64, "value-problems", split_every, keep)
 
 
 def coordinate_estimates(statistics, method="censored"):
@@ -74,7 +94,7 @@ def coordinate_estimates(statistics, method="censored"):
     return solved[:, 0], solved[:, 1], solved[:, 2].astype(np.int8)
 
 
-def coexceedance_counts(samples, thresholds, split_every=8):
+def coexceedance_counts(samples, thresholds, split_every=8, keep=None):
     """Return the lazy ``(d, d)`` int64 counts ``C = Iᵀ I`` of ``I = (samples > thresholds)``.
 
     Dask fuses the indicator step into each pair's count task, so an indicator
@@ -85,7 +105,7 @@ def coexceedance_counts(samples, thresholds, split_every=8):
     """
     thresholds = da.asarray(thresholds).rechunk((samples.chunks[1],))
     indicators = da.blockwise(
-        kernels.exceedance_indicators, "ri", samples, "ri", thresholds, "i",
+        kernels.exceedance_indicators, "ri", samples, "ri", thresholds, "i", *_with_rows(keep),
         dtype=np.float32, token="exceedance-indicators",
     )
     partials = da.blockwise(
@@ -104,8 +124,9 @@ def coexceedance_counts(samples, thresholds, split_every=8):
 
 
 def tetrachoric_margins(counts, n_samples):
-    """Return lazy ``a_i = Φ⁻¹(c_i/n)`` from the diagonal of the counts."""
-    return da.diagonal(counts).map_blocks(kernels.tetrachoric_margins, n_samples, dtype=np.float64)
+    """Return lazy ``a_i = Φ⁻¹(c_i/n)`` from the diagonal of the counts; ``n`` may be a lazy 0-d array."""
+    return da.blockwise(kernels.tetrachoric_margins, "i", da.diagonal(counts), "i",
+                        n_samples, _scalar_index(n_samples), dtype=np.float64, token="tetrachoric-margins")
 
 
 def covariance(counts, n_samples, margins, scale):
@@ -116,7 +137,7 @@ def covariance(counts, n_samples, margins, scale):
     index = da.arange(counts.shape[0], chunks=chunks)
     return da.blockwise(
         kernels.covariance_block, "ij",
-        counts, "ij", n_samples, None,
+        counts, "ij", n_samples, _scalar_index(n_samples),
         margins, "i", margins, "j", scale, "i", scale, "j", index, "i", index, "j",
         dtype=np.float64, token="covariance-block",
     )
@@ -138,7 +159,7 @@ def simulated_samples(n_samples, weights, bias, chunk_rows, seed, dtype=np.float
     )
 
 
-def sgd_estimates(samples, mean0, sd0, seed=0, n_batches=1, radius=3.0, step_scale=0.1, minibatch=10):
+def sgd_estimates(samples, mean0, sd0, seed=0, n_batches=1, radius=3.0, step_scale=0.1, minibatch=10, keep=None):
     """Return lazy ``(d, 2)`` estimates ``(µ̂, σ̂)`` by the paper's ProjSGD NormBiasEst.
 
     One task chain per (column block, bootstrap batch) streams the batch's row
@@ -161,8 +182,9 @@ def sgd_estimates(samples, mean0, sd0, seed=0, n_batches=1, radius=3.0, step_sca
             start, stop = batch * n // n_batches, (batch + 1) * n // n_batches
             state = delayed(sgd.initial_state, pure=True)(np.arange(first, last), batch, seed)
             chunks = samples[start:stop, first:last].to_delayed().ravel()
-            for chunk in chunks:
-                state = delayed(sgd.advance, pure=True)(state, chunk, m0, s0, **settings)
+            masks = [None] * len(chunks) if keep is None else keep[start:stop].to_delayed().ravel()
+            for chunk, mask in zip(chunks, masks):
+                state = delayed(sgd.advance, pure=True)(state, chunk, m0, s0, keep=mask, **settings)
             states.append(state)
         estimate = delayed(sgd.select_and_map_back, pure=True)(states, m0, s0)
         block_estimates.append(da.from_delayed(estimate, shape=(last - first, 2), dtype=np.float64))

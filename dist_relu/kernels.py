@@ -40,13 +40,20 @@ _EXACT_FLOAT32_ROWS = 2**24
 # --------------------------------------------------------------------------
 
 
-def chunk_statistics(x):
+def finite_rows(x):
+    """Return a ``(rows,)`` boolean: which rows of ``x`` hold no NaN or ±inf."""
+    return np.isfinite(x).all(axis=1)
+
+
+def chunk_statistics(x, keep=None):
     """Return the sufficient statistics ``(n0, n1, S1, S2)`` of each column of ``x``.
 
     Parameters
     ----------
     x : ndarray, shape (rows, d)
         A chunk of samples.
+    keep : ndarray of bool, shape (rows,), optional
+        The rows to count (``finite_rows``); all by default.
 
     Returns
     -------
@@ -54,6 +61,8 @@ def chunk_statistics(x):
         Columns in the order of ``STATISTICS``. Additive over row chunks: the
         statistics of a stack of chunks are the sum of theirs.
     """
+    if keep is not None:
+        x = x[keep]
     positive = x > 0
     values = np.where(positive, x, 0).astype(np.float64, copy=False)
     n1 = positive.sum(axis=0, dtype=np.int64)
@@ -65,16 +74,20 @@ def chunk_statistics(x):
     return out
 
 
-def chunk_value_problems(x):
+def chunk_value_problems(x, keep=None):
     """Return ``(d, 2)`` int64 counts per column of values a ReLU cannot produce: negatives, and NaN or ±inf."""
+    if keep is not None:
+        x = x[keep]
     out = np.empty((x.shape[1], 2), dtype=np.int64)
     out[:, 0] = (x < 0).sum(axis=0)
     out[:, 1] = (~np.isfinite(x)).sum(axis=0)
     return out
 
 
-def exceedance_indicators(x, thresholds):
-    """Return the 0/1 indicator ``x > thresholds`` as float32 (ready for exact GEMM)."""
+def exceedance_indicators(x, thresholds, keep=None):
+    """Return the 0/1 indicator ``x > thresholds`` of the kept rows as float32 (ready for exact GEMM)."""
+    if keep is not None:
+        x = x[keep]
     return (x > thresholds).astype(np.float32)
 
 

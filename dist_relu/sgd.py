@@ -75,7 +75,7 @@ def initial_state(coordinates, batch, seed):
     }
 
 
-def advance(state, x, mean0, sd0, radius=3.0, step_scale=0.1, minibatch=10):
+def advance(state, x, mean0, sd0, radius=3.0, step_scale=0.1, minibatch=10, keep=None):
     """Return the state after running ProjSGD over the positives of chunk ``x`` (rows, d_block).
 
     Parameters
@@ -87,7 +87,11 @@ def advance(state, x, mean0, sd0, radius=3.0, step_scale=0.1, minibatch=10):
         Standardisation of each coordinate's positives.
     radius, step_scale, minibatch : float, float, int
         ``r``, ``λ`` and the minibatch size of Algorithm 3.
+    keep : ndarray of bool, shape (rows,), optional
+        The rows to use; all by default.
     """
+    if keep is not None:
+        x = x[keep]
     state = {**state, "v": state["v"].copy(), "v_sum": state["v_sum"].copy(), "steps": state["steps"].copy()}
     d = x.shape[1]
     lower = -mean0 / sd0

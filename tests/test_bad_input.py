@@ -125,3 +125,38 @@ def test_a_degenerate_column_is_named_but_the_fit_goes_on(tmp_path):
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == 0, result.stderr
     assert "1 all zero" in result.stdout and "all zero: column 1" in result.stdout
+
+
+@pytest.mark.parametrize("settings", [dict(passes=1), dict(passes=2), dict(method="sgd", passes=2, column_block=2)])
+def test_dropping_nonfinite_rows_equals_fitting_without_them(tmp_path, settings):
+    x = good(n=3000, d=5, seed=3)
+    bad_rows = [0, 17, 1500, 2999]
+    x[0, 1], x[17, 4], x[1500, 0], x[2999, 2] = np.nan, np.inf, -np.inf, np.nan
+    clean = np.delete(x, bad_rows, axis=0)
+    path = store(tmp_path, x, chunks=(700, 5))
+    dropped = dist_relu.ReLUGaussian(pilot_rows=3000, drop_nonfinite=True, **settings).fit(path)
+    reference = dist_relu.ReLUGaussian(pilot_rows=3000, **settings).fit(clean)
+    assert dropped.n_samples_ == 2996 and dropped.settings_["rows_dropped"] == 4
+    np.testing.assert_array_equal(dropped.counts_, reference.counts_)
+    np.testing.assert_array_equal(dropped.statistics_[:, :2], reference.statistics_[:, :2])
+    np.testing.assert_allclose(dropped.covariance_, reference.covariance_, rtol=1e-9, atol=1e-12)
+    np.testing.assert_allclose(dropped.bias_, reference.bias_, rtol=1e-9, atol=1e-12)
+
+
+def test_dropping_through_the_cli_is_reported_and_stored(tmp_path):
+    x = good(n=1000)
+    x[5, 1] = np.nan
+    out = tmp_path / "fit.zarr"
+    result = subprocess.run([DIST_RELU, "fit", str(store(tmp_path, x)), "--out", str(out), "--drop-nonfinite"],
+                            capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
+    assert "left out 1 rows holding NaN or ±inf" in result.stdout
+    attrs = zarr.open_group(str(out), mode="r").attrs
+    assert attrs["n_samples"] == 999 and attrs["rows_dropped"] == 1 and attrs["drop_nonfinite"] is True
+
+
+def test_dropping_every_row_is_refused(tmp_path):
+    x = good(n=10)
+    x[:, 0] = np.nan
+    with pytest.raises(io.InputError, match="fewer than 2 samples are left"):
+        dist_relu.ReLUGaussian(drop_nonfinite=True).fit(x)

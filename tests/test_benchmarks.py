@@ -32,3 +32,11 @@ def test_figure1_quick(tmp_path):
     assert by[("n", "50000", "dist_relu default")] < by[("n", "50000", "paper (ProjSGD)")] / 3
     assert "paper / default error ratio" in result.stdout
     assert (tmp_path / "figure1_quick.png").stat().st_size > 10_000
+
+
+def test_convert_csv_benchmark_quick(tmp_path):
+    subprocess.run([sys.executable, str(BENCHMARKS / "convert_csv.py"), "--quick", "--out", str(tmp_path)],
+                   check=True, capture_output=True, text=True, timeout=300)
+    record = json.loads((tmp_path / "convert_csv_quick.json").read_text())
+    assert record["n_samples"] > 10_000 and record["n_coordinates"] == 100
+    assert 0 < record["peak_above_baseline_mb"] < 20 * record["chunk_mb"]
