@@ -160,3 +160,27 @@ def test_dropping_every_row_is_refused(tmp_path):
     x[:, 0] = np.nan
     with pytest.raises(io.InputError, match="fewer than 2 samples are left"):
         dist_relu.ReLUGaussian(drop_nonfinite=True).fit(x)
+
+
+@pytest.mark.parametrize("signal_name", ["SIGINT", "SIGKILL"])
+def test_an_interrupted_fit_leaves_the_previous_output_intact(simulated, tmp_path, signal_name):
+    import signal
+    import time
+
+    path, _, _ = simulated(800_000, 40, seed=9, chunk_rows=20_000)
+    out = tmp_path / "fit.zarr"
+    dist_relu.fit_to_zarr(path, out, pilot_rows=1000)
+    before = zarr.open_group(str(out), mode="r")["covariance"][:]
+    process = subprocess.Popen([DIST_RELU, "fit", str(path), "--out", str(out), "--overwrite", "--passes", "2"],
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    deadline = time.monotonic() + 60
+    while not any(p.name.startswith(".fit.zarr.partial") for p in tmp_path.iterdir()):
+        assert process.poll() is None and time.monotonic() < deadline, "the fit ended before it could be interrupted"
+        time.sleep(0.005)
+    process.send_signal(getattr(signal, signal_name))
+    _, stderr = process.communicate(timeout=60)
+    assert process.returncode != 0
+    np.testing.assert_array_equal(zarr.open_group(str(out), mode="r")["covariance"][:], before)
+    if signal_name == "SIGINT":
+        assert process.returncode == 130 and "interrupted: no output was written" in stderr
+        assert [p.name for p in tmp_path.iterdir()] == ["fit.zarr"]  # the partial store is removed
