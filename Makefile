@@ -21,6 +21,7 @@ test: $(STAMP)
 bench: $(STAMP)
 	$(BIN)/python benchmarks/memory_fit.py
 	$(BIN)/python benchmarks/figure1.py
+	$(BIN)/python benchmarks/convert_csv.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -1,6 +1,7 @@
 """The estimator: the fit plan (DESIGN.md §2–§3), the ``ReLUGaussian`` class, and fits written to Zarr."""
 
 import datetime
+import inspect
 import time
 
 import dask
@@ -312,9 +313,9 @@ class ReLUGaussian:
         self.drop_nonfinite = drop_nonfinite
 
     def get_params(self):
-        return {name: getattr(self, name) for name in (
-            "method", "passes", "inversion", "pilot_rows", "clip_bias", "column_block", "split_every",
-            "seed", "sgd_batches", "sgd_radius", "sgd_lambda", "sgd_minibatch", "drop_nonfinite")}
+        """Return the constructor's parameters and their values (as scikit-learn does)."""
+        names = list(inspect.signature(type(self).__init__).parameters)[1:]
+        return {name: getattr(self, name) for name in names}
 
     def fit(self, X, array="samples", allow_missing_chunks=False, progress=False):
         """Fit the estimator on samples ``X`` and return ``self``.
