@@ -9,6 +9,7 @@ import contextlib
 import itertools
 import os
 import shutil
+import time
 import uuid
 from pathlib import Path
 
@@ -182,13 +183,33 @@ def atomic_store(path, overwrite=False):
     try:
         yield partial
     except BaseException:
-        shutil.rmtree(partial, ignore_errors=True)
+        _remove_partial(partial)
         raise
     old = path.with_name(f".{path.name}.old-{token}")
     if path.exists():
         os.rename(path, old)
     os.rename(partial, path)
     shutil.rmtree(old, ignore_errors=True)
+
+
+def _remove_partial(path, settle=2.0, quiet=0.5):
+    """Remove a partial store, and again while tasks still in flight recreate it.
+
+    After an interruption, threads (or workers) finish the block they were
+    writing, which can recreate the directory just removed; keep removing it
+    until it has stayed away for ``quiet`` seconds, or ``settle`` have passed.
+    """
+    if not path.exists():
+        return  # nothing was written, so nothing is being written
+    start = last_seen = time.monotonic()
+    while time.monotonic() - start < settle:
+        if path.exists():
+            shutil.rmtree(path, ignore_errors=True)
+            last_seen = time.monotonic()
+        elif time.monotonic() - last_seen > quiet:
+            return
+        time.sleep(0.05)
+    shutil.rmtree(path, ignore_errors=True)
 
 
 def create_arrays(group, arrays):
