@@ -104,6 +104,8 @@ def coexceedance_counts(samples, thresholds, split_every=8, keep=None):
     affect results (the counts are exact integers).
     """
     thresholds = da.asarray(thresholds).rechunk((samples.chunks[1],))
+    # With ``keep``, an indicator block holds only the kept rows (fewer than its
+    # declared chunk); only the pair kernel below ever sees it.
     indicators = da.blockwise(
         kernels.exceedance_indicators, "ri", samples, "ri", thresholds, "i", *_with_rows(keep),
         dtype=np.float32, token="exceedance-indicators",
