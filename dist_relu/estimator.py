@@ -1,15 +1,19 @@
 """The estimator: the fit plan (DESIGN.md §2–§3), the ``ReLUGaussian`` class, and fits written to Zarr."""
 
+import contextlib
 import datetime
 import inspect
+import os
 import time
 
 import dask
 import dask.array as da
 import numpy as np
 import zarr
+from dask.base import tokenize
 
 from . import __version__, graph, io, kernels, sgd
+from .checkpoint import Checkpoint
 from .model import RectifiedGaussian
 from .scheduler import compute
 
@@ -42,59 +46,72 @@ def check_settings(method, passes, inversion, pilot_rows, column_block, split_ev
 
 def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", pilot_rows=100_000,
              clip_bias=False, column_block=512, split_every=8, seed=0, sgd_batches=1, sgd_radius=3.0,
-             sgd_lambda=0.1, sgd_minibatch=10, drop_nonfinite=False, progress=False):
-    """Return ``(outputs, settings)``: the fit's results as lazy dask arrays, and how they were made.
+             sgd_lambda=0.1, sgd_minibatch=10, drop_nonfinite=False, progress=False, checkpoint=None,
+             source=None, timings=None):
+    """Return ``(state, settings)``: the main pass as lazy dask arrays, and how the fit is made.
 
     What is needed before the main pass is computed here: the pilot's
     thresholds (one pass) or the whole Step 1 (two passes; with
     ``method="sgd"`` that is one read for the standardisation and one for the
-    SGD). Everything in ``outputs`` is then one graph over the samples:
-    computing or storing it reads the data once more.
+    SGD). Everything lazy in ``state`` is then one graph over the samples:
+    computing it reads the data once more. ``finish_fit`` turns the computed
+    (or stored) state into the estimates.
 
     Parameters
     ----------
     samples : dask array, shape (n, d)
         As from ``io.open_samples``.
+    checkpoint : str, optional
+        Directory or fsspec URL where the partial sums of each segment of
+        ``split_every`` row chunks are saved as they finish; sums saved there
+        by an earlier run of the same fit are loaded instead of recomputed.
+    source : str, optional
+        What the samples are (a path or URL), recorded in the checkpoint so
+        that it is never used for other data.
+    timings : dict, optional
+        Filled with the seconds of the stages computed here (``pilot``, or
+        ``pass 1`` and, with ``method="sgd"``, ``sgd``).
     See ``ReLUGaussian`` for the rest.
 
     Returns
     -------
-    outputs : dict of dask arrays
-        ``covariance`` (d, d), ``bias``, ``scale``, ``status``, ``thresholds``,
-        ``positive_fraction``, ``counts`` (d, d), and the sufficient statistics
-        ``n_zero``, ``n_positive``, ``sum_positive``, ``sum_sq_positive``;
-        with one pass also ``value_problems`` (d, 2), for ``io.check_values``
-        once computed.
+    state : dict
+        Lazy: ``statistics`` (d, 4), the sufficient statistics; ``counts``
+        (d, d); ``rows_kept`` (0-d) with ``drop_nonfinite``; with one pass
+        ``value_problems`` (d, 2), for ``io.check_values`` once computed;
+        with ``method="sgd"`` the SGD's ``(µ̂, σ̂)`` as ``sgd`` (d, 2).
+        Computed already: ``thresholds`` (d,), and ``sgd`` after two passes.
     settings : dict
         JSON-ready description of the fit, stored with its output.
     """
     check_settings(method, passes, inversion, pilot_rows, column_block, split_every, sgd_batches, sgd_radius,
                    sgd_lambda, sgd_minibatch)
     io.check_samples(samples)
+    timings = {} if timings is None else timings
     n, d = samples.shape
     if max(samples.chunks[1]) != min(column_block, d) or len(set(samples.chunks[1][:-1])) > 1:
         samples = samples.rechunk({1: column_block})
+    if checkpoint is not None:
+        checkpoint = Checkpoint.open(checkpoint, _checkpoint_fingerprint(samples, source, split_every, drop_nonfinite))
 
     sgd_settings = {"seed": seed, "n_batches": sgd_batches, "radius": sgd_radius, "step_scale": sgd_lambda,
                     "minibatch": sgd_minibatch}
     # The likelihood that finds degenerate coordinates, and the pilot's thresholds.
     likelihood = "censored" if method == "sgd" else method
-    # With drop_nonfinite, rows holding NaN or ±inf are left out of every
-    # kernel, and n becomes the lazy count of the rows kept.
+    # With drop_nonfinite, rows holding NaN or ±inf are left out of every kernel.
     keep = graph.finite_row_mask(samples) if drop_nonfinite else None
-    n_kept = keep.sum() if drop_nonfinite else n
-    statistics = graph.column_statistics(samples, split_every, keep)
-    sgd_step1 = None
+    state = {}
     if passes == 1:
         # Thresholds from a pilot: rows spread over the array, independent of its chunking.
-        runs = kernels.pilot_row_runs(n, pilot_rows)
-        pilot = da.concatenate([samples[start:stop] for start, stop in runs])
-        pilot_keep = graph.finite_row_mask(pilot) if drop_nonfinite else None
-        pilot_statistics, pilot_problems = compute(
-            graph.column_statistics(pilot, split_every, pilot_keep),
-            graph.value_problems(pilot, split_every, pilot_keep),
-            progress=progress,
-        )
+        with _stage(timings, "pilot"):
+            runs = kernels.pilot_row_runs(n, pilot_rows)
+            pilot = da.concatenate([samples[start:stop] for start, stop in runs])
+            pilot_keep = graph.finite_row_mask(pilot) if drop_nonfinite else None
+            pilot_statistics, pilot_problems = compute(
+                graph.column_statistics(pilot, split_every, pilot_keep),
+                graph.value_problems(pilot, split_every, pilot_keep),
+                progress=progress,
+            )
         io.check_values(pilot_problems, where=f" among the pilot's {min(pilot_rows, n):,} rows")  # fail early
         thresholds = np.maximum(0.0, kernels.fit_coordinates(pilot_statistics, likelihood)[0])
         standardisation = sgd.standardisation(pilot_statistics)
@@ -104,48 +121,34 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         # each chunk read feeds two layers and dask never fuses the read into
         # every count task that uses it (which would read each chunk again
         # per task).
-        first_pass, first_problems = compute(statistics, graph.value_problems(samples, split_every, keep),
-                                             progress=progress)
+        first = None if checkpoint is None else checkpoint.child("pass-1")
+        with _stage(timings, "pass 1"):
+            first_pass, first_problems = compute(graph.column_statistics(samples, split_every, keep, first),
+                                                 graph.value_problems(samples, split_every, keep, first),
+                                                 progress=progress)
         io.check_values(first_problems)
-        first_bias, first_scale, first_status = kernels.fit_coordinates(first_pass, likelihood)
+        first_bias = kernels.fit_coordinates(first_pass, likelihood)[0]
         standardisation = sgd.standardisation(first_pass)
         if method == "sgd":
-            (sgd_step1,) = compute(graph.sgd_estimates(samples, *standardisation, keep=keep, **sgd_settings),
-                                   progress=progress)
-            first_bias = sgd.with_degenerate(sgd_step1, first_bias, first_scale, first_status)[0]
+            with _stage(timings, "sgd"):
+                (state["sgd"],) = compute(graph.sgd_estimates(samples, *standardisation, keep=keep, **sgd_settings),
+                                          progress=progress)
+            first_bias = sgd.with_degenerate(state["sgd"], *kernels.fit_coordinates(first_pass, likelihood))[0]
         thresholds = np.maximum(0.0, first_bias)
 
-    bias, scale, status = graph.coordinate_estimates(statistics, likelihood)
-    if method == "sgd":
-        if sgd_step1 is None:
-            sgd_step1 = graph.sgd_estimates(samples, *standardisation, keep=keep, **sgd_settings)
-        bias, scale = graph.with_degenerate(da.asarray(sgd_step1), bias, scale, status)
-    thresholds = da.from_array(thresholds, chunks=(samples.chunks[1],))
-    counts = graph.coexceedance_counts(samples, thresholds, split_every, keep)
-    if clip_bias:
-        # Before the margins: the paper thresholds at the clipped b̂ and inverts with a = 0.
-        bias = da.maximum(bias, 0.0)
-    if inversion == "tetrachoric":
-        margins = graph.tetrachoric_margins(counts, n_kept)
-    else:
-        margins = da.map_blocks(kernels.threshold_margins, bias, scale, thresholds, dtype=np.float64)
-    covariance = graph.covariance(counts, n_kept, margins, scale)
-
-    outputs = {
-        "covariance": covariance,
-        "bias": bias,
-        "scale": scale,
-        "status": status,
-        "thresholds": thresholds,
-        "positive_fraction": statistics[:, 1] / n_kept,
-        "counts": counts,
-    }
-    outputs.update({name: statistics[:, k] for k, name in enumerate(kernels.STATISTICS)})
+    # The main pass: its partial sums are checkpointed under the thresholds they were counted at.
+    main = None if checkpoint is None else checkpoint.child(f"thresholds-{tokenize(thresholds)}")
+    state["thresholds"] = thresholds
+    state["statistics"] = graph.column_statistics(samples, split_every, keep, main)
+    state["counts"] = graph.coexceedance_counts(
+        samples, da.from_array(thresholds, chunks=(samples.chunks[1],)), split_every, keep, main)
+    if method == "sgd" and "sgd" not in state:
+        state["sgd"] = graph.sgd_estimates(samples, *standardisation, keep=keep, **sgd_settings)
     if passes == 1:
         # Checked after the main pass (io.check_values): the pilot saw only some rows.
-        outputs["value_problems"] = graph.value_problems(samples, split_every, keep)
+        state["value_problems"] = graph.value_problems(samples, split_every, keep, main)
     if drop_nonfinite:
-        outputs["rows_dropped"] = n - n_kept
+        state["rows_kept"] = graph.rows_kept(keep, split_every, main)
     settings = {
         "n_samples": int(n),  # rows read; with drop_nonfinite, rows_dropped are then subtracted
         "n_coordinates": int(d),
@@ -158,11 +161,78 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         "column_block": int(max(samples.chunks[1])),
         "row_chunk": int(max(samples.chunks[0])),
         "split_every": int(split_every),
+        "checkpoint": None if checkpoint is None else checkpoint.url,
     }
     if method == "sgd":
         settings["sgd"] = {"seed": int(seed), "batches": int(sgd_batches), "radius": float(sgd_radius),
                            "lambda": float(sgd_lambda), "minibatch": int(sgd_minibatch)}
-    return outputs, settings
+    return state, settings
+
+
+def finish_fit(statistics, counts, n_samples, thresholds, settings, sgd_estimates=None):
+    """Return the lazy estimates from the main pass's state: Σ̂ and the per-coordinate arrays.
+
+    ``statistics`` (d, 4) and ``counts`` (d, d) are dask arrays chunked in
+    column blocks (computed, or read from a stored fit); ``n_samples`` is the
+    number of rows they summarise. Returns ``covariance``, ``bias``,
+    ``scale``, ``status`` and ``positive_fraction``.
+    """
+    likelihood = "censored" if settings["method"] == "sgd" else settings["method"]
+    bias, scale, status = graph.coordinate_estimates(statistics, likelihood)
+    if sgd_estimates is not None:
+        bias, scale = graph.with_degenerate(da.asarray(sgd_estimates), bias, scale, status)
+    if settings["clip_bias"]:
+        # Before the margins: the paper thresholds at the clipped b̂ and inverts with a = 0.
+        bias = da.maximum(bias, 0.0)
+    if settings["inversion"] == "tetrachoric":
+        margins = graph.tetrachoric_margins(counts, n_samples)
+    else:
+        thresholds = da.from_array(np.asarray(thresholds), chunks=bias.chunks)
+        margins = da.map_blocks(kernels.threshold_margins, bias, scale, thresholds, dtype=np.float64)
+    return {
+        "covariance": graph.covariance(counts, n_samples, margins, scale),
+        "bias": bias,
+        "scale": scale,
+        "status": status,
+        "positive_fraction": statistics[:, 1] / n_samples,
+    }
+
+
+def _checkpoint_fingerprint(samples, source, split_every, drop_nonfinite):
+    """What a checkpoint's partial sums are of: they are valid only for the same data, chunking and segments."""
+    return {
+        "source": str(source) if source is not None else samples.name,
+        "shape": list(samples.shape),
+        "dtype": str(samples.dtype),
+        "row_chunks": tokenize(samples.chunks[0]),
+        "column_block": int(max(samples.chunks[1])),
+        "split_every": int(split_every),
+        "drop_nonfinite": bool(drop_nonfinite),
+    }
+
+
+@contextlib.contextmanager
+def _stage(timings, name):
+    """Add the seconds spent in the block to ``timings[name]``."""
+    start = time.perf_counter()
+    try:
+        yield
+    finally:
+        timings[name] = round(timings.get(name, 0.0) + time.perf_counter() - start, 3)
+
+
+def _main_pass_name(settings):
+    return "pass" if settings["passes"] == 1 else "pass 2"
+
+
+def _rows_fitted(settings, values):
+    """Return ``(settings, n)``: with dropped rows counted in the settings, and the rows fitted."""
+    if "value_problems" in values:
+        io.check_values(values["value_problems"])
+    if "rows_kept" not in values:
+        return settings, settings["n_samples"]
+    settings = _count_dropped(settings, settings["n_samples"] - int(values["rows_kept"]))
+    return settings, settings["n_samples"]
 
 
 def _count_dropped(settings, rows_dropped):
@@ -173,51 +243,93 @@ def _count_dropped(settings, rows_dropped):
     return {**settings, "n_samples": settings["n_samples"] - rows_dropped, "rows_dropped": rows_dropped}
 
 
-def _provenance(settings, seconds, source=None):
+def _provenance(settings, seconds, timings, source=None):
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
         "dist_relu_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),
+        "timings": dict(timings),
         "source": None if source is None else str(source),
         "versions": {"numpy": np.__version__, "dask": dask.__version__, "zarr": zarr.__version__},
         **settings,
     }
 
 
-def write_group(path, arrays, attributes, progress=False):
-    """Write ``arrays`` (dask or numpy) and ``attributes`` as a new Zarr group at ``path``.
+def store_arrays(group, arrays, progress=False, also=None):
+    """Write ``arrays`` (dask or numpy) into ``group``; return the values of the dask arrays ``also``.
 
     Dask arrays are stored block by block by the tasks that compute them, so a
-    ``d × d`` result is never assembled in one process.
+    ``d × d`` result is never assembled in one process; ``also`` is computed
+    in the same graph, so shared inputs are read once.
     """
-    group = zarr.open_group(str(path), mode="w-")
+    also = also or {}
     targets = io.create_arrays(group, arrays)
-    if targets:
-        sources, stores = zip(*targets.values())
-        compute(da.store(list(sources), list(stores), lock=False, compute=False), progress=progress)
+    sources, stores = zip(*targets.values()) if targets else ((), ())
+    store = da.store(list(sources), list(stores), lock=False, compute=False) if targets else None
+    values = compute(*([store] if store is not None else []), *also.values(), progress=progress)
+    return dict(zip(also, values[1 if store is not None else 0:]))
+
+
+def write_group(path, arrays, attributes, progress=False):
+    """Write ``arrays`` (dask or numpy) and ``attributes`` as a new Zarr group at ``path``."""
+    group = zarr.open_group(str(path), mode="w-")
+    store_arrays(group, arrays, progress=progress)
     group.attrs.update(attributes)
     return group
 
 
+def _statistics_arrays(statistics):
+    return {name: statistics[:, k] for k, name in enumerate(kernels.STATISTICS)}
+
+
+def _stored_statistics(group, column_block):
+    """Return the stored sufficient statistics as one lazy ``(d, 4)`` array in column blocks."""
+    columns = [da.from_zarr(group[name]).rechunk(column_block) for name in kernels.STATISTICS]
+    return da.stack(columns, axis=1).rechunk((column_block, 4))
+
+
 def fit_to_zarr(source, out, *, array="samples", allow_missing_chunks=False, overwrite=False, progress=False,
-                **settings):
+                checkpoint=None, **settings):
     """Fit the samples at ``source`` and write the fit as a Zarr group at ``out``; return its attributes.
 
-    The output appears only when complete (see ``io.atomic_store``). Keyword
-    settings are those of ``ReLUGaussian``.
+    The output appears only when complete (see ``io.atomic_store``). Stages:
+    the pilot (or the first pass), the main pass (counts and statistics
+    written to the output), the inversion (Σ̂ from the stored counts, written
+    block by block) and the write of the rest; their seconds are in the
+    ``timings`` attribute. ``checkpoint`` (a directory or URL) keeps the main
+    pass's partial sums, so that a rerun after an interruption resumes where
+    it stopped. Keyword settings are those of ``ReLUGaussian``.
     """
     samples = io.open_samples(source, array=array, allow_missing_chunks=allow_missing_chunks)
+    label = None if hasattr(source, "shape") else source
     start = time.perf_counter()
+    timings = {}
     with io.atomic_store(out, overwrite=overwrite) as partial:
-        outputs, fit_settings = plan_fit(samples, progress=progress, **settings)
-        group = write_group(partial, outputs, {}, progress=progress)
-        if "value_problems" in outputs:
-            io.check_values(group["value_problems"][:])
-        if "rows_dropped" in outputs:
-            fit_settings = _count_dropped(fit_settings, int(group["rows_dropped"][...]))
-        attributes = _provenance(fit_settings, time.perf_counter() - start, source if not hasattr(source, "shape") else None)
+        state, fit_settings = plan_fit(samples, progress=progress, checkpoint=checkpoint, source=label,
+                                       timings=timings, **settings)
+        group = zarr.open_group(str(partial), mode="w-")
+        column_block = fit_settings["column_block"]
+        with _stage(timings, _main_pass_name(fit_settings)):
+            stored = {"counts": state["counts"], "thresholds": state["thresholds"],
+                      **_statistics_arrays(state["statistics"])}
+            lazy = {name: state[name] for name in ("value_problems", "rows_kept", "sgd") if name in state}
+            values = store_arrays(group, stored, progress=progress, also=lazy)
+        fit_settings, n_fitted = _rows_fitted(fit_settings, values)
+        with _stage(timings, "inversion"):
+            estimates = finish_fit(_stored_statistics(group, column_block),
+                                   da.from_zarr(group["counts"]).rechunk(column_block), n_fitted,
+                                   state["thresholds"], fit_settings, values.get("sgd", state.get("sgd")))
+            covariance = estimates.pop("covariance")
+            per_coordinate = dict(zip(estimates, compute(*estimates.values())))
+            store_arrays(group, {"covariance": covariance}, progress=progress)
+        with _stage(timings, "write"):
+            extra = {"value_problems": values["value_problems"]} if "value_problems" in values else {}
+            if "rows_kept" in values:
+                extra["rows_dropped"] = np.int64(fit_settings["rows_dropped"])
+            store_arrays(group, {**per_coordinate, **extra})
+        attributes = _provenance(fit_settings, time.perf_counter() - start, timings, label)
         group.attrs.update(attributes)
     return attributes
 
@@ -317,31 +429,40 @@ class ReLUGaussian:
         names = list(inspect.signature(type(self).__init__).parameters)[1:]
         return {name: getattr(self, name) for name in names}
 
-    def fit(self, X, array="samples", allow_missing_chunks=False, progress=False):
+    def fit(self, X, array="samples", allow_missing_chunks=False, progress=False, checkpoint=None):
         """Fit the estimator on samples ``X`` and return ``self``.
 
         ``X`` is a path to a Zarr array or group (``array`` names the array in
         a group), a zarr array, a dask array or a numpy array, shape (n, d).
         Runs on the default ``distributed`` client if there is one, else on
-        local threads.
+        local threads. ``checkpoint`` (a directory or URL) keeps the partial
+        sums of the main pass, so that a rerun after an interruption resumes.
         """
         samples = io.open_samples(X, array=array, allow_missing_chunks=allow_missing_chunks)
+        label = X if isinstance(X, (str, os.PathLike)) else None
         start = time.perf_counter()
-        outputs, settings = plan_fit(samples, progress=progress, **self.get_params())
-        values = dict(zip(outputs, compute(*outputs.values(), progress=progress)))
-        if "value_problems" in values:
-            io.check_values(values["value_problems"])
-        if "rows_dropped" in values:
-            settings = _count_dropped(settings, int(values["rows_dropped"]))
-        self.settings_ = _provenance(settings, time.perf_counter() - start)
-        self.covariance_ = values["covariance"]
-        self.bias_ = values["bias"]
-        self.scale_ = values["scale"]
-        self.status_ = values["status"]
-        self.positive_fraction_ = values["positive_fraction"]
+        timings = {}
+        state, settings = plan_fit(samples, progress=progress, checkpoint=checkpoint, source=label, timings=timings,
+                                   **self.get_params())
+        with _stage(timings, _main_pass_name(settings)):
+            lazy = {name: value for name, value in state.items() if isinstance(value, da.Array)}
+            values = {**state, **dict(zip(lazy, compute(*lazy.values(), progress=progress)))}
+        settings, n_fitted = _rows_fitted(settings, values)
+        with _stage(timings, "inversion"):
+            column_block = settings["column_block"]
+            estimates = finish_fit(da.from_array(values["statistics"], chunks=(column_block, 4)),
+                                   da.from_array(values["counts"], chunks=column_block), n_fitted,
+                                   values["thresholds"], settings, values.get("sgd"))
+            estimates = dict(zip(estimates, compute(*estimates.values(), progress=progress)))
+        self.settings_ = _provenance(settings, time.perf_counter() - start, timings)
+        self.covariance_ = estimates["covariance"]
+        self.bias_ = estimates["bias"]
+        self.scale_ = estimates["scale"]
+        self.status_ = estimates["status"]
+        self.positive_fraction_ = estimates["positive_fraction"]
         self.thresholds_ = values["thresholds"]
         self.counts_ = values["counts"]
-        self.statistics_ = np.stack([values[name] for name in kernels.STATISTICS], axis=1)
+        self.statistics_ = values["statistics"]
         self.n_samples_ = self.settings_["n_samples"]
         self.model_ = RectifiedGaussian(self.covariance_, self.bias_)
         return self

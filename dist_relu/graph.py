@@ -13,6 +13,8 @@ transposed, so only ``B(B+1)/2`` block pairs are counted.
 
 import dask.array as da
 import numpy as np
+from dask.base import tokenize
+from dask.highlevelgraph import HighLevelGraph
 
 from . import kernels, sgd
 
@@ -60,28 +62,80 @@ def finite_row_mask(samples):
                         token="finite-rows")
 
 
-def _per_column_sums(samples, partial, width, dtype, name, split_every, keep=None):
+def _segment_sum(parts, checkpoint, name, index):
+    total = np.concatenate(parts, axis=0).sum(axis=0, keepdims=True)
+    return total if checkpoint is None else checkpoint.save(name, index, total)
+
+
+def _saved_block(checkpoint, name, index):
+    return checkpoint.load(name, index)
+
+
+def sum_over_rows(partials, split_every, name, checkpoint=None):
+    """Return the lazy sum over axis 0 of ``partials``, which has one slot per row chunk.
+
+    The first level of the tree sums segments of ``split_every`` consecutive
+    row chunks; the segment sums are then summed as a tree of the same fan-in.
+    With a ``checkpoint.Checkpoint``, each block of a segment sum is saved
+    under ``name`` as soon as it is made, and a block saved by an earlier run
+    is loaded instead of computed, so its reads are culled from the graph. The
+    order of summation is the same with or without a checkpoint, so a resumed
+    fit equals an uninterrupted one bit for bit.
+    """
+    if any(size != 1 for size in partials.chunks[0]):
+        raise ValueError("sum_over_rows needs one slot per row chunk on axis 0")
+    n_slots = partials.numblocks[0]
+    starts = range(0, n_slots, split_every)
+    done = checkpoint.done(name) if checkpoint is not None else set()
+    label = None if checkpoint is None else (checkpoint.url, checkpoint.scope, sorted(done))
+    segments = f"{name}-segments-{tokenize(partials.name, split_every, label)}"
+    layer = {}
+    for segment, start in enumerate(starts):
+        for block in np.ndindex(*partials.numblocks[1:]):
+            index = (segment, *block)
+            if index in done:
+                layer[(segments, *index)] = (_saved_block, checkpoint, name, index)
+            else:
+                parts = [(partials.name, slot, *block) for slot in range(start, min(start + split_every, n_slots))]
+                layer[(segments, *index)] = (_segment_sum, parts, checkpoint, name, index)
+    graph = HighLevelGraph.from_collections(segments, layer, dependencies=[partials])
+    summed = da.Array(graph, segments, chunks=((1,) * len(starts), *partials.chunks[1:]), meta=partials._meta)
+    return summed.sum(axis=0, split_every=split_every)
+
+
+def _per_column_sums(samples, partial, width, dtype, name, split_every, keep=None, checkpoint=None):
     """Return the lazy ``(d, width)`` sum over row chunks of ``partial``'s per-chunk ``(d_I, width)`` arrays."""
     partials = da.blockwise(
         partial, "rik", samples, "ri", *_with_rows(keep),
         new_axes={"k": width}, adjust_chunks={"r": 1},
-        dtype=dtype, token=name, meta=np.empty((0, 0, 0), dtype=dtype),
+        dtype=dtype, token=f"chunk-{name}", meta=np.empty((0, 0, 0), dtype=dtype),
     )
-    return partials.sum(axis=0, split_every=split_every)
+    return sum_over_rows(partials, split_every, name, checkpoint)
 
 
-def column_statistics(samples, split_every=8, keep=None):
+def column_statistics(samples, split_every=8, keep=None, checkpoint=None):
     """Return the lazy ``(d, 4)`` sufficient statistics ``(n0, n1, S1, S2)`` of ``samples``.
 
     Memory: one ``(d_I, 4)`` float64 array per row chunk and column block;
     ``split_every`` of them per reduction task.
     """
-    return _per_column_sums(samples, _statistics_partial, 4, np.float64, "chunk-statistics", split_every, keep)
+    return _per_column_sums(samples, _statistics_partial, 4, np.float64, "statistics", split_every, keep, checkpoint)
 
 
-def value_problems(samples, split_every=8, keep=None):
+def value_problems(samples, split_every=8, keep=None, checkpoint=None):
     """Return lazy ``(d, 2)`` counts of negative and of non-finite values per column (of the kept rows)."""
-    return _per_column_sums(samples, _value_problems_partial, 2, np.int64, "value-problems", split_every, keep)
+    return _per_column_sums(samples, _value_problems_partial, 2, np.int64, "value-problems", split_every, keep,
+                            checkpoint)
+
+
+def _count_rows(keep):
+    return np.array([np.count_nonzero(keep)])
+
+
+def rows_kept(keep, split_every=8, checkpoint=None):
+    """Return the lazy 0-d count of the rows ``keep`` keeps."""
+    partials = keep.map_blocks(_count_rows, chunks=((1,) * keep.numblocks[0],), dtype=np.int64, token="count-rows")
+    return sum_over_rows(partials, split_every, "rows-kept", checkpoint)
 
 
 def coordinate_estimates(statistics, method="censored"):
@@ -94,7 +148,7 @@ def coordinate_estimates(statistics, method="censored"):
     return solved[:, 0], solved[:, 1], solved[:, 2].astype(np.int8)
 
 
-def coexceedance_counts(samples, thresholds, split_every=8, keep=None):
+def coexceedance_counts(samples, thresholds, split_every=8, keep=None, checkpoint=None):
     """Return the lazy ``(d, d)`` int64 counts ``C = Iᵀ I`` of ``I = (samples > thresholds)``.
 
     Dask fuses the indicator step into each pair's count task, so an indicator
@@ -115,7 +169,7 @@ def coexceedance_counts(samples, thresholds, split_every=8, keep=None):
         adjust_chunks={"r": 1}, dtype=np.int64, token="coexceedance-partial",
         meta=np.empty((0, 0, 0), dtype=np.int64),
     )
-    full = partials.sum(axis=0, split_every=split_every)
+    full = sum_over_rows(partials, split_every, "counts", checkpoint)
     # Only the upper block triangle is asked for, so dask culls the partials
     # of the lower one, which would repeat the same counts transposed.
     n_blocks = full.numblocks[0]

@@ -229,5 +229,6 @@ def create_arrays(group, arrays):
             )
         else:
             values = np.asarray(values)
-            group.create_array(name, data=values, chunks=values.shape or None, config=WRITE_ALL_CHUNKS)
+            chunks = tuple(max(size, 1) for size in values.shape)
+            group.create_array(name, data=values, chunks=chunks, config=WRITE_ALL_CHUNKS)
     return targets

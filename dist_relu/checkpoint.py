@@ -1,0 +1,92 @@
+"""Checkpoints: the finished partial sums of a fit, kept so that an interrupted fit can resume.
+
+A checkpoint is a directory (a local path or an fsspec URL that the workers
+can reach) holding one ``.npy`` file per finished block of a partial sum:
+``SCOPE/NAME/S.I.J.npy`` is the sum over segment ``S`` (``split_every``
+consecutive row chunks) of the block ``(I, J)``. Each file is written whole
+under a temporary name and then renamed, so a file that exists is complete.
+``manifest.json`` records what the partial sums are of (the source, its shape,
+dtype and chunking, the segment size): a checkpoint made for other data or
+another chunking is refused rather than mixed in.
+"""
+
+import io as _bytes_io
+import json
+import uuid
+
+import fsspec
+import numpy as np
+
+from .io import InputError
+
+FORMAT = "dist_relu.checkpoint"
+FORMAT_VERSION = 1
+
+
+class Checkpoint:
+    """Save and load finished blocks of partial sums under ``root`` (a path or URL)."""
+
+    def __init__(self, url, scope=""):
+        self.url = str(url)
+        self.scope = scope
+        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+
+    @classmethod
+    def open(cls, url, fingerprint):
+        """Return the checkpoint at ``url``, created if absent; refuse one made for another ``fingerprint``."""
+        checkpoint = cls(url)
+        manifest = f"{checkpoint.root}/manifest.json"
+        expected = {"format": FORMAT, "format_version": FORMAT_VERSION, **fingerprint}
+        if checkpoint.fs.exists(manifest):
+            found = json.loads(checkpoint.fs.cat_file(manifest))
+            differ = sorted(key for key in expected.keys() | found.keys() if found.get(key) != expected.get(key))
+            if differ:
+                raise InputError(
+                    f"checkpoint {url} was made for another fit (it differs in: {', '.join(differ)}); "
+                    "give a new checkpoint directory, or remove this one to start over"
+                )
+        else:
+            checkpoint.fs.makedirs(checkpoint.root, exist_ok=True)
+            checkpoint._write_whole(manifest, json.dumps(expected, indent=2).encode())
+        return checkpoint
+
+    def child(self, scope):
+        """Return the same checkpoint with its files under the subdirectory ``scope``."""
+        return Checkpoint(self.url, f"{self.scope}/{scope}" if self.scope else scope)
+
+    def _path(self, name, index=None):
+        folder = "/".join(part for part in (self.root, self.scope, name) if part)
+        return folder if index is None else f"{folder}/{'.'.join(map(str, index))}.npy"
+
+    def done(self, name):
+        """Return the set of block indices of ``name`` saved so far."""
+        folder = self._path(name)
+        if not self.fs.exists(folder):
+            return set()
+        done = set()
+        for path in self.fs.ls(folder, detail=False):
+            stem = path.rsplit("/", 1)[-1]
+            if stem.endswith(".npy") and not stem.startswith("."):
+                done.add(tuple(int(k) for k in stem[:-4].split(".")))
+        return done
+
+    def load(self, name, index):
+        """Return the saved block ``index`` of ``name``."""
+        return np.load(_bytes_io.BytesIO(self.fs.cat_file(self._path(name, index))), allow_pickle=False)
+
+    def save(self, name, index, block):
+        """Save ``block`` as block ``index`` of ``name``, whole or not at all; return it."""
+        buffer = _bytes_io.BytesIO()
+        np.save(buffer, np.ascontiguousarray(block), allow_pickle=False)
+        self._write_whole(self._path(name, index), buffer.getvalue())
+        return block
+
+    def _write_whole(self, path, data):
+        folder, stem = path.rsplit("/", 1)
+        self.fs.makedirs(folder, exist_ok=True)
+        temporary = f"{folder}/.{stem}.{uuid.uuid4().hex[:8]}"
+        self.fs.pipe_file(temporary, data)
+        self.fs.mv(temporary, path)  # a rename on a file system; object stores write objects whole anyway
+
+    def __repr__(self):
+        return f"Checkpoint({self.url!r}, scope={self.scope!r})"
