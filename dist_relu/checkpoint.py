@@ -26,10 +26,12 @@ FORMAT_VERSION = 1
 class Checkpoint:
     """Save and load finished blocks of partial sums under ``root`` (a path or URL)."""
 
-    def __init__(self, url, scope=""):
+    def __init__(self, url, scope="", resumed=None):
         self.url = str(url)
         self.scope = scope
         self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        # Blocks found already saved, over this checkpoint and its children.
+        self.resumed = [0] if resumed is None else resumed
 
     @classmethod
     def open(cls, url, fingerprint):
@@ -52,14 +54,14 @@ class Checkpoint:
 
     def child(self, scope):
         """Return the same checkpoint with its files under the subdirectory ``scope``."""
-        return Checkpoint(self.url, f"{self.scope}/{scope}" if self.scope else scope)
+        return Checkpoint(self.url, f"{self.scope}/{scope}" if self.scope else scope, self.resumed)
 
     def _path(self, name, index=None):
         folder = "/".join(part for part in (self.root, self.scope, name) if part)
         return folder if index is None else f"{folder}/{'.'.join(map(str, index))}.npy"
 
     def done(self, name):
-        """Return the set of block indices of ``name`` saved so far."""
+        """Return the set of block indices of ``name`` saved so far (and count them as resumed)."""
         folder = self._path(name)
         if not self.fs.exists(folder):
             return set()
@@ -68,6 +70,7 @@ class Checkpoint:
             stem = path.rsplit("/", 1)[-1]
             if stem.endswith(".npy") and not stem.startswith("."):
                 done.add(tuple(int(k) for k in stem[:-4].split(".")))
+        self.resumed[0] += len(done)
         return done
 
     def load(self, name, index):
@@ -90,3 +93,7 @@ class Checkpoint:
 
     def __repr__(self):
         return f"Checkpoint({self.url!r}, scope={self.scope!r})"
+
+    def __getstate__(self):
+        # Tasks carry the checkpoint to the workers; the tally stays with the client.
+        return {**self.__dict__, "resumed": None}

@@ -51,13 +51,19 @@ def _handle_errors(command):
 
 
 def _scheduler_options(command):
+    for name, what in (("key", "private key"), ("cert", "certificate"), ("ca-file", "certificate authority")):
+        command = click.option(
+            f"--tls-{name}", type=click.Path(dir_okay=False), default=None,
+            help=f"PEM file of the {what} for a tls:// scheduler (default: the Dask config's "
+            f"distributed.comm.tls settings).",
+        )(command)
     command = click.option(
         "--workers", type=click.IntRange(min=1), default=None,
         help="Start a local cluster of N single-threaded worker processes (loopback only).",
     )(command)
     command = click.option(
         "--scheduler", "address", metavar="ADDRESS", default=None,
-        help="Address of a running dask scheduler, e.g. tcp://10.0.0.5:8786. "
+        help="Address of a running dask scheduler, e.g. tcp://10.0.0.5:8786 or tls://10.0.0.5:8786. "
         "Default: local threads.",
     )(command)
     return command
@@ -94,7 +100,7 @@ def main():
 @main.command()
 @click.option("--n", "n_samples", type=click.IntRange(min=1), required=True, help="Number of samples.")
 @click.option("--d", "dimension", type=click.IntRange(min=1), required=True, help="Number of coordinates.")
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Zarr group to create.")
+@click.option("--out", required=True, help="Zarr group to create (a path or fsspec URL).")
 @click.option("--kappa", type=click.FloatRange(min=1), default=1.0, show_default=True,
               help="Condition number of Σ = W Wᵀ.")
 @click.option("--bias", "bias_kind", type=click.Choice(BIAS_KINDS), default="clipped", show_default=True,
@@ -108,7 +114,7 @@ def main():
 @_progress_option
 @_handle_errors
 def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtype, overwrite, address, workers,
-             progress):
+             progress, **tls):
     """Simulate samples of ReLU(W z + b) into a Zarr group, with the truth beside them.
 
     W and b are drawn as in the paper's Figure 1: W an orthonormal matrix
@@ -121,15 +127,15 @@ def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtyp
     """
     weights, bias = figure1_truth(dimension, kappa=kappa, seed=seed, bias=bias_kind)
     start = time.perf_counter()
-    with scheduler(address, workers, log=_log):
+    with scheduler(address, workers, log=_log, **tls):
         simulate_to_zarr(out, weights, bias, n_samples, chunk_rows=chunk_rows, seed=seed, dtype=dtype,
                          overwrite=overwrite, progress=_want_progress(progress))
     _log(f"wrote {n_samples:,} samples × {dimension} coordinates to {out} in {time.perf_counter() - start:.1f} s")
 
 
 @main.command()
-@click.argument("samples", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Zarr group to create for the fit.")
+@click.argument("samples")
+@click.option("--out", required=True, help="Zarr group to create for the fit (a path or fsspec URL).")
 @click.option("--array", default="samples", show_default=True,
               help="Name of the samples array when SAMPLES is a Zarr group.")
 @click.option("--allow-missing-chunks", is_flag=True,
@@ -159,13 +165,17 @@ def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtyp
               help="Step size 1/(λt) of ProjSGD (--method sgd).")
 @click.option("--sgd-minibatch", type=click.IntRange(min=1), default=10, show_default=True,
               help="Positives per SGD step (--method sgd).")
+@click.option("--checkpoint", metavar="DIR", default=None,
+              help="Keep the main pass's partial sums in DIR (a path or URL the workers can reach) as they "
+              "finish; rerun the same command after an interruption to resume where it stopped.")
 @click.option("--overwrite", is_flag=True, help="Replace an existing fit at --out.")
 @click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
 @_scheduler_options
 @_progress_option
 @_handle_errors
 def fit(samples, out, array, allow_missing_chunks, drop_nonfinite, method, passes, inversion, pilot_rows, clip_bias, column_block,
-        split_every, seed, sgd_batches, sgd_radius, sgd_lambda, sgd_minibatch, overwrite, as_json, address, workers, progress):
+        split_every, seed, sgd_batches, sgd_radius, sgd_lambda, sgd_minibatch, checkpoint, overwrite, as_json, address, workers,
+        progress, **tls):
     """Fit Σ̂ and b̂ to the samples in SAMPLES and write them to a Zarr group.
 
     SAMPLES is a Zarr array of shape (n, d), rows being samples, or a Zarr
@@ -178,19 +188,21 @@ def fit(samples, out, array, allow_missing_chunks, drop_nonfinite, method, passe
     Examples:
       dist-relu fit sim.zarr --out fit.zarr
       dist-relu fit data.zarr --array x --out fit.zarr --workers 2 --json
-      dist-relu fit data.zarr --out fit.zarr --scheduler tcp://10.0.0.5:8786
+      dist-relu fit data.zarr --out fit.zarr --scheduler tcp://10.0.0.5:8786 --checkpoint fit.checkpoint
+      dist-relu fit s3://bucket/data.zarr --out s3://bucket/fit.zarr --scheduler tls://10.0.0.5:8786 \\
+          --tls-ca-file ca.pem --tls-cert client.pem --tls-key client-key.pem
       dist-relu fit sim.zarr --out paper.zarr --method sgd --passes 2 --inversion model --clip-bias
     """
-    if out.exists() and not overwrite:
+    if io.exists(out) and not overwrite:
         raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
-    with scheduler(address, workers, log=_log):
+    with scheduler(address, workers, log=_log, **tls):
         attributes = fit_to_zarr(
             samples, out, array=array, allow_missing_chunks=allow_missing_chunks, overwrite=overwrite,
             progress=_want_progress(progress),
             method=method, passes=passes, inversion=inversion, pilot_rows=pilot_rows, clip_bias=clip_bias,
             column_block=column_block, split_every=split_every, seed=seed, sgd_batches=sgd_batches,
             sgd_radius=sgd_radius, sgd_lambda=sgd_lambda, sgd_minibatch=sgd_minibatch,
-            drop_nonfinite=drop_nonfinite,
+            drop_nonfinite=drop_nonfinite, checkpoint=checkpoint,
         )
     _, group = open_fit(out)
     status = group["status"][:]
@@ -199,6 +211,7 @@ def fit(samples, out, array, allow_missing_chunks, drop_nonfinite, method, passe
         "n_samples": attributes["n_samples"],
         "n_coordinates": attributes["n_coordinates"],
         "seconds": attributes["seconds"],
+        "timings": attributes["timings"],
         "status": {kernels.STATUS_NAMES[code]: int((status == code).sum()) for code in np.unique(status)},
         "min_positive_fraction": float(group["positive_fraction"][:].min()),
     }
@@ -209,11 +222,15 @@ def fit(samples, out, array, allow_missing_chunks, drop_nonfinite, method, passe
         f"fitted {summary['n_samples']:,} samples × {summary['n_coordinates']} coordinates "
         f"in {summary['seconds']:.1f} s ({method}, {passes} pass{'es' if passes == 2 else ''}, {inversion})"
     )
+    click.echo("stages: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in summary["timings"].items()))
     click.echo("coordinates: " + ", ".join(f"{count} {name}" for name, count in summary["status"].items()))
     for code in np.unique(status[status != kernels.STATUS_OK]):
         columns = np.flatnonzero(status == code)
         listed = ", ".join(map(str, columns[:20])) + (f" and {columns.size - 20} more" if columns.size > 20 else "")
         click.echo(f"  {kernels.STATUS_NAMES[code]}: column{'s' if columns.size > 1 else ''} {listed}")
+    if attributes["checkpoint"] and attributes["checkpoint"]["blocks_resumed"]:
+        click.echo(f"resumed {attributes['checkpoint']['blocks_resumed']:,} blocks of partial sums "
+                   f"from {attributes['checkpoint']['url']}")
     if attributes.get("rows_dropped"):
         click.echo(f"left out {attributes['rows_dropped']:,} rows holding NaN or ±inf")
     click.echo(f"wrote {out}")
@@ -250,8 +267,8 @@ def convert(source, out, file_format, dataset, chunk_rows, overwrite):
 
 
 @main.command()
-@click.argument("fit_path", metavar="FIT", type=click.Path(path_type=Path))
-@click.option("--truth", type=click.Path(path_type=Path), required=True,
+@click.argument("fit_path", metavar="FIT")
+@click.option("--truth", required=True,
               help="A store written by `dist-relu simulate`, holding truth/.")
 @click.option("--json", "as_json", is_flag=True, help="Print the metrics as JSON.")
 @_handle_errors
@@ -283,7 +300,7 @@ def evaluate(fit_path, truth, as_json):
 @_scheduler_options
 @_progress_option
 @_handle_errors
-def demo(n_samples, dimension, seed, workdir, address, workers, progress):
+def demo(n_samples, dimension, seed, workdir, address, workers, progress, **tls):
     """Simulate a data set, fit it, and print how close the fit is to the truth.
 
     \b
@@ -296,7 +313,7 @@ def demo(n_samples, dimension, seed, workdir, address, workers, progress):
     show = _want_progress(progress)
     try:
         weights, bias = figure1_truth(dimension, seed=seed)
-        with scheduler(address, workers, log=_log):
+        with scheduler(address, workers, log=_log, **tls):
             start = time.perf_counter()
             simulate_to_zarr(samples, weights, bias, n_samples, seed=seed, overwrite=True, progress=show)
             simulated = time.perf_counter() - start

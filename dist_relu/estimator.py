@@ -161,7 +161,7 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         "column_block": int(max(samples.chunks[1])),
         "row_chunk": int(max(samples.chunks[0])),
         "split_every": int(split_every),
-        "checkpoint": None if checkpoint is None else checkpoint.url,
+        "checkpoint": None if checkpoint is None else {"url": checkpoint.url, "blocks_resumed": checkpoint.resumed[0]},
     }
     if method == "sgd":
         settings["sgd"] = {"seed": int(seed), "batches": int(sgd_batches), "radius": float(sgd_radius),

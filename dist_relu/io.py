@@ -8,12 +8,13 @@ is replaced only when the caller asks (``overwrite=True``).
 import contextlib
 import itertools
 import os
-import shutil
 import time
 import uuid
 from pathlib import Path
 
 import dask.array as da
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
 import numpy as np
 import zarr
 from dask.base import tokenize
@@ -37,7 +38,9 @@ def open_samples(source, array="samples", allow_missing_chunks=False):
     Parameters
     ----------
     source : str, Path, zarr.Array, zarr.Group, dask array or ndarray
-        A path to a Zarr array, or to a Zarr group holding one named ``array``.
+        A path or fsspec URL (``s3://``, ``gs://``, ``file://``...) of a Zarr
+        array, or of a Zarr group holding one named ``array``. The graph holds
+        only the array's handle: each worker reads its own chunks.
     array : str
         The array's name when ``source`` is a group.
     allow_missing_chunks : bool
@@ -53,13 +56,13 @@ def open_samples(source, array="samples", allow_missing_chunks=False):
         has fewer than 2 rows, or (Zarr) has chunks missing.
     """
     if isinstance(source, (str, os.PathLike)):
-        path = Path(source)
-        if not path.exists():
-            raise InputError(f"{path}: no such file or directory")
+        location = str(source)
+        if not exists(location):
+            raise InputError(f"{location}: no such file or directory")
         try:
-            source = zarr.open(store=str(path), mode="r")
+            source = zarr.open(store=location, mode="r")
         except Exception as error:  # zarr raises several types for a non-store
-            raise InputError(f"{path}: not a Zarr store ({error}); `dist-relu convert` makes one") from error
+            raise InputError(f"{location}: not a Zarr store ({error}); `dist-relu convert` makes one") from error
     if isinstance(source, zarr.Group):
         if array not in source:
             names = ", ".join(sorted(source.array_keys())) or "none"
@@ -166,50 +169,70 @@ def check_values(problems, where=""):
             )
 
 
+def exists(location):
+    """Return whether a file or directory exists at a path or fsspec URL."""
+    fs, root = fsspec.core.url_to_fs(str(location))
+    return fs.exists(root)
+
+
 @contextlib.contextmanager
-def atomic_store(path, overwrite=False):
-    """Yield a temporary path to write a store into; move it to ``path`` on success.
+def atomic_store(location, overwrite=False):
+    """Yield a temporary location to write a store into; move it to ``location`` on success.
 
-    On an exception the temporary store is removed and whatever was at ``path``
-    before is left untouched. With ``overwrite`` an existing store is moved
-    aside first and deleted only after the new one is in place.
+    ``location`` is a local path or an fsspec URL. On an exception the
+    temporary store is removed and whatever was at ``location`` before is left
+    untouched. With ``overwrite`` an existing store is moved aside first and
+    deleted only after the new one is in place. On a file system the moves
+    are renames; on an object store (no renames) they copy, so the new store
+    appears object by object, but only after it is complete.
     """
-    path = Path(path)
-    if path.exists() and not overwrite:
-        raise FileExistsError(f"{path} exists; choose another path or pass overwrite=True (--overwrite)")
-    path.parent.mkdir(parents=True, exist_ok=True)
+    fs, root = fsspec.core.url_to_fs(str(location))
+    if fs.exists(root) and not overwrite:
+        raise FileExistsError(f"{location} exists; choose another path or pass overwrite=True (--overwrite)")
+    if "/" not in root.strip("/"):
+        raise InputError(f"{location}: give a path inside a directory or bucket, not a bucket itself")
+    parent, name = root.rstrip("/").rsplit("/", 1)
+    fs.makedirs(parent or "/", exist_ok=True)
     token = uuid.uuid4().hex[:8]
-    partial = path.with_name(f".{path.name}.partial-{token}")
+    partial, old = f"{parent}/.{name}.partial-{token}", f"{parent}/.{name}.old-{token}"
     try:
-        yield partial
+        # A local file:// URL is written as a path: zarr's fsspec store would not create its directories.
+        yield Path(partial) if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(partial)
     except BaseException:
-        _remove_partial(partial)
+        _remove_partial(fs, partial)
         raise
-    old = path.with_name(f".{path.name}.old-{token}")
-    if path.exists():
-        os.rename(path, old)
-    os.rename(partial, path)
-    shutil.rmtree(old, ignore_errors=True)
+    if fs.exists(root):
+        fs.mv(root, old, recursive=True)
+    fs.mv(partial, root, recursive=True)
+    if fs.exists(old):
+        fs.rm(old, recursive=True)
 
 
-def _remove_partial(path, settle=2.0, quiet=0.5):
+def _remove_partial(fs, path, settle=2.0, quiet=0.5):
     """Remove a partial store, and again while tasks still in flight recreate it.
 
     After an interruption, threads (or workers) finish the block they were
     writing, which can recreate the directory just removed; keep removing it
     until it has stayed away for ``quiet`` seconds, or ``settle`` have passed.
     """
-    if not path.exists():
+    if not fs.exists(path):
         return  # nothing was written, so nothing is being written
     start = last_seen = time.monotonic()
     while time.monotonic() - start < settle:
-        if path.exists():
-            shutil.rmtree(path, ignore_errors=True)
+        if fs.exists(path):
+            _remove_quietly(fs, path)
             last_seen = time.monotonic()
         elif time.monotonic() - last_seen > quiet:
             return
         time.sleep(0.05)
-    shutil.rmtree(path, ignore_errors=True)
+    _remove_quietly(fs, path)
+
+
+def _remove_quietly(fs, path):
+    try:
+        fs.rm(path, recursive=True)
+    except (FileNotFoundError, OSError):
+        pass  # removed meanwhile, or a file recreated during the walk: the next round removes it
 
 
 def create_arrays(group, arrays):

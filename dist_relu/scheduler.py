@@ -1,6 +1,7 @@
 """Which scheduler runs the graph, and computing with a progress bar on any of them."""
 
 import contextlib
+import os
 import sys
 
 import dask
@@ -8,29 +9,39 @@ from dask.diagnostics import ProgressBar
 
 
 @contextlib.contextmanager
-def scheduler(address=None, workers=None, log=None):
+def scheduler(address=None, workers=None, log=None, tls_ca_file=None, tls_cert=None, tls_key=None):
     """Yield a ``distributed.Client`` for the chosen scheduler, or ``None`` for local threads.
 
     Parameters
     ----------
     address : str, optional
-        Address of a running ``distributed`` scheduler (``tcp://host:port``).
+        Address of a running ``distributed`` scheduler (``tcp://host:port``,
+        or ``tls://host:port`` for an encrypted one).
     workers : int, optional
         Start a local cluster of this many single-threaded worker processes,
         bound to the loopback interface.
     log : callable, optional
         Called with one line naming the scheduler and its dashboard.
+    tls_ca_file, tls_cert, tls_key : str, optional
+        PEM files for a ``tls://`` scheduler: the certificate authority, and
+        this client's certificate and key. Without them the Dask config's
+        ``distributed.comm.tls.*`` settings apply, as for any Dask client.
     """
     if address and workers:
         raise ValueError("give a scheduler address or a number of local workers, not both")
+    tls_files = {"tls_ca_file": tls_ca_file, "tls_client_cert": tls_cert, "tls_client_key": tls_key}
+    if any(tls_files.values()) and not (address or "").startswith("tls://"):
+        raise ValueError("the TLS options are for a scheduler at a tls:// address (--scheduler tls://HOST:PORT)")
     if not address and not workers:
         yield None
         return
     from distributed import Client, LocalCluster
+    from distributed.security import Security
 
     with contextlib.ExitStack() as stack:
         if address:
-            client = stack.enter_context(Client(address))
+            security = _security(address, tls_files, Security)
+            client = stack.enter_context(Client(address, security=security))
         else:
             # One thread per worker: BLAS under two threads per process was
             # erratic here, and workers pin BLAS to one thread anyway.
@@ -44,6 +55,23 @@ def scheduler(address=None, workers=None, log=None):
         if log:
             log(f"scheduler {client.scheduler.address}, dashboard {client.dashboard_link}")
         yield client
+
+
+def _security(address, tls_files, Security):
+    """Return the ``Security`` for ``address``: the TLS files given, else the Dask config's."""
+    if not address.startswith("tls://"):
+        return None
+    given = {name: value for name, value in tls_files.items() if value}
+    for name, value in given.items():
+        if not os.path.isfile(value):
+            raise ValueError(f"{name.replace('_client', '').replace('_', '-')}: no such file: {value}")
+    security = Security(require_encryption=True, **given)
+    if not security.tls_ca_file:
+        raise ValueError(
+            f"{address} needs TLS certificates: give --tls-ca-file, --tls-cert and --tls-key, or set "
+            "distributed.comm.tls.ca-file, .client.cert and .client.key in the Dask config"
+        )
+    return security
 
 
 def compute(*collections, progress=False):
