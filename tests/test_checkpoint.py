@@ -1,0 +1,131 @@
+"""Checkpoints: a fit killed half way resumes from the partial sums it saved, and gives the same fit."""
+
+import collections
+import os
+import signal
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import dask
+import dask.array as da
+from dask.callbacks import Callback
+import numpy as np
+import pytest
+import zarr
+
+import dist_relu
+from dist_relu import graph, io, kernels
+from dist_relu.checkpoint import Checkpoint
+
+BIN = Path(sys.executable).parent
+
+
+def test_saved_blocks_load_back_and_unfinished_writes_are_not_listed(tmp_path):
+    checkpoint = Checkpoint.open(tmp_path / "ck", {"source": "x"})
+    block = np.arange(12.0).reshape(1, 3, 4)
+    checkpoint.child("scope").save("counts", (2, 0, 1), block)
+    (tmp_path / "ck" / "scope" / "counts" / ".2.0.2.npy.1234abcd").write_bytes(b"half a file")
+    again = Checkpoint(tmp_path / "ck").child("scope")
+    assert again.done("counts") == {(2, 0, 1)}
+    np.testing.assert_array_equal(again.load("counts", (2, 0, 1)), block)
+    assert again.resumed == [1]
+
+
+def test_a_checkpoint_made_for_other_data_is_refused(tmp_path):
+    Checkpoint.open(tmp_path / "ck", {"source": "a.zarr", "shape": [10, 2]})
+    with pytest.raises(io.InputError, match=r"differs in: shape, source"):
+        Checkpoint.open(tmp_path / "ck", {"source": "b.zarr", "shape": [10, 3]})
+
+
+def test_a_fit_refuses_a_checkpoint_of_another_chunking(tmp_path, relu_data):
+    dist_relu.ReLUGaussian().fit(relu_data, checkpoint=tmp_path / "ck")
+    with pytest.raises(io.InputError, match="row_chunks"):
+        dist_relu.ReLUGaussian().fit(da.from_array(relu_data, chunks=(3000, 6)), checkpoint=tmp_path / "ck")
+
+
+def test_saved_sums_are_bit_identical_and_loading_them_reads_no_data(tmp_path):
+    rng = np.random.default_rng(0)
+    x = da.from_array(np.maximum(0, rng.standard_normal((5000, 7))), chunks=(300, 4))
+    thresholds = np.full(7, 0.3)
+    plain = dask.compute(graph.column_statistics(x, 3), graph.coexceedance_counts(x, thresholds, 3))
+    checkpoint = Checkpoint.open(tmp_path / "ck", {"source": "x"})
+    saved = dask.compute(graph.column_statistics(x, 3, checkpoint=checkpoint),
+                         graph.coexceedance_counts(x, thresholds, 3, checkpoint=checkpoint))
+    loaded = graph.column_statistics(x, 3, checkpoint=checkpoint), graph.coexceedance_counts(
+        x, thresholds, 3, checkpoint=checkpoint)
+    # Every segment is saved: computing the reloaded sums runs no task on the samples.
+    ran = collections.Counter()
+
+    class CountTasks(Callback):
+        def _posttask(self, key, result, dsk, state, worker_id):
+            ran[key[0].rsplit("-", 1)[0] if isinstance(key, tuple) else "other"] += 1
+
+    with CountTasks():
+        reloaded = dask.compute(*loaded)
+    assert not [name for name in ran if "chunk-statistics" in name or "exceedance" in name], ran
+    assert sum(count for name, count in ran.items() if "statistics-segments" in name) == 6 * 2
+    assert sum(count for name, count in ran.items() if "counts-segments" in name) == 6 * 3
+    for a, b, c in zip(plain, saved, reloaded):
+        np.testing.assert_array_equal(a, b)
+        np.testing.assert_array_equal(a, c)
+    # 17 row chunks in segments of 3: 6 segments; 2 column blocks; the counts' lower block is never made.
+    assert len(checkpoint.done("statistics")) == 6 * 2
+    assert len(checkpoint.done("counts")) == 6 * 3
+
+
+def saved_blocks(checkpoint, name):
+    return list(checkpoint.glob(f"thresholds-*/{name}/*.npy"))
+
+
+def test_a_fit_killed_half_way_resumes_and_reads_only_what_was_not_saved(tmp_path, monkeypatch):
+    n, d, rows, split_every, pilot_rows = 2_000_000, 32, 10_000, 2, 1000
+    weights, b = dist_relu.figure1_truth(d, seed=3)
+    path = tmp_path / "s.zarr"
+    dist_relu.simulate_to_zarr(path, weights, b, n, chunk_rows=rows, seed=3)
+    settings = {"split_every": split_every, "pilot_rows": pilot_rows}
+    reference = tmp_path / "reference.zarr"
+    dist_relu.fit_to_zarr(str(path), reference, **settings)
+
+    # One thread, so that segments finish one by one and the kill lands half way.
+    out, checkpoint = tmp_path / "fit.zarr", tmp_path / "fit.checkpoint"
+    process = subprocess.Popen(
+        [str(BIN / "dist-relu"), "fit", str(path), "--out", str(out), "--checkpoint", str(checkpoint),
+         "--split-every", str(split_every), "--pilot-rows", str(pilot_rows)],
+        env={**os.environ, "DASK_SCHEDULER": "synchronous"}, stderr=subprocess.PIPE,
+    )
+    n_segments = -(-n // rows) // split_every
+    deadline = time.monotonic() + 120
+    while len(saved_blocks(checkpoint, "counts")) < n_segments // 4 and process.poll() is None:
+        assert time.monotonic() < deadline, "the fit saved no blocks in 120 s"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
+    assert not out.exists()
+    counted = {name: len(saved_blocks(checkpoint, name)) for name in ("statistics", "counts", "value-problems")}
+    assert 0 < counted["counts"] < n_segments, counted
+
+    # Resume, counting each read of a chunk of the samples.
+    (main,) = [Checkpoint(checkpoint).child(p.name) for p in checkpoint.glob("thresholds-*")]
+    complete = set.intersection(*(main.done(name) for name in ("statistics", "counts", "value-problems")))
+    reads = collections.Counter()
+    original_get = zarr.storage.LocalStore.get
+
+    async def counting_get(self, key, prototype, byte_range=None):
+        if key.startswith("samples/c/"):
+            reads[key] += 1
+        return await original_get(self, key, prototype, byte_range)
+
+    monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
+    attributes = dist_relu.fit_to_zarr(str(path), out, checkpoint=checkpoint, **settings)
+    monkeypatch.undo()
+
+    assert attributes["checkpoint"]["blocks_resumed"] == sum(counted.values())
+    pilot_reads = sum((stop - 1) // rows - start // rows + 1 for start, stop in kernels.pilot_row_runs(n, pilot_rows))
+    unfinished = n_segments - len(complete)
+    assert sum(reads.values()) == pilot_reads + unfinished * split_every
+    resumed, expected = zarr.open_group(str(out), mode="r"), zarr.open_group(str(reference), mode="r")
+    for name in ("counts", "covariance", "bias", "scale", "sum_sq_positive", "n_zero"):
+        np.testing.assert_array_equal(resumed[name][:], expected[name][:], err_msg=name)
