@@ -257,19 +257,17 @@ def _provenance(settings, seconds, timings, source=None):
     }
 
 
-def store_arrays(group, arrays, progress=False, also=None):
-    """Write ``arrays`` (dask or numpy) into ``group``; return the values of the dask arrays ``also``.
+def store_arrays(group, arrays, progress=False):
+    """Write ``arrays`` (dask or numpy) into ``group``.
 
     Dask arrays are stored block by block by the tasks that compute them, so a
-    ``d × d`` result is never assembled in one process; ``also`` is computed
-    in the same graph, so shared inputs are read once.
+    ``d × d`` result is never assembled in one process, and all of them in one
+    graph, so inputs they share are computed once.
     """
-    also = also or {}
     targets = io.create_arrays(group, arrays)
-    sources, stores = zip(*targets.values()) if targets else ((), ())
-    store = da.store(list(sources), list(stores), lock=False, compute=False) if targets else None
-    values = compute(*([store] if store is not None else []), *also.values(), progress=progress)
-    return dict(zip(also, values[1 if store is not None else 0:]))
+    if targets:
+        sources, stores = zip(*targets.values())
+        compute(da.store(list(sources), list(stores), lock=False, compute=False), progress=progress)
 
 
 def write_group(path, arrays, attributes, progress=False):
@@ -312,10 +310,17 @@ def fit_to_zarr(source, out, *, array="samples", allow_missing_chunks=False, ove
         group = zarr.open_group(str(partial), mode="w-")
         column_block = fit_settings["column_block"]
         with _stage(timings, _main_pass_name(fit_settings)):
+            # Everything the pass makes is stored by one graph: computed
+            # apart, each array would be optimised apart, and dask would fuse
+            # a second read of the samples into the smaller ones.
             stored = {"counts": state["counts"], "thresholds": state["thresholds"],
                       **_statistics_arrays(state["statistics"])}
-            lazy = {name: state[name] for name in ("value_problems", "rows_kept", "sgd") if name in state}
-            values = store_arrays(group, stored, progress=progress, also=lazy)
+            small = {name: state[name] for name in ("value_problems", "rows_kept", "sgd") if name in state}
+            store_arrays(group, {**stored, **small}, progress=progress)
+            values = {name: group[name][...] for name in small}
+            for name in ("rows_kept", "sgd"):
+                if name in small:
+                    del group[name]  # not part of the output: rows_dropped and the estimates say it
         fit_settings, n_fitted = _rows_fitted(fit_settings, values)
         with _stage(timings, "inversion"):
             estimates = finish_fit(_stored_statistics(group, column_block),
@@ -325,10 +330,9 @@ def fit_to_zarr(source, out, *, array="samples", allow_missing_chunks=False, ove
             per_coordinate = dict(zip(estimates, compute(*estimates.values())))
             store_arrays(group, {"covariance": covariance}, progress=progress)
         with _stage(timings, "write"):
-            extra = {"value_problems": values["value_problems"]} if "value_problems" in values else {}
             if "rows_kept" in values:
-                extra["rows_dropped"] = np.int64(fit_settings["rows_dropped"])
-            store_arrays(group, {**per_coordinate, **extra})
+                per_coordinate["rows_dropped"] = np.int64(fit_settings["rows_dropped"])
+            store_arrays(group, per_coordinate)
         attributes = _provenance(fit_settings, time.perf_counter() - start, timings, label)
         group.attrs.update(attributes)
     return attributes

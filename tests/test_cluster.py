@@ -1,13 +1,27 @@
-"""A real cluster started from the command line: `dask scheduler` and two `dask worker` processes on loopback."""
+"""Real clusters: a `dask scheduler` and `dask worker` processes started from the command line on loopback.
 
+The fit runs against them through `dist-relu fit --scheduler`, and must equal
+the local-threads fit bit for bit: when a worker is killed mid-fit, over TLS,
+with inputs given as file:// URLs, and with checkpoints written by the workers.
+"""
+
+import contextlib
+import os
+import shutil
+import signal
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 import numpy as np
 import pytest
 import zarr
+from distributed import Client
+from distributed.security import Security
+
+from dist_relu.scheduler import scheduler
 
 BIN = Path(sys.executable).parent
 
@@ -18,27 +32,28 @@ def free_port():
         return s.getsockname()[1]
 
 
-@pytest.fixture(scope="module")
-def cli_cluster(tmp_path_factory):
-    """Yield the address of a scheduler with two single-threaded worker processes; stop them after."""
+@contextlib.contextmanager
+def command_line_cluster(directory, n_workers=2, tls=(), environment=None):
+    """Start `dask scheduler` and ``n_workers`` single-threaded `dask worker` processes; yield the address."""
+    environment = {**os.environ, **(environment or {})}
+    protocol = "tls" if tls else "tcp"
     port = free_port()
-    address = f"tcp://127.0.0.1:{port}"
-    tmp_path = tmp_path_factory.mktemp("cluster")
-    logs = tmp_path / "logs"
-    logs.mkdir()
-    processes = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--host", "127.0.0.1", "--port", str(port),
-                                   "--dashboard-address", "127.0.0.1:0"],
-                                  stdout=open(logs / "scheduler.log", "w"), stderr=subprocess.STDOUT)]
-    for k in range(2):
+    address = f"{protocol}://127.0.0.1:{port}"
+    logs = directory / "logs"
+    logs.mkdir(parents=True, exist_ok=True)
+    loopback = ["--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0", *tls]
+    processes = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--port", str(port), "--protocol", protocol,
+                                   *loopback],
+                                  stdout=open(logs / "scheduler.log", "w"), stderr=subprocess.STDOUT,
+                                  env=environment)]
+    for k in range(n_workers):
         processes.append(subprocess.Popen([str(BIN / "dask"), "worker", address, "--nthreads", "1", "--nworkers", "1",
-                                           "--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0",
-                                           "--local-directory", str(tmp_path / f"worker-{k}")],
-                                          stdout=open(logs / f"worker-{k}.log", "w"), stderr=subprocess.STDOUT))
+                                           "--local-directory", str(directory / f"worker-{k}"), *loopback],
+                                          stdout=open(logs / f"worker-{k}.log", "w"), stderr=subprocess.STDOUT,
+                                          env=environment))
     try:
-        from distributed import Client
-
-        with Client(address, timeout=30) as client:
-            client.wait_for_workers(2, timeout=60)
+        with client_of(address, tls) as client:
+            client.wait_for_workers(n_workers, timeout=60)
         yield address
     finally:
         for process in processes[::-1]:
@@ -50,11 +65,33 @@ def cli_cluster(tmp_path_factory):
                 process.kill()
 
 
-def fit(path, out, *options):
+def client_of(address, tls=()):
+    if not tls:
+        return Client(address, timeout=30)
+    files = dict(zip(tls[::2], tls[1::2]))
+    security = Security(tls_ca_file=files["--tls-ca-file"], tls_client_cert=files["--tls-cert"],
+                        tls_client_key=files["--tls-key"], require_encryption=True)
+    return Client(address, security=security, timeout=30)
+
+
+@pytest.fixture(scope="module")
+def cli_cluster(tmp_path_factory):
+    """The address of a scheduler with two single-threaded worker processes, shared by the module's tests."""
+    with command_line_cluster(tmp_path_factory.mktemp("cluster")) as address:
+        yield address
+
+
+def fit(path, out, *options, check=True):
     result = subprocess.run([str(BIN / "dist-relu"), "fit", str(path), "--out", str(out), *options],
                             capture_output=True, text=True, timeout=300)
-    assert result.returncode == 0, result.stderr
-    return result, zarr.open_group(str(out), mode="r")
+    if check:
+        assert result.returncode == 0, result.stderr
+    return result, (zarr.open_group(str(out), mode="r") if result.returncode == 0 else None)
+
+
+def assert_same_fit(got, expected):
+    for name in ("covariance", "bias", "scale", "counts", "sum_sq_positive"):
+        np.testing.assert_array_equal(got[name][:], expected[name][:], err_msg=name)
 
 
 @pytest.mark.parametrize("method", ["censored", "sgd"])
@@ -63,5 +100,102 @@ def test_fit_on_a_command_line_cluster_equals_local_threads(simulated, tmp_path,
     _, threads = fit(path, tmp_path / "threads.zarr", "--method", method)
     result, cluster = fit(path, tmp_path / "cluster.zarr", "--method", method, "--scheduler", cli_cluster)
     assert f"scheduler {cli_cluster}" in result.stderr
-    for name in ("covariance", "bias", "scale", "counts", "sum_sq_positive"):
-        np.testing.assert_array_equal(cluster[name][:], threads[name][:], err_msg=name)
+    assert_same_fit(cluster, threads)
+
+
+def test_workers_read_a_file_url_and_write_the_checkpoint_a_rerun_resumes_from(simulated, tmp_path, cli_cluster):
+    path, _, _ = simulated(200_000, 6, seed=5)
+    _, threads = fit(path, tmp_path / "threads.zarr")
+    checkpoint = f"file://{tmp_path}/fit.checkpoint"
+    options = ("--scheduler", cli_cluster, "--checkpoint", checkpoint, "--json")
+    _, first = fit(f"file://{path}", f"file://{tmp_path}/first.zarr", *options)
+    # The segment sums were saved by the worker processes, then all of them reused.
+    assert first.attrs["checkpoint"]["blocks_resumed"] == 0
+    result, again = fit(f"file://{path}", tmp_path / "again.zarr", *options)
+    assert again.attrs["checkpoint"]["blocks_resumed"] == len(list((tmp_path / "fit.checkpoint").rglob("*.npy"))) > 0
+    assert_same_fit(first, threads)
+    assert_same_fit(again, threads)
+
+
+def test_a_worker_killed_mid_fit_does_not_change_the_result(simulated, tmp_path):
+    path, _, _ = simulated(1_600_000, 24, seed=7, chunk_rows=10_000)
+    _, threads = fit(path, tmp_path / "threads.zarr", "--split-every", "2")
+    # A worker fetching a result from the dead one retries the connection for
+    # this long (30 s by default) before the scheduler's reassignment reaches it.
+    quick = {"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "3s"}
+    with command_line_cluster(tmp_path / "cluster", environment=quick) as address, \
+            Client(address, timeout=30) as client:
+        pids = client.run(os.getpid)
+        process = subprocess.Popen([str(BIN / "dist-relu"), "fit", str(path), "--out", str(tmp_path / "cluster.zarr"),
+                                    "--split-every", "2", "--scheduler", address],
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+
+        def count_tasks_done(dask_scheduler):
+            return sum(1 for key, task in dask_scheduler.tasks.items()
+                       if "coexceedance-partial" in str(key) and task.state in ("memory", "released"))
+
+        # Kill once the main pass has counted 20 of its 160 row chunks.
+        deadline = time.monotonic() + 120
+        while client.run_on_scheduler(count_tasks_done) < 20:
+            assert process.poll() is None and time.monotonic() < deadline, "the fit ended before the kill"
+            time.sleep(0.05)
+        victim = sorted(pids)[0]
+        os.kill(pids[victim], signal.SIGKILL)
+        stdout, stderr = process.communicate(timeout=300)
+        assert process.returncode == 0, stderr
+        with pytest.raises(ProcessLookupError):
+            os.kill(pids[victim], 0)
+    assert_same_fit(zarr.open_group(str(tmp_path / "cluster.zarr"), mode="r"), threads)
+
+
+@pytest.fixture(scope="module")
+def certificates(tmp_path_factory):
+    """A certificate authority and one certificate it signed for 127.0.0.1 (scheduler, workers and client)."""
+    openssl = shutil.which("openssl")
+    if openssl is None:
+        pytest.skip("openssl is needed to make test certificates")
+    directory = tmp_path_factory.mktemp("tls")
+    (directory / "ext.cnf").write_text("subjectAltName=IP:127.0.0.1\n")
+    for command in (
+        ["req", "-x509", "-newkey", "rsa:2048", "-nodes", "-keyout", "ca.key", "-out", "ca.pem", "-days", "2",
+         "-subj", "/CN=dist-relu test CA"],
+        ["req", "-newkey", "rsa:2048", "-nodes", "-keyout", "node.key", "-out", "node.csr", "-subj", "/CN=127.0.0.1"],
+        ["x509", "-req", "-in", "node.csr", "-CA", "ca.pem", "-CAkey", "ca.key", "-CAcreateserial", "-out",
+         "node.pem", "-days", "2", "-extfile", "ext.cnf"],
+    ):
+        subprocess.run([openssl, *command], cwd=directory, check=True, capture_output=True)
+    return ("--tls-ca-file", str(directory / "ca.pem"), "--tls-cert", str(directory / "node.pem"),
+            "--tls-key", str(directory / "node.key"))
+
+
+def test_a_tls_scheduler_is_used_with_the_certificates_of_the_options_or_the_dask_config(
+        simulated, tmp_path, certificates, monkeypatch):
+    path, _, _ = simulated(200_000, 6, seed=5)
+    _, threads = fit(path, tmp_path / "threads.zarr")
+    with command_line_cluster(tmp_path / "cluster", n_workers=1, tls=certificates) as address:
+        assert address.startswith("tls://")
+        _, options = fit(path, tmp_path / "options.zarr", "--scheduler", address, *certificates)
+        assert_same_fit(options, threads)
+        files = dict(zip(certificates[::2], certificates[1::2]))
+        monkeypatch.setenv("DASK_DISTRIBUTED__COMM__TLS__CA_FILE", files["--tls-ca-file"])
+        monkeypatch.setenv("DASK_DISTRIBUTED__COMM__TLS__CLIENT__CERT", files["--tls-cert"])
+        monkeypatch.setenv("DASK_DISTRIBUTED__COMM__TLS__CLIENT__KEY", files["--tls-key"])
+        _, config = fit(path, tmp_path / "config.zarr", "--scheduler", address)
+        assert_same_fit(config, threads)
+        monkeypatch.delenv("DASK_DISTRIBUTED__COMM__TLS__CA_FILE")
+        result, _ = fit(path, tmp_path / "none.zarr", "--scheduler", address, check=False)
+        assert result.returncode == 2 and "needs TLS certificates" in result.stderr
+
+
+def test_tls_options_without_a_tls_address_are_refused(tmp_path, certificates):
+    result, _ = fit(tmp_path / "absent.zarr", tmp_path / "fit.zarr", "--scheduler", "tcp://127.0.0.1:1",
+                    *certificates, check=False)
+    assert result.returncode == 2 and "tls://" in result.stderr
+
+
+def test_the_local_cluster_listens_on_loopback_only():
+    with scheduler(workers=2) as client:
+        info = client.scheduler_info()
+        addresses = [client.scheduler.address, *info["workers"]]
+        assert all(address.startswith("tcp://127.0.0.1:") for address in addresses), addresses
+        assert client.dashboard_link.startswith("http://127.0.0.1:")
