@@ -22,6 +22,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/memory_fit.py
 	$(BIN)/python benchmarks/figure1.py
 	$(BIN)/python benchmarks/convert_csv.py
+	$(BIN)/python benchmarks/cluster_overhead.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -40,3 +40,15 @@ def test_convert_csv_benchmark_quick(tmp_path):
     record = json.loads((tmp_path / "convert_csv_quick.json").read_text())
     assert record["n_samples"] > 10_000 and record["n_coordinates"] == 100
     assert 0 < record["peak_above_baseline_mb"] < 20 * record["chunk_mb"]
+
+
+def test_cluster_overhead_benchmark_quick(tmp_path):
+    subprocess.run([sys.executable, str(BENCHMARKS / "cluster_overhead.py"), "--quick", "--out", str(tmp_path)],
+                   check=True, capture_output=True, text=True, timeout=300)
+    record = json.loads((tmp_path / "cluster_overhead_quick.json").read_text())
+    assert set(record["summary"]) == {"threads", "local-cluster", "cli-cluster"}
+    for entry in record["summary"].values():
+        assert entry["median_fit_seconds"] > 0
+        assert set(entry["median_stage_seconds"]) == {"pilot", "pass", "inversion", "write"}
+    assert record["summary"]["threads"]["wall_ratio_to_threads"] == 1
+    assert (tmp_path / "cluster_overhead_quick.png").stat().st_size > 10_000
