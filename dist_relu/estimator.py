@@ -12,7 +12,7 @@ import numpy as np
 import zarr
 from dask.base import tokenize
 
-from . import __version__, graph, io, kernels, sgd
+from . import __version__, graph, io, kernels, packed, sgd
 from .checkpoint import Checkpoint
 from .model import RectifiedGaussian
 from .scheduler import compute
@@ -25,8 +25,10 @@ INVERSIONS = ("tetrachoric", "model")
 
 
 def check_settings(method, passes, inversion, pilot_rows, column_block, split_every, sgd_batches=1,
-                   sgd_radius=3.0, sgd_lambda=0.1, sgd_minibatch=10):
+                   sgd_radius=3.0, sgd_lambda=0.1, sgd_minibatch=10, count_kernel="auto"):
     """Raise ``ValueError`` naming the first setting that is out of range."""
+    if count_kernel not in packed.COUNT_KERNELS:
+        raise ValueError(f"count_kernel must be one of {', '.join(packed.COUNT_KERNELS)}; got {count_kernel!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     if passes not in (1, 2):
@@ -46,8 +48,8 @@ def check_settings(method, passes, inversion, pilot_rows, column_block, split_ev
 
 def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", pilot_rows=100_000,
              clip_bias=False, column_block=512, split_every=8, seed=0, sgd_batches=1, sgd_radius=3.0,
-             sgd_lambda=0.1, sgd_minibatch=10, drop_nonfinite=False, progress=False, checkpoint=None,
-             source=None, timings=None):
+             sgd_lambda=0.1, sgd_minibatch=10, drop_nonfinite=False, count_kernel="auto", progress=False,
+             checkpoint=None, source=None, timings=None):
     """Return ``(state, settings)``: the main pass as lazy dask arrays, and how the fit is made.
 
     What is needed before the main pass is computed here: the pilot's
@@ -85,7 +87,7 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         JSON-ready description of the fit, stored with its output.
     """
     check_settings(method, passes, inversion, pilot_rows, column_block, split_every, sgd_batches, sgd_radius,
-                   sgd_lambda, sgd_minibatch)
+                   sgd_lambda, sgd_minibatch, count_kernel)
     io.check_samples(samples)
     timings = {} if timings is None else timings
     n, d = samples.shape
@@ -106,10 +108,10 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         with _stage(timings, "pilot"):
             runs = kernels.pilot_row_runs(n, pilot_rows)
             pilot = da.concatenate([samples[start:stop] for start, stop in runs])
-            pilot_keep = graph.finite_row_mask(pilot) if drop_nonfinite else None
+            pilot_passes = graph.chunk_passes(pilot, keep=graph.finite_row_mask(pilot) if drop_nonfinite else None)
             pilot_statistics, pilot_problems = compute(
-                graph.column_statistics(pilot, split_every, pilot_keep),
-                graph.value_problems(pilot, split_every, pilot_keep),
+                graph.column_statistics(pilot_passes, split_every),
+                graph.value_problems(pilot_passes, split_every),
                 progress=progress,
             )
         io.check_values(pilot_problems, where=f" among the pilot's {min(pilot_rows, n):,} rows")  # fail early
@@ -117,14 +119,12 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         standardisation = sgd.standardisation(pilot_statistics)
     else:
         # The paper's order: Step 1 on all the data first. The second pass
-        # recomputes the (cheap, bit-identical) statistics with the counts, so
-        # each chunk read feeds two layers and dask never fuses the read into
-        # every count task that uses it (which would read each chunk again
-        # per task).
+        # recomputes the (bit-identical) statistics in its fused pass.
         first = None if checkpoint is None else checkpoint.child("pass-1")
+        first_passes = graph.chunk_passes(samples, keep=keep)
         with _stage(timings, "pass 1"):
-            first_pass, first_problems = compute(graph.column_statistics(samples, split_every, keep, first),
-                                                 graph.value_problems(samples, split_every, keep, first),
+            first_pass, first_problems = compute(graph.column_statistics(first_passes, split_every, first),
+                                                 graph.value_problems(first_passes, split_every, first),
                                                  progress=progress)
         io.check_values(first_problems)
         first_bias = kernels.fit_coordinates(first_pass, likelihood)[0]
@@ -138,15 +138,18 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
 
     # The main pass: its partial sums are checkpointed under the thresholds they were counted at.
     main = None if checkpoint is None else checkpoint.child(f"thresholds-{tokenize(thresholds)}")
+    if count_kernel == "auto":
+        count_kernel = packed.choose_count_kernel(int(max(samples.chunks[1])), int(max(samples.chunks[1])),
+                                                  int(max(samples.chunks[0])))
+    main_passes = graph.chunk_passes(samples, thresholds, keep)
     state["thresholds"] = thresholds
-    state["statistics"] = graph.column_statistics(samples, split_every, keep, main)
-    state["counts"] = graph.coexceedance_counts(
-        samples, da.from_array(thresholds, chunks=(samples.chunks[1],)), split_every, keep, main)
+    state["statistics"] = graph.column_statistics(main_passes, split_every, main)
+    state["counts"] = graph.coexceedance_counts(main_passes, split_every, main, count_kernel)
     if method == "sgd" and "sgd" not in state:
         state["sgd"] = graph.sgd_estimates(samples, *standardisation, keep=keep, **sgd_settings)
     if passes == 1:
         # Checked after the main pass (io.check_values): the pilot saw only some rows.
-        state["value_problems"] = graph.value_problems(samples, split_every, keep, main)
+        state["value_problems"] = graph.value_problems(main_passes, split_every, main)
     if drop_nonfinite:
         state["rows_kept"] = graph.rows_kept(keep, split_every, main)
     settings = {
@@ -161,6 +164,7 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         "column_block": int(max(samples.chunks[1])),
         "row_chunk": int(max(samples.chunks[0])),
         "split_every": int(split_every),
+        "count_kernel": count_kernel,
         "checkpoint": None if checkpoint is None else {"url": checkpoint.url, "blocks_resumed": checkpoint.resumed[0]},
     }
     if method == "sgd":
@@ -376,6 +380,11 @@ class ReLUGaussian:
     split_every : int, default 8
         Fan-in of the tree reductions over row chunks. Does not affect the
         counts; the statistics only to rounding.
+    count_kernel : {"auto", "popcount", "gemm"}, default "auto"
+        How the co-exceedance counts are made: AND and popcount of bit-packed
+        indicators, or float32 GEMM of unpacked ones. "auto" times both on a
+        block of the fit's shape and takes the faster. Does not affect results
+        (the counts are exact integers).
 
     Attributes
     ----------
@@ -413,7 +422,7 @@ class ReLUGaussian:
 
     def __init__(self, method="censored", passes=1, inversion="tetrachoric", pilot_rows=100_000,
                  clip_bias=False, column_block=512, split_every=8, seed=0, sgd_batches=1, sgd_radius=3.0,
-                 sgd_lambda=0.1, sgd_minibatch=10, drop_nonfinite=False):
+                 sgd_lambda=0.1, sgd_minibatch=10, drop_nonfinite=False, count_kernel="auto"):
         self.method = method
         self.passes = passes
         self.inversion = inversion
@@ -427,6 +436,7 @@ class ReLUGaussian:
         self.sgd_lambda = sgd_lambda
         self.sgd_minibatch = sgd_minibatch
         self.drop_nonfinite = drop_nonfinite
+        self.count_kernel = count_kernel
 
     def get_params(self):
         """Return the constructor's parameters and their values (as scikit-learn does)."""

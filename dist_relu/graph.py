@@ -1,11 +1,14 @@
 """Graph building: which kernel runs on which blocks, and how partials reduce.
 
-Dask only; every number is computed by a kernel of ``kernels.py``, and nothing
-here computes: each function takes dask arrays and returns dask arrays.
+Dask only; every number is computed by a kernel of ``kernels.py`` or
+``packed.py``, and nothing here computes: each function takes dask arrays and
+returns dask arrays.
 
 Shapes (DESIGN.md §5): samples are chunked in row chunks ``r`` and column blocks
-``I``. Statistics are ``(d_I, 4)`` per (row chunk, column block), summed over row
-chunks as a tree. Counts are ``(d_I, d_J)`` partials per (row chunk, block pair
+``I``. One fused task per (row chunk, column block) reads the chunk once and
+makes its ``packed.ChunkPass``: statistics ``(d_I, 4)``, value checks
+``(d_I, 2)`` and bit-packed indicators. Statistics are summed over row chunks
+as a tree. Counts are ``(d_I, d_J)`` partials per (row chunk, block pair
 ``I ≤ J``), summed over row chunks as a tree (``split_every`` partials per task,
 never one long serial fold); the lower block triangle is the upper one
 transposed, so only ``B(B+1)/2`` block pairs are counted.
@@ -16,25 +19,21 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from . import kernels, sgd
+from . import kernels, packed, sgd
 
 
-def _leading_axis(kernel):
-    """Wrap a per-chunk kernel returning ``(d_I, k)`` to return ``(1, d_I, k)`` (one row-chunk slot)."""
-
-    def partial(x, keep=None):
-        return kernel(x, keep)[None]
-
-    partial.__name__ = kernel.__name__
-    return partial
+def _statistics_partial(chunk_pass):
+    return chunk_pass.statistics[None]
 
 
-_statistics_partial = _leading_axis(kernels.chunk_statistics)
-_value_problems_partial = _leading_axis(kernels.chunk_value_problems)
+def _value_problems_partial(chunk_pass):
+    return chunk_pass.problems[None]
 
 
-def _coexceedance_partial(indicators_i, indicators_j):
-    return kernels.coexceedance_partial(indicators_i, indicators_j)[None]
+def _coexceedance_partial(pass_i, pass_j, kernel):
+    # Blockwise hands the diagonal pair the same object twice: count its triangle only.
+    indicators_j = pass_i.indicators if pass_j is pass_i else pass_j.indicators
+    return packed.count_block(pass_i.indicators, indicators_j, pass_i.rows, kernel)[None]
 
 
 def _estimates_block(statistics, method):
@@ -103,29 +102,48 @@ def sum_over_rows(partials, split_every, name, checkpoint=None):
     return summed.sum(axis=0, split_every=split_every)
 
 
-def _per_column_sums(samples, partial, width, dtype, name, split_every, keep=None, checkpoint=None):
+def chunk_passes(samples, thresholds=None, keep=None):
+    """Return one lazy ``packed.ChunkPass`` per block of ``samples``: the fused pass at ``thresholds``.
+
+    ``thresholds`` (numpy, ``(d,)``) default to ``+inf`` (no indicator set),
+    for the statistics alone. With ``keep`` (a row mask), only the kept rows
+    count. The blocks are not arrays: only ``column_statistics``,
+    ``value_problems`` and ``coexceedance_counts`` take them. Build them once
+    and give them to each: a read then feeds one fused task per block, which
+    dask keeps apart (it has several consumers) rather than repeating it in
+    every count task.
+    """
+    d = samples.shape[1]
+    thresholds = np.full(d, np.inf) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+    thresholds = da.from_array(thresholds, chunks=(samples.chunks[1],))
+    return da.blockwise(
+        packed.chunk_pass, "ri", samples, "ri", thresholds, "i", *_with_rows(keep),
+        dtype=object, token="chunk-pass", meta=np.empty((0, 0), dtype=object),
+    )
+
+
+def _per_column_sums(passes, partial, width, dtype, name, split_every, checkpoint=None):
     """Return the lazy ``(d, width)`` sum over row chunks of ``partial``'s per-chunk ``(d_I, width)`` arrays."""
     partials = da.blockwise(
-        partial, "rik", samples, "ri", *_with_rows(keep),
+        partial, "rik", passes, "ri",
         new_axes={"k": width}, adjust_chunks={"r": 1},
         dtype=dtype, token=f"chunk-{name}", meta=np.empty((0, 0, 0), dtype=dtype),
     )
     return sum_over_rows(partials, split_every, name, checkpoint)
 
 
-def column_statistics(samples, split_every=8, keep=None, checkpoint=None):
-    """Return the lazy ``(d, 4)`` sufficient statistics ``(n0, n1, S1, S2)`` of ``samples``.
+def column_statistics(passes, split_every=8, checkpoint=None):
+    """Return the lazy ``(d, 4)`` sufficient statistics ``(n0, n1, S1, S2)`` from ``chunk_passes``.
 
     Memory: one ``(d_I, 4)`` float64 array per row chunk and column block;
     ``split_every`` of them per reduction task.
     """
-    return _per_column_sums(samples, _statistics_partial, 4, np.float64, "statistics", split_every, keep, checkpoint)
+    return _per_column_sums(passes, _statistics_partial, 4, np.float64, "statistics", split_every, checkpoint)
 
 
-def value_problems(samples, split_every=8, keep=None, checkpoint=None):
+def value_problems(passes, split_every=8, checkpoint=None):
     """Return lazy ``(d, 2)`` counts of negative and of non-finite values per column (of the kept rows)."""
-    return _per_column_sums(samples, _value_problems_partial, 2, np.int64, "value-problems", split_every, keep,
-                            checkpoint)
+    return _per_column_sums(passes, _value_problems_partial, 2, np.int64, "value-problems", split_every, checkpoint)
 
 
 def _count_rows(keep):
@@ -148,25 +166,20 @@ def coordinate_estimates(statistics, method="censored"):
     return solved[:, 0], solved[:, 1], solved[:, 2].astype(np.int8)
 
 
-def coexceedance_counts(samples, thresholds, split_every=8, keep=None, checkpoint=None):
-    """Return the lazy ``(d, d)`` int64 counts ``C = Iᵀ I`` of ``I = (samples > thresholds)``.
+def coexceedance_counts(passes, split_every=8, checkpoint=None, kernel="popcount"):
+    """Return the lazy ``(d, d)`` int64 counts ``C = Iᵀ I`` of the indicators of ``chunk_passes``.
 
-    Dask fuses the indicator step into each pair's count task, so an indicator
-    is formed once per block pair that uses it: ``2/d_I`` of the product's
-    work, and no indicator is held between tasks. Memory: a reduction task holds
-    ``split_every`` int64 blocks of ``d_I × d_J``; ``split_every`` does not
-    affect results (the counts are exact integers).
+    ``kernel`` ("popcount" or "gemm", see ``packed.choose_count_kernel``)
+    decides only the speed: the counts are exact integers either way. Memory:
+    a count task holds two bit-packed indicator blocks (``d_I·rows/8`` bytes
+    each) and a ``d_I × d_J`` int64 block; a reduction task holds
+    ``split_every`` of those blocks. ``split_every`` does not affect results.
     """
-    thresholds = da.asarray(thresholds).rechunk((samples.chunks[1],))
-    # With ``keep``, an indicator block holds only the kept rows (fewer than its
-    # declared chunk); only the pair kernel below ever sees it.
-    indicators = da.blockwise(
-        kernels.exceedance_indicators, "ri", samples, "ri", thresholds, "i", *_with_rows(keep),
-        dtype=np.float32, token="exceedance-indicators",
-    )
+    if kernel not in ("popcount", "gemm"):
+        raise ValueError(f"kernel must be 'popcount' or 'gemm'; got {kernel!r}")
     partials = da.blockwise(
-        _coexceedance_partial, "rij", indicators, "ri", indicators, "rj",
-        adjust_chunks={"r": 1}, dtype=np.int64, token="coexceedance-partial",
+        _coexceedance_partial, "rij", passes, "ri", passes, "rj", kernel, None,
+        adjust_chunks={"r": 1}, dtype=np.int64, token=f"coexceedance-{kernel}",
         meta=np.empty((0, 0, 0), dtype=np.int64),
     )
     full = sum_over_rows(partials, split_every, "counts", checkpoint)

@@ -120,9 +120,12 @@ def test_each_chunk_is_read_once_per_pass(tmp_path, passes, method, entry):
         dist_relu.fit_to_zarr(array, tmp_path / "fit.zarr", passes=passes, method=method, pilot_rows=800)
     chunk_reads = [count for key, count in CountingStore.reads.items() if key.startswith("c/")]
     assert len(chunk_reads) == 16
+    # One pass with SGD: its sequential chains read on their own, so that no
+    # chunk waits in memory for a chain to reach it.
+    reads_per_pass = 2 if (passes, method) == (1, "sgd") else 1
     if passes == 1:
-        # The pilot's 8 runs of 100 rows start in chunks 0, 2, ..., 14: those are read twice.
-        assert sorted(chunk_reads) == [1] * 8 + [2] * 8
+        # The pilot's 8 runs of 100 rows start in chunks 0, 2, ..., 14: those are read once more.
+        assert sorted(chunk_reads) == [reads_per_pass] * 8 + [reads_per_pass + 1] * 8
     else:
         assert chunk_reads == [2] * 16
 

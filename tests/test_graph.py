@@ -32,9 +32,10 @@ def samples():
 def test_building_the_graph_never_computes(samples):
     _, x = samples
     with dask.config.set(scheduler=refuse_to_compute):
-        statistics = graph.column_statistics(x)
+        passes = graph.chunk_passes(x, np.zeros(10))
+        statistics = graph.column_statistics(passes)
         bias, scale, status = graph.coordinate_estimates(statistics)
-        counts = graph.coexceedance_counts(x, np.zeros(10))
+        counts = graph.coexceedance_counts(passes)
         margins = graph.tetrachoric_margins(counts, 1000)
         graph.covariance(counts, 1000, margins, scale)
         graph.simulated_samples(100, np.eye(3), np.zeros(3), 30, seed=0)
@@ -44,15 +45,16 @@ def test_counts_equal_numpy_gram_of_the_indicators(samples):
     x, lazy = samples
     thresholds = np.linspace(0, 1, 10)
     indicator = (x > thresholds).astype(np.int64)
-    counts = graph.coexceedance_counts(lazy, thresholds, split_every=3).compute()
-    assert counts.dtype == np.int64
-    np.testing.assert_array_equal(counts, indicator.T @ indicator)
+    for kernel in ("popcount", "gemm"):
+        counts = graph.coexceedance_counts(graph.chunk_passes(lazy, thresholds), split_every=3, kernel=kernel).compute()
+        assert counts.dtype == np.int64
+        np.testing.assert_array_equal(counts, indicator.T @ indicator)
 
 
 def test_only_the_upper_block_triangle_is_counted(samples):
     _, x = samples  # 10 row chunks, 4 column blocks
-    counts = graph.coexceedance_counts(x, np.zeros(10))
-    partials = tasks_named(counts, "coexceedance-partial")
+    counts = graph.coexceedance_counts(graph.chunk_passes(x, np.zeros(10)))
+    partials = tasks_named(counts, "coexceedance-popcount")
     assert len(partials) == 10 * (4 * 5 // 2)
     assert {k[2] <= k[3] for k in partials} == {True}
 
@@ -60,8 +62,9 @@ def test_only_the_upper_block_triangle_is_counted(samples):
 def test_partials_reduce_as_a_tree(samples):
     """With split_every=2, no reduction task sums more than 2 partials."""
     _, x = samples
-    counts = graph.coexceedance_counts(x, np.zeros(10), split_every=2)
-    statistics = graph.column_statistics(x, split_every=2)
+    passes = graph.chunk_passes(x, np.zeros(10))
+    counts = graph.coexceedance_counts(passes, split_every=2)
+    statistics = graph.column_statistics(passes, split_every=2)
     for array in (counts, statistics):
         tasks = culled_graph(array)
         fan_in = [len(get_dependencies(tasks, k)) for k in tasks
@@ -73,7 +76,7 @@ def test_statistics_do_not_depend_on_chunking(samples):
     x, _ = samples
     expected = kernels.chunk_statistics(x)
     for chunks in [(100, 3), (333, 10), (1000, 1), (7, 10)]:
-        got = graph.column_statistics(da.from_array(x, chunks=chunks), split_every=4).compute()
+        got = graph.column_statistics(graph.chunk_passes(da.from_array(x, chunks=chunks)), split_every=4).compute()
         np.testing.assert_allclose(got, expected, rtol=1e-13)
 
 
@@ -91,13 +94,13 @@ def test_graphs_of_different_data_never_share_keys():
     """Keys are prefix + hash of the inputs: two fits in one graph or on one cluster cannot collide."""
     one = da.from_array(np.ones((10, 2)), chunks=5)
     two = da.from_array(2 * np.ones((10, 2)), chunks=5)
-    a, b = graph.column_statistics(one), graph.column_statistics(two)
+    a, b = graph.column_statistics(graph.chunk_passes(one)), graph.column_statistics(graph.chunk_passes(two))
     assert a.name != b.name
     got_a, got_b = dask.compute(a, b)
     np.testing.assert_array_equal(got_a[:, 2], 10)
     np.testing.assert_array_equal(got_b[:, 2], 20)
-    c1 = graph.coexceedance_counts(one, np.zeros(2))
-    c2 = graph.coexceedance_counts(one, np.full(2, 5.0))
+    c1 = graph.coexceedance_counts(graph.chunk_passes(one, np.zeros(2)))
+    c2 = graph.coexceedance_counts(graph.chunk_passes(one, np.full(2, 5.0)))
     np.testing.assert_array_equal(dask.compute(c1, c2)[1], 0)
     s1 = graph.simulated_samples(10, np.eye(2), np.zeros(2), 5, seed=1)
     s2 = graph.simulated_samples(10, np.eye(2), np.ones(2), 5, seed=1)

@@ -1,0 +1,177 @@
+"""Compiled kernels (numba): the fused pass over a chunk, and co-exceedance counts of bit-packed indicators.
+
+The fused pass touches each value once: it adds to the column's sufficient
+statistics and value checks, and sets the value's exceedance bit. Indicators
+are packed 64 rows to a ``uint64`` word, row ``r`` of the chunk's kept rows in
+bit ``r % 64`` of word ``r // 64`` (so a little-endian byte view unpacks with
+``np.unpackbits(..., bitorder="little")``): 1 bit per value, 1/32 of float32
+samples.
+
+Two count kernels give the same exact integers: ``popcount_counts`` (AND and
+popcount of packed words, ``d_i·d_j·rows/64`` word operations) and
+``gemm_counts`` (indicators unpacked to float32, then BLAS GEMM,
+``kernels.coexceedance_partial``). ``choose_count_kernel`` times both on a
+block of the shape at hand and keeps the faster (DESIGN.md §5).
+"""
+
+import functools
+import time
+from typing import NamedTuple
+
+import numba
+import numpy as np
+from numba import types
+from numba.extending import intrinsic
+
+from . import kernels
+
+COUNT_KERNELS = ("auto", "popcount", "gemm")
+
+
+@intrinsic
+def _popcount64(typingctx, value):
+    """The CPU's population count of a uint64 (LLVM ``ctpop``)."""
+    signature = types.uint64(types.uint64)
+
+    def codegen(context, builder, signature, arguments):
+        return builder.ctpop(arguments[0])
+
+    return signature, codegen
+
+
+class ChunkPass(NamedTuple):
+    """What the fused pass makes of one chunk (one row chunk, one column block)."""
+
+    statistics: np.ndarray  # (d, 4) float64, as kernels.chunk_statistics
+    problems: np.ndarray  # (d, 2) int64, as kernels.chunk_value_problems
+    indicators: np.ndarray  # (d, words) uint64, bit-packed x > t of the kept rows
+    rows: int  # kept rows, the number of valid bits per column
+
+
+@numba.njit(nogil=True, cache=True)
+def _chunk_pass(x, thresholds, keep, statistics, problems, packed):
+    rows, d = x.shape
+    # One contiguous accumulator per quantity, and no branch on the values in
+    # the inner loop, so that it vectorises across the columns.
+    n_positive = np.zeros(d, dtype=np.int64)
+    sums = np.zeros(d, dtype=np.float64)
+    sums_sq = np.zeros(d, dtype=np.float64)
+    negative = np.zeros(d, dtype=np.int64)
+    nonfinite = np.zeros(d, dtype=np.int64)
+    word = np.zeros(d, dtype=np.uint64)
+    kept = 0
+    for r in range(rows):
+        if not keep[r]:
+            continue
+        bit = np.uint64(1) << np.uint64(kept & 63)
+        for j in range(d):
+            value = np.float64(x[r, j])
+            positive = value if value > 0.0 else 0.0
+            n_positive[j] += value > 0.0
+            sums[j] += positive
+            sums_sq[j] += positive * positive
+            negative[j] += value < 0.0
+            nonfinite[j] += not (value - value == 0.0)  # NaN and ±inf
+            word[j] |= bit if value > thresholds[j] else np.uint64(0)
+        kept += 1
+        if kept & 63 == 0:
+            slot = (kept >> 6) - 1
+            for j in range(d):
+                packed[j, slot] = word[j]
+                word[j] = 0
+    if kept & 63:
+        for j in range(d):
+            packed[j, kept >> 6] = word[j]
+    for j in range(d):
+        statistics[j, 0] = kept - n_positive[j]
+        statistics[j, 1] = n_positive[j]
+        statistics[j, 2] = sums[j]
+        statistics[j, 3] = sums_sq[j]
+        problems[j, 0] = negative[j]
+        problems[j, 1] = nonfinite[j]
+    return kept
+
+
+def chunk_pass(x, thresholds, keep=None):
+    """Return the ``ChunkPass`` of a chunk ``x`` (rows, d) at ``thresholds`` (d,), over the rows ``keep`` keeps."""
+    rows, d = x.shape
+    keep = np.ones(rows, dtype=np.bool_) if keep is None else np.asarray(keep, dtype=np.bool_)
+    n_kept = int(keep.sum())
+    statistics = np.zeros((d, 4), dtype=np.float64)
+    problems = np.zeros((d, 2), dtype=np.int64)
+    packed = np.zeros((d, -(-n_kept // 64)), dtype=np.uint64)
+    _chunk_pass(x, np.asarray(thresholds, dtype=np.float64), keep, statistics, problems, packed)
+    return ChunkPass(statistics, problems, packed, n_kept)
+
+
+def unpack_indicators(packed, rows):
+    """Return the ``(rows, d)`` float32 0/1 indicators of bit-packed ``packed`` (d, words)."""
+    bits = np.unpackbits(np.ascontiguousarray(packed).view(np.uint8), axis=1, count=rows, bitorder="little")
+    return bits.T.astype(np.float32)
+
+
+@numba.njit(nogil=True, cache=True)
+def _popcount_counts(a, b, out, symmetric):
+    d_i, words = a.shape
+    d_j = b.shape[0]
+    for i in range(d_i):
+        for j in range(i if symmetric else 0, d_j):
+            total = np.uint64(0)
+            for w in range(words):
+                total += _popcount64(a[i, w] & b[j, w])
+            out[i, j] = total
+            if symmetric:
+                out[j, i] = total
+
+
+def popcount_counts(packed_i, packed_j):
+    """Return the exact ``(d_i, d_j)`` int64 counts of rows where both indicators are set, by AND and popcount.
+
+    ``packed_i`` and ``packed_j`` are bit-packed blocks of the same rows
+    (padding bits zero). When both are the same block, only its upper triangle
+    is counted and mirrored.
+    """
+    out = np.empty((packed_i.shape[0], packed_j.shape[0]), dtype=np.int64)
+    _popcount_counts(np.ascontiguousarray(packed_i), np.ascontiguousarray(packed_j), out, packed_i is packed_j)
+    return out
+
+
+def gemm_counts(packed_i, packed_j, rows):
+    """Return the same counts as ``popcount_counts``, by unpacking to float32 and exact GEMM."""
+    indicators_i = unpack_indicators(packed_i, rows)
+    indicators_j = indicators_i if packed_j is packed_i else unpack_indicators(packed_j, rows)
+    return kernels.coexceedance_partial(indicators_i, indicators_j)
+
+
+def count_block(packed_i, packed_j, rows, kernel):
+    """Return the counts of two packed blocks with ``kernel`` ("popcount" or "gemm")."""
+    if kernel == "popcount":
+        return popcount_counts(packed_i, packed_j)
+    return gemm_counts(packed_i, packed_j, rows)
+
+
+@functools.lru_cache(maxsize=64)
+def choose_count_kernel(d_i, d_j, rows, repeats=3):
+    """Return ``"popcount"`` or ``"gemm"``, whichever counted a random block of this shape faster here.
+
+    Both give the same integers, so the choice changes only the speed. Timed
+    on this process's machine (the client's, for a fit), best of ``repeats``;
+    cached per shape.
+    """
+    rng = np.random.default_rng(0)
+    words = -(-rows // 64)
+    packed_i = rng.integers(0, 2**63, size=(d_i, words), dtype=np.uint64)
+    packed_j = packed_i if d_j == d_i else rng.integers(0, 2**63, size=(d_j, words), dtype=np.uint64)
+    if rows % 64:
+        packed_i[:, -1] &= np.uint64((1 << (rows % 64)) - 1)
+        packed_j[:, -1] &= np.uint64((1 << (rows % 64)) - 1)
+    seconds = {}
+    for kernel in ("popcount", "gemm"):
+        count_block(packed_i[:1], packed_j[:1], rows, kernel)  # compile, warm up
+        best = float("inf")
+        for _ in range(repeats):
+            start = time.perf_counter()
+            count_block(packed_i, packed_j, rows, kernel)
+            best = min(best, time.perf_counter() - start)
+        seconds[kernel] = best
+    return min(seconds, key=seconds.get)
