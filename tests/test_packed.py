@@ -1,0 +1,95 @@
+"""The compiled kernels against their numpy definitions: the fused chunk pass and both count paths."""
+
+import numpy as np
+import pytest
+
+from dist_relu import kernels, packed
+
+
+def reference_counts(x_i, x_j, t_i, t_j):
+    a, b = (x_i > t_i).astype(np.int64), (x_j > t_j).astype(np.int64)
+    return a.T @ b
+
+
+def both_counts(x_i, x_j, t_i, t_j, same=False):
+    pass_i = packed.chunk_pass(x_i, t_i)
+    pass_j = pass_i if same else packed.chunk_pass(x_j, t_j)
+    indicators_j = pass_i.indicators if same else pass_j.indicators
+    return {kernel: packed.count_block(pass_i.indicators, indicators_j, pass_i.rows, kernel)
+            for kernel in ("popcount", "gemm")}
+
+
+BLOCKS = {
+    # name: (rows, d_i, d_j, fill) with fill the fraction of values above the threshold
+    "random": (1000, 7, 5, 0.5),
+    "all zeros": (640, 4, 3, 0.0),
+    "all ones": (640, 4, 3, 1.0),
+    "ragged rows": (1001, 6, 6, 0.3),
+    "fewer rows than a word": (37, 3, 2, 0.6),
+    "one row": (1, 2, 2, 1.0),
+    "column blocks of size 1": (777, 1, 1, 0.4),
+    "one by many": (130, 1, 9, 0.7),
+    "sparse": (5000, 8, 8, 0.01),
+}
+
+
+@pytest.mark.parametrize("name", BLOCKS)
+def test_both_count_paths_equal_the_integer_gram_of_the_indicators(name):
+    rows, d_i, d_j, fill = BLOCKS[name]
+    rng = np.random.default_rng(len(name))
+    x_i = (rng.random((rows, d_i)) < fill) * rng.uniform(1, 2, (rows, d_i))
+    x_j = (rng.random((rows, d_j)) < fill) * rng.uniform(1, 2, (rows, d_j))
+    t_i, t_j = np.full(d_i, 0.5), np.full(d_j, 0.5)
+    expected = reference_counts(x_i, x_j, t_i, t_j)
+    for kernel, got in both_counts(x_i, x_j, t_i, t_j).items():
+        assert got.dtype == np.int64
+        np.testing.assert_array_equal(got, expected, err_msg=kernel)
+    if d_i == d_j:
+        # The diagonal block: the same indicators on both sides, counted as a triangle and mirrored.
+        for kernel, got in both_counts(x_i, x_i, t_i, t_i, same=True).items():
+            np.testing.assert_array_equal(got, reference_counts(x_i, x_i, t_i, t_i), err_msg=kernel)
+
+
+def test_bits_are_packed_little_endian_row_by_row_and_padding_is_zero():
+    x = np.zeros((70, 2))
+    x[[0, 3, 64, 69], 0] = 1.0
+    x[:, 1] = 1.0
+    result = packed.chunk_pass(x, np.zeros(2))
+    assert result.indicators.shape == (2, 2) and result.rows == 70
+    assert result.indicators[0, 0] == (1 << 0) | (1 << 3) and result.indicators[0, 1] == (1 << 0) | (1 << 5)
+    assert result.indicators[1, 0] == 2**64 - 1 and result.indicators[1, 1] == 2**6 - 1
+    np.testing.assert_array_equal(packed.unpack_indicators(result.indicators, 70), (x > 0).astype(np.float32))
+
+
+@pytest.mark.parametrize("dtype", [np.float32, np.float64])
+def test_the_fused_pass_equals_the_numpy_definitions(dtype):
+    rng = np.random.default_rng(3)
+    x = np.maximum(0, rng.standard_normal((3001, 9)) + np.linspace(-1, 1, 9)).astype(dtype)
+    x[5, 2], x[9, 4], x[11, 4], x[12, 7], x[40, 0] = np.nan, np.inf, -np.inf, -0.5, -3.0
+    thresholds = np.linspace(0, 1, 9)
+    keep = rng.random(3001) < 0.8
+    for mask in (None, keep):
+        result = packed.chunk_pass(x, thresholds, mask)
+        np.testing.assert_array_equal(result.problems, kernels.chunk_value_problems(x, mask))
+        expected = kernels.chunk_statistics(x, mask)
+        finite = np.isfinite(expected).all(axis=1)
+        np.testing.assert_array_equal(result.statistics[:, :2], expected[:, :2])
+        # Sums in another order: equal to rounding, and inf where an inf was summed.
+        np.testing.assert_allclose(result.statistics[finite], expected[finite], rtol=1e-12)
+        assert np.isinf(result.statistics[~finite, 2:]).all()
+        np.testing.assert_array_equal(packed.unpack_indicators(result.indicators, result.rows),
+                                      kernels.exceedance_indicators(x, thresholds, mask))
+
+
+def test_a_column_slice_of_a_chunk_is_read_as_it_is_laid_out():
+    x = np.asfortranarray(np.abs(np.random.default_rng(0).standard_normal((500, 6))))
+    for view in (x, x[:, 1:4], x[::2]):
+        result = packed.chunk_pass(view, np.full(view.shape[1], 0.7))
+        np.testing.assert_allclose(result.statistics, kernels.chunk_statistics(view), rtol=1e-12)
+
+
+def test_the_automatic_choice_names_a_kernel_and_is_cached():
+    choice = packed.choose_count_kernel(16, 16, 4096)
+    assert choice in ("popcount", "gemm")
+    assert packed.choose_count_kernel(16, 16, 4096) == choice
+    assert packed.choose_count_kernel.cache_info().hits >= 1
