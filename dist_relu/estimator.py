@@ -288,7 +288,7 @@ def _statistics_arrays(statistics):
 
 def _stored_statistics(group, column_block):
     """Return the stored sufficient statistics as one lazy ``(d, 4)`` array in column blocks."""
-    columns = [da.from_zarr(group[name]).rechunk(column_block) for name in kernels.STATISTICS]
+    columns = [io.lazy_array(group[name]).rechunk(column_block) for name in kernels.STATISTICS]
     return da.stack(columns, axis=1).rechunk((column_block, 4))
 
 
@@ -328,7 +328,7 @@ def fit_to_zarr(source, out, *, array="samples", allow_missing_chunks=False, ove
         fit_settings, n_fitted = _rows_fitted(fit_settings, values)
         with _stage(timings, "inversion"):
             estimates = finish_fit(_stored_statistics(group, column_block),
-                                   da.from_zarr(group["counts"]).rechunk(column_block), n_fitted,
+                                   io.lazy_array(group["counts"]).rechunk(column_block), n_fitted,
                                    state["thresholds"], fit_settings, values.get("sgd", state.get("sgd")))
             covariance = estimates.pop("covariance")
             per_coordinate = dict(zip(estimates, compute(*estimates.values())))

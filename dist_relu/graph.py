@@ -182,9 +182,15 @@ def coexceedance_counts(passes, split_every=8, checkpoint=None, kernel="popcount
         adjust_chunks={"r": 1}, dtype=np.int64, token=f"coexceedance-{kernel}",
         meta=np.empty((0, 0, 0), dtype=np.int64),
     )
-    full = sum_over_rows(partials, split_every, "counts", checkpoint)
-    # Only the upper block triangle is asked for, so dask culls the partials
-    # of the lower one, which would repeat the same counts transposed.
+    return _mirror_upper_blocks(sum_over_rows(partials, split_every, "counts", checkpoint))
+
+
+def _mirror_upper_blocks(full):
+    """Return the symmetric ``(d, d)`` array made of the upper block triangle of ``full`` and its transpose.
+
+    Only the upper block triangle is asked for, so dask culls the tasks of the
+    lower one, which would repeat the same numbers transposed.
+    """
     n_blocks = full.numblocks[0]
     return da.block([
         [full.blocks[i, j] if i <= j else full.blocks[j, i].T for j in range(n_blocks)]
@@ -199,17 +205,22 @@ def tetrachoric_margins(counts, n_samples):
 
 
 def covariance(counts, n_samples, margins, scale):
-    """Return the lazy ``(d, d)`` estimate ``Σ̂``, one inversion task per count block."""
+    """Return the lazy ``(d, d)`` estimate ``Σ̂``: one inversion task per count block of the upper triangle.
+
+    The lower block triangle is the upper one transposed, so ``Σ̂`` is exactly
+    symmetric and only ``B(B+1)/2`` of the ``B²`` blocks are inverted.
+    """
     chunks = (counts.chunks[0],)
     margins = da.asarray(margins).rechunk(chunks)
     scale = da.asarray(scale).rechunk(chunks)
     index = da.arange(counts.shape[0], chunks=chunks)
-    return da.blockwise(
+    full = da.blockwise(
         kernels.covariance_block, "ij",
         counts, "ij", n_samples, _scalar_index(n_samples),
         margins, "i", margins, "j", scale, "i", scale, "j", index, "i", index, "j",
         dtype=np.float64, token="covariance-block",
     )
+    return _mirror_upper_blocks(full)
 
 
 def _simulated_block(weights, bias, seed, dtype, block_info=None):

@@ -239,19 +239,40 @@ def create_arrays(group, arrays):
     """Create one Zarr array in ``group`` per ``name: array``; return ``{name: (source, target)}`` to store.
 
     Dask arrays keep their chunking (so each block is written by the task that
-    made it); numpy arrays are written at once and left out of the result.
+    made it); numpy arrays are written at once and left out of the result. A
+    ``d × d`` array of large blocks is sharded: each block is one shard,
+    written whole by one task, of inner chunks small enough to read a few
+    coordinates' rows cheaply.
     """
     targets = {}
     for name, values in arrays.items():
         if isinstance(values, da.Array):
             chunks = tuple(max(c) if c else 1 for c in values.chunks)
-            # Blocks must not straddle Zarr chunks, or parallel writes would race.
+            inner = _inner_chunks(chunks)
+            # Blocks must not straddle Zarr chunks (or shards), or parallel writes would race.
             targets[name] = (
                 values.rechunk(chunks),
-                group.create_array(name, shape=values.shape, chunks=chunks, dtype=values.dtype, config=WRITE_ALL_CHUNKS),
+                group.create_array(name, shape=values.shape, dtype=values.dtype, config=WRITE_ALL_CHUNKS,
+                                   **({"shards": chunks, "chunks": inner} if inner else {"chunks": chunks})),
             )
         else:
             values = np.asarray(values)
             chunks = tuple(max(size, 1) for size in values.shape)
             group.create_array(name, data=values, chunks=chunks, config=WRITE_ALL_CHUNKS)
     return targets
+
+
+# Side of the inner chunks of a sharded d × d output.
+_INNER_CHUNK = 256
+
+
+def _inner_chunks(block):
+    """Return the inner chunks of a 2-D block worth sharding (square, sides a multiple of 256), else None."""
+    if len(block) == 2 and block[0] == block[1] and block[0] > _INNER_CHUNK and block[0] % _INNER_CHUNK == 0:
+        return (_INNER_CHUNK, _INNER_CHUNK)
+    return None
+
+
+def lazy_array(array):
+    """Return a stored Zarr array as a dask array of its shards (or chunks), one task per stored unit."""
+    return da.from_zarr(array, chunks=array.shards or array.chunks)

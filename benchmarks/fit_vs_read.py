@@ -1,0 +1,262 @@
+"""Fit time against one plain read and against dask's plain ``X.T @ X`` of the same store, for several d.
+
+For each ``d`` in ``--d`` (default 10, 100, 1000) simulates ``n × d`` float32
+samples (zstd Zarr, row chunks of about ``--chunk-mb`` MB, all columns in one
+chunk), then runs each step in a fresh Python process on the local threaded
+scheduler, so that each peak resident memory (VmHWM, reset after imports) and
+time is that step's own:
+
+- ``read``: ``da.from_zarr(store, component="samples").sum().compute()``
+- ``xtx``: ``x = da.from_zarr(store, component="samples"); (x.T @ x).compute()``
+  (dask's defaults, float32 in and out)
+- ``fit``: ``dist_relu.fit_to_zarr(store, out, overwrite=True)`` (default
+  settings: one pass), with its stage timings (pilot, pass, inversion, write)
+
+Repeats are interleaved (read, xtx, fit, read, xtx, fit, ...) after one
+untimed read that warms the page cache; the median of each step is reported,
+with fit/read and fit/xtx ratios, all measured within this one run.
+Results go to ``benchmarks/results/fit_vs_read.{json,png}``.
+
+    python benchmarks/fit_vs_read.py            # d = 10, 100 (n = 2·10⁶), 1000 (n = 2·10⁵)
+    python benchmarks/fit_vs_read.py --quick    # d = 10, 50, n = 10⁵, one repeat
+    python benchmarks/fit_vs_read.py --plot-only benchmarks/results/fit_vs_read.json
+"""
+
+import argparse
+import datetime
+import json
+import os
+import platform
+import shutil
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+STEPS = {
+    "read": "import dask.array as da; da.from_zarr(STORE, component='samples').sum().compute()",
+    "xtx": "import dask.array as da; x = da.from_zarr(STORE, component='samples'); (x.T @ x).compute()",
+    "fit": "import dist_relu; RESULT = dist_relu.fit_to_zarr(STORE, OUT, overwrite=True)",
+}
+LABELS = {"read": "plain read (sum)", "xtx": "plain X.T @ X", "fit": "fit_to_zarr"}
+DEFAULT_N = {10: 2_000_000, 100: 2_000_000, 1000: 200_000}
+
+
+def child(step, store, out):
+    """Run one step in this process; print JSON with seconds, peak RSS and (for the fit) its stage timings."""
+    import dask.array  # noqa: F401
+    import numpy  # noqa: F401
+    import zarr  # noqa: F401
+
+    import dist_relu  # noqa: F401
+
+    # Imports peak transiently above where they settle: reset the high-water mark
+    # (Linux: "5" > clear_refs) so that VmHWM measures the step alone.
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
+    baseline = _status_kb("VmRSS")
+    namespace = {"STORE": store, "OUT": out}
+    start = time.perf_counter()
+    exec(STEPS[step], namespace)
+    seconds = time.perf_counter() - start
+    peak = _status_kb("VmHWM")
+    record = {"seconds": seconds, "peak_mb": peak / 1024, "baseline_mb": baseline / 1024}
+    if "RESULT" in namespace:
+        attributes = namespace["RESULT"]
+        record.update(fit_seconds=attributes["seconds"], timings=attributes["timings"],
+                      count_kernel=attributes.get("settings", attributes).get("count_kernel"),
+                      column_block=attributes.get("settings", attributes).get("column_block"))
+    print(json.dumps(record))
+
+
+def _status_kb(field):
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+
+def measure(step, store, out):
+    result = subprocess.run([sys.executable, __file__, "--child", step, store, out], capture_output=True, text=True)
+    if result.returncode != 0:
+        raise RuntimeError(f"step {step} failed:\n{result.stderr}")
+    return json.loads(result.stdout.strip().splitlines()[-1])
+
+
+def chunk_rows_for(d, chunk_mb, n):
+    """Rows per chunk so that a float32 chunk of all d columns is about ``chunk_mb`` MB (a multiple of 1024 rows)."""
+    rows = max(1024, round(chunk_mb * 2**20 / (4 * d) / 1024) * 1024)
+    return min(rows, n)
+
+
+def main():
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--d", type=int, nargs="+", default=[10, 100, 1000])
+    parser.add_argument("--n", type=int, default=None, help="rows for every d (default: 2·10⁶, or 2·10⁵ for d ≥ 1000)")
+    parser.add_argument("--chunk-mb", type=float, default=32.0, help="float32 MB per row chunk")
+    parser.add_argument("--repeats", type=int, default=3)
+    parser.add_argument("--workdir", default=None)
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--quick", action="store_true", help="d = 10, 50, n = 10⁵, 2 MB chunks, one repeat")
+    parser.add_argument("--plot-only", metavar="JSON", help="redraw the figure of a saved result")
+    parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
+    args = parser.parse_args()
+    if args.child:
+        return child(*args.child)
+    if args.plot_only:
+        plot(json.loads(Path(args.plot_only).read_text()), Path(args.plot_only).with_suffix(".png"))
+        return
+    if args.quick:
+        args.d, args.n, args.chunk_mb, args.repeats = [10, 50], 100_000, 2.0, 1
+
+    import dask
+    import numpy as np
+    import zarr
+
+    import dist_relu
+
+    load_before = os.getloadavg()
+    workdir = Path(args.workdir or tempfile.mkdtemp(prefix="dist-relu-fit-vs-read-"))
+    workdir.mkdir(parents=True, exist_ok=True)
+    cases = []
+    try:
+        for d in args.d:
+            n = args.n or DEFAULT_N.get(d, 200_000 if d >= 1000 else 2_000_000)
+            chunk_rows = chunk_rows_for(d, args.chunk_mb, n)
+            chunk_mb = chunk_rows * d * 4 / 2**20
+            store, out = str(workdir / f"samples-d{d}.zarr"), str(workdir / f"fit-d{d}.zarr")
+            start = time.perf_counter()
+            weights, bias = dist_relu.figure1_truth(d, seed=0)
+            dist_relu.simulate_to_zarr(store, weights, bias, n, chunk_rows=chunk_rows, seed=0, overwrite=True)
+            simulate_seconds = time.perf_counter() - start
+            stored_bytes = sum(f.stat().st_size for f in Path(store).rglob("*") if f.is_file())
+            print(f"d = {d}: simulated n = {n:,} in {simulate_seconds:.1f} s, chunks of {chunk_rows:,} rows "
+                  f"({chunk_mb:.1f} MB), {stored_bytes / 2**20:.0f} MB on disk", flush=True)
+            if not args.quick:
+                measure("read", store, out)  # warm the page cache, untimed
+            runs = {step: [] for step in STEPS}
+            for repeat in range(args.repeats):  # interleaved, so that drift spreads over all steps
+                for step in STEPS:
+                    runs[step].append(measure(step, store, out))
+                    print(f"  d = {d} run {repeat + 1} {step:>4}: {runs[step][-1]['seconds']:.2f} s, "
+                          f"peak {runs[step][-1]['peak_mb'] - runs[step][-1]['baseline_mb']:.0f} MB", flush=True)
+            summary = {}
+            for step, results in runs.items():
+                above = max(r["peak_mb"] - r["baseline_mb"] for r in results)
+                summary[step] = {"median_seconds": statistics.median(r["seconds"] for r in results),
+                                 "peak_above_baseline_mb": above, "peak_in_chunks": above / chunk_mb}
+            fit_runs = runs["fit"]
+            summary["fit"]["median_stage_seconds"] = {
+                stage: statistics.median(r["timings"][stage] for r in fit_runs) for stage in fit_runs[0]["timings"]}
+            summary["fit"]["count_kernel"] = fit_runs[0].get("count_kernel")
+            summary["fit"]["column_block"] = fit_runs[0].get("column_block")
+            summary["fit_over_read"] = summary["fit"]["median_seconds"] / summary["read"]["median_seconds"]
+            summary["fit_over_xtx"] = summary["fit"]["median_seconds"] / summary["xtx"]["median_seconds"]
+            summary["xtx_over_read"] = summary["xtx"]["median_seconds"] / summary["read"]["median_seconds"]
+            cases.append({"n": n, "d": d, "chunk_rows": chunk_rows, "chunk_mb": chunk_mb,
+                          "n_chunks": -(-n // chunk_rows), "stored_mb": stored_bytes / 2**20,
+                          "raw_mb": n * d * 4 / 2**20, "simulate_seconds": simulate_seconds,
+                          "runs": runs, "summary": summary})
+            shutil.rmtree(store, ignore_errors=True)
+            shutil.rmtree(out, ignore_errors=True)
+    finally:
+        if args.workdir is None:
+            shutil.rmtree(workdir, ignore_errors=True)
+
+    record = {
+        "benchmark": "fit_vs_read",
+        "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "dtype": "float32", "compressor": "zstd (zarr default)", "chunking": f"row chunks of ~{args.chunk_mb:g} MB, "
+        "all columns in one chunk", "chunk_mb_target": args.chunk_mb, "scheduler": "local threads",
+        "dask_array_split_every": dask.config.get("array.split_every", None),
+        "repeats": args.repeats, "steps": STEPS,
+        "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+                    "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
+                    "load_average_before": load_before, "load_average_after": os.getloadavg()},
+        "versions": {"dist_relu": dist_relu.__version__, "numpy": np.__version__, "dask": dask.__version__,
+                     "zarr": zarr.__version__},
+        "cases": cases,
+    }
+    out_dir = Path(args.out)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    stem = "fit_vs_read_quick" if args.quick else "fit_vs_read"
+    (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2))
+    print_table(record)
+    plot(record, out_dir / f"{stem}.png")
+    print(f"wrote {out_dir / stem}.json and .png")
+
+
+def print_table(record):
+    print(f"\nfloat32 zstd Zarr, {record['chunking']}, {record['scheduler']} ({record['machine']['cores']} cores), "
+          f"median of {record['repeats']}, each step a fresh process")
+    print(f"{'d':>5}{'n':>11}{'chunk rows':>12}{'chunks':>8}{'step':>6}{'median s':>10}{'peak MB':>9}"
+          f"{'chunks':>8}   runs (s)")
+    for case in record["cases"]:
+        for step in STEPS:
+            s = case["summary"][step]
+            print(f"{case['d']:>5}{case['n']:>11,}{case['chunk_rows']:>12,}{case['n_chunks']:>8}{step:>6}"
+                  f"{s['median_seconds']:>10.2f}{s['peak_above_baseline_mb']:>9.0f}{s['peak_in_chunks']:>8.1f}   "
+                  + ", ".join(f"{r['seconds']:.2f}" for r in case["runs"][step]))
+    print(f"\n{'d':>5}{'fit/read':>10}{'fit/xtx':>9}{'xtx/read':>10}   fit stages (median s), count kernel")
+    for case in record["cases"]:
+        s = case["summary"]
+        stages = ", ".join(f"{k} {v:.2f}" for k, v in s["fit"]["median_stage_seconds"].items())
+        print(f"{case['d']:>5}{s['fit_over_read']:>10.2f}{s['fit_over_xtx']:>9.2f}{s['xtx_over_read']:>10.2f}   "
+              f"{stages}; {s['fit'].get('count_kernel')}, column block {s['fit'].get('column_block')}")
+
+
+def plot(record, path):
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    cases = record["cases"]
+    x = np.arange(len(cases))
+    width = 0.26
+    colours = {"read": "#888888", "xtx": "#ff7f0e"}
+    stage_colours = {"pilot": "#aec7e8", "pass": "#1f77b4", "inversion": "#2ca02c", "write": "#98df8a"}
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.6))
+    for k, step in enumerate(("read", "xtx")):
+        heights = [c["summary"][step]["median_seconds"] for c in cases]
+        ax_t.bar(x + (k - 1) * width, heights, width, color=colours[step], label=LABELS[step])
+    # The fit's bar stacked by its stages; the remainder is time outside the stages.
+    bottoms = np.zeros(len(cases))
+    stages = list(cases[0]["summary"]["fit"]["median_stage_seconds"])
+    for stage in stages:
+        heights = np.array([c["summary"]["fit"]["median_stage_seconds"].get(stage, 0.0) for c in cases])
+        ax_t.bar(x + width, heights, width, bottom=bottoms, color=stage_colours.get(stage), label=f"fit: {stage}")
+        bottoms += heights
+    totals = np.array([c["summary"]["fit"]["median_seconds"] for c in cases])
+    ax_t.bar(x + width, np.maximum(totals - bottoms, 0), width, bottom=bottoms, color="#dddddd",
+             label="fit: outside stages")
+    for k, c in enumerate(cases):
+        ax_t.annotate(f"fit/read {c['summary']['fit_over_read']:.1f}×\nfit/XᵀX {c['summary']['fit_over_xtx']:.1f}×",
+                      (x[k] + width, totals[k]), ha="center", va="bottom", fontsize=7)
+    ticks = [f"d = {c['d']}\nn = {c['n']:,}\n{c['chunk_rows']:,}-row chunks" for c in cases]
+    ax_t.set_xticks(x, ticks, fontsize=8)
+    ax_t.set_ylabel("median seconds")
+    ax_t.set_ylim(0, 1.7 * max(max(c["summary"][s]["median_seconds"] for s in STEPS) for c in cases))
+    ax_t.legend(fontsize=7, loc="upper left", ncol=2)
+    ax_t.set_title("time", fontsize=9)
+    for k, step in enumerate(STEPS):
+        heights = [c["summary"][step]["peak_above_baseline_mb"] for c in cases]
+        bars = ax_m.bar(x + (k - 1) * width, heights, width, color=colours.get(step, "#1f77b4"), label=LABELS[step])
+        for bar, c in zip(bars, cases):
+            ax_m.annotate(f"{c['summary'][step]['peak_in_chunks']:.1f}", (bar.get_x() + width / 2, bar.get_height()),
+                          ha="center", va="bottom", fontsize=7)
+    ax_m.set_xticks(x, ticks, fontsize=8)
+    ax_m.set_ylabel("peak MB above post-import baseline (max of runs)")
+    ax_m.set_title("peak memory (labels: in chunks)", fontsize=9)
+    ax_m.legend(fontsize=7, loc="upper left")
+    ax_m.set_ylim(0, 1.25 * max(max(c["summary"][s]["peak_above_baseline_mb"] for s in STEPS) for c in cases))
+    fig.suptitle(f"fit vs one plain read vs dask X.T @ X: float32 zstd Zarr, {record['chunking']}, "
+                 f"{record['scheduler']}, {record['machine']['cores']} cores, median of {record['repeats']}",
+                 fontsize=9)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+
+
+if __name__ == "__main__":
+    main()
