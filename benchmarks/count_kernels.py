@@ -61,6 +61,17 @@ def best_of(function, repeats):
     return best, best_cpu
 
 
+def _cpu_model():
+    """The CPU's model name and whether it has AVX2 / AVX-512 VPOPCNTDQ (from /proc/cpuinfo, Linux)."""
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    model = next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+    flags = set(next((line.split(":", 1)[1].split() for line in info.splitlines() if line.startswith("flags")), []))
+    return {"model": model, "avx2": "avx2" in flags, "avx512_vpopcntdq": "avx512_vpopcntdq" in flags}
+
+
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--d", type=int, nargs="+", default=[16, 64, 128, 256, 512, 1024])
@@ -154,7 +165,7 @@ def main():
         "threads": {name: os.environ[name] for name in THREAD_VARIABLES} | {
             "note": "single-threaded BLAS and numba, set before numpy was imported: like one dask worker thread"},
         "scheduler": "none (kernels called directly in one thread)",
-        "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "processor": platform.processor(),
+        "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "cpu": _cpu_model(),
                     "python": platform.python_version(), "blas": blas,
                     "load_average_before": load_before, "load_average_after": os.getloadavg()},
         "versions": {"dist_relu": dist_relu.__version__, "numpy": np.__version__, "numba": numba.__version__},
@@ -195,7 +206,7 @@ def plot(record, path):
     results = record["results"]
     ds = [e["d"] for e in results]
     colours = {"popcount": "#d62728", "gemm": "#1f77b4", "gemm-only": "#2ca02c"}
-    fig, ax = plt.subplots(figsize=(8, 5))
+    fig, ax = plt.subplots(figsize=(11, 5))
     ax.plot(ds, [e["reference_gemm"]["pair_samples_per_s"] for e in results], "k-", lw=2, label=LABELS["reference"])
     if "reference-syrk" in results[0]["diagonal"]["paths"]:
         ax.plot(ds, [e["diagonal"]["paths"]["reference-syrk"]["pair_samples_per_s"] for e in results], "k:",
@@ -215,7 +226,7 @@ def plot(record, path):
         ax.annotate(f"picks\n{e['choose_count_kernel']}", (e["d"], low), xytext=(0, -4), textcoords="offset points",
                     ha="center", va="top", fontsize=7)
     ax.set_ylim(low / 3, None)
-    ax.legend(fontsize=7, loc="best")
+    ax.legend(fontsize=7, loc="upper left", bbox_to_anchor=(1.01, 1.0))
     ax.grid(True, which="both", alpha=0.3)
     ax.set_title(f"co-exceedance count kernels, rows = {record['rows']:,} per block, 1 thread (BLAS, numba), "
                  f"best of {record['repeats']},\n{record['machine']['cores']}-core machine; "

@@ -9,10 +9,12 @@ time is that step's own:
 - ``read``: ``da.from_zarr(store, component="samples").sum().compute()``
 - ``xtx``: ``x = da.from_zarr(store, component="samples"); (x.T @ x).compute()``
   (dask's defaults, float32 in and out)
+- ``xtx-1blas``: the same, with ``OPENBLAS_NUM_THREADS=OMP_NUM_THREADS=1`` in
+  the process's environment (a diagnostic: BLAS threads inside dask threads)
 - ``fit``: ``dist_relu.fit_to_zarr(store, out, overwrite=True)`` (default
   settings: one pass), with its stage timings (pilot, pass, inversion, write)
 
-Repeats are interleaved (read, xtx, fit, read, xtx, fit, ...) after one
+Repeats are interleaved (read, xtx, xtx-1blas, fit, read, ...) after one
 untimed read that warms the page cache; the median of each step is reported,
 with fit/read and fit/xtx ratios, all measured within this one run.
 Results go to ``benchmarks/results/fit_vs_read.{json,png}``.
@@ -38,9 +40,14 @@ from pathlib import Path
 STEPS = {
     "read": "import dask.array as da; da.from_zarr(STORE, component='samples').sum().compute()",
     "xtx": "import dask.array as da; x = da.from_zarr(STORE, component='samples'); (x.T @ x).compute()",
+    "xtx-1blas": "import dask.array as da; x = da.from_zarr(STORE, component='samples'); (x.T @ x).compute()",
     "fit": "import dist_relu; RESULT = dist_relu.fit_to_zarr(STORE, OUT, overwrite=True)",
 }
-LABELS = {"read": "plain read (sum)", "xtx": "plain X.T @ X", "fit": "fit_to_zarr"}
+LABELS = {"read": "plain read (sum)", "xtx": "plain X.T @ X", "xtx-1blas": "X.T @ X, 1-thread BLAS",
+          "fit": "fit_to_zarr"}
+# The same X.T @ X with BLAS limited to one thread per dask thread (set in the child's environment, before
+# numpy is imported): a diagnostic beside the plain one, whose 2-thread BLAS inside 2 dask threads can be slow.
+SINGLE_THREAD_BLAS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 DEFAULT_N = {10: 2_000_000, 100: 2_000_000, 1000: 200_000}
 
 
@@ -77,7 +84,9 @@ def _status_kb(field):
 
 
 def measure(step, store, out):
-    result = subprocess.run([sys.executable, __file__, "--child", step, store, out], capture_output=True, text=True)
+    env = {**os.environ, **SINGLE_THREAD_BLAS} if step == "xtx-1blas" else None
+    result = subprocess.run([sys.executable, __file__, "--child", step, store, out], capture_output=True, text=True,
+                            env=env)
     if result.returncode != 0:
         raise RuntimeError(f"step {step} failed:\n{result.stderr}")
     return json.loads(result.stdout.strip().splitlines()[-1])
@@ -152,6 +161,8 @@ def main():
             summary["fit"]["column_block"] = fit_runs[0].get("column_block")
             summary["fit_over_read"] = summary["fit"]["median_seconds"] / summary["read"]["median_seconds"]
             summary["fit_over_xtx"] = summary["fit"]["median_seconds"] / summary["xtx"]["median_seconds"]
+            summary["fit_over_xtx_1blas"] = summary["fit"]["median_seconds"] / summary["xtx-1blas"]["median_seconds"]
+            summary["xtx_over_xtx_1blas"] = summary["xtx"]["median_seconds"] / summary["xtx-1blas"]["median_seconds"]
             summary["xtx_over_read"] = summary["xtx"]["median_seconds"] / summary["read"]["median_seconds"]
             cases.append({"n": n, "d": d, "chunk_rows": chunk_rows, "chunk_mb": chunk_mb,
                           "n_chunks": -(-n // chunk_rows), "stored_mb": stored_bytes / 2**20,
@@ -169,7 +180,7 @@ def main():
         "dtype": "float32", "compressor": "zstd (zarr default)", "chunking": f"row chunks of ~{args.chunk_mb:g} MB, "
         "all columns in one chunk", "chunk_mb_target": args.chunk_mb, "scheduler": "local threads",
         "dask_array_split_every": dask.config.get("array.split_every", None),
-        "repeats": args.repeats, "steps": STEPS,
+        "repeats": args.repeats, "steps": STEPS, "xtx-1blas_environment": SINGLE_THREAD_BLAS,
         "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
                     "load_average_before": load_before, "load_average_after": os.getloadavg()},
@@ -189,19 +200,21 @@ def main():
 def print_table(record):
     print(f"\nfloat32 zstd Zarr, {record['chunking']}, {record['scheduler']} ({record['machine']['cores']} cores), "
           f"median of {record['repeats']}, each step a fresh process")
-    print(f"{'d':>5}{'n':>11}{'chunk rows':>12}{'chunks':>8}{'step':>6}{'median s':>10}{'peak MB':>9}"
+    print(f"{'d':>5}{'n':>11}{'chunk rows':>12}{'chunks':>8}{'step':>11}{'median s':>10}{'peak MB':>9}"
           f"{'chunks':>8}   runs (s)")
     for case in record["cases"]:
         for step in STEPS:
             s = case["summary"][step]
-            print(f"{case['d']:>5}{case['n']:>11,}{case['chunk_rows']:>12,}{case['n_chunks']:>8}{step:>6}"
+            print(f"{case['d']:>5}{case['n']:>11,}{case['chunk_rows']:>12,}{case['n_chunks']:>8}{step:>11}"
                   f"{s['median_seconds']:>10.2f}{s['peak_above_baseline_mb']:>9.0f}{s['peak_in_chunks']:>8.1f}   "
                   + ", ".join(f"{r['seconds']:.2f}" for r in case["runs"][step]))
-    print(f"\n{'d':>5}{'fit/read':>10}{'fit/xtx':>9}{'xtx/read':>10}   fit stages (median s), count kernel")
+    print(f"\n{'d':>5}{'fit/read':>10}{'fit/xtx':>9}{'fit/xtx-1blas':>15}{'xtx/read':>10}{'xtx/xtx-1blas':>15}"
+          "   fit stages (median s), count kernel")
     for case in record["cases"]:
         s = case["summary"]
         stages = ", ".join(f"{k} {v:.2f}" for k, v in s["fit"]["median_stage_seconds"].items())
-        print(f"{case['d']:>5}{s['fit_over_read']:>10.2f}{s['fit_over_xtx']:>9.2f}{s['xtx_over_read']:>10.2f}   "
+        print(f"{case['d']:>5}{s['fit_over_read']:>10.2f}{s['fit_over_xtx']:>9.2f}{s['fit_over_xtx_1blas']:>15.2f}"
+              f"{s['xtx_over_read']:>10.2f}{s['xtx_over_xtx_1blas']:>15.2f}   "
               f"{stages}; {s['fit'].get('count_kernel')}, column block {s['fit'].get('column_block')}")
 
 
@@ -214,26 +227,27 @@ def plot(record, path):
 
     cases = record["cases"]
     x = np.arange(len(cases))
-    width = 0.26
-    colours = {"read": "#888888", "xtx": "#ff7f0e"}
+    width = 0.2
+    colours = {"read": "#888888", "xtx": "#ff7f0e", "xtx-1blas": "#ffbb78", "fit": "#1f77b4"}
     stage_colours = {"pilot": "#aec7e8", "pass": "#1f77b4", "inversion": "#2ca02c", "write": "#98df8a"}
-    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(11, 4.6))
-    for k, step in enumerate(("read", "xtx")):
+    fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 5))
+    for k, step in enumerate(("read", "xtx", "xtx-1blas")):
         heights = [c["summary"][step]["median_seconds"] for c in cases]
-        ax_t.bar(x + (k - 1) * width, heights, width, color=colours[step], label=LABELS[step])
+        ax_t.bar(x + (k - 1.5) * width, heights, width, color=colours[step], label=LABELS[step])
     # The fit's bar stacked by its stages; the remainder is time outside the stages.
     bottoms = np.zeros(len(cases))
     stages = list(cases[0]["summary"]["fit"]["median_stage_seconds"])
     for stage in stages:
         heights = np.array([c["summary"]["fit"]["median_stage_seconds"].get(stage, 0.0) for c in cases])
-        ax_t.bar(x + width, heights, width, bottom=bottoms, color=stage_colours.get(stage), label=f"fit: {stage}")
+        ax_t.bar(x + 1.5 * width, heights, width, bottom=bottoms, color=stage_colours.get(stage), label=f"fit: {stage}")
         bottoms += heights
     totals = np.array([c["summary"]["fit"]["median_seconds"] for c in cases])
-    ax_t.bar(x + width, np.maximum(totals - bottoms, 0), width, bottom=bottoms, color="#dddddd",
+    ax_t.bar(x + 1.5 * width, np.maximum(totals - bottoms, 0), width, bottom=bottoms, color="#dddddd",
              label="fit: outside stages")
     for k, c in enumerate(cases):
-        ax_t.annotate(f"fit/read {c['summary']['fit_over_read']:.1f}×\nfit/XᵀX {c['summary']['fit_over_xtx']:.1f}×",
-                      (x[k] + width, totals[k]), ha="center", va="bottom", fontsize=7)
+        ax_t.annotate(f"fit/read {c['summary']['fit_over_read']:.1f}×\nfit/XᵀX {c['summary']['fit_over_xtx']:.1f}×"
+                      f"\nfit/XᵀX 1-BLAS {c['summary']['fit_over_xtx_1blas']:.1f}×",
+                      (x[k] + 1.5 * width, totals[k]), ha="center", va="bottom", fontsize=7)
     ticks = [f"d = {c['d']}\nn = {c['n']:,}\n{c['chunk_rows']:,}-row chunks" for c in cases]
     ax_t.set_xticks(x, ticks, fontsize=8)
     ax_t.set_ylabel("median seconds")
@@ -242,7 +256,7 @@ def plot(record, path):
     ax_t.set_title("time", fontsize=9)
     for k, step in enumerate(STEPS):
         heights = [c["summary"][step]["peak_above_baseline_mb"] for c in cases]
-        bars = ax_m.bar(x + (k - 1) * width, heights, width, color=colours.get(step, "#1f77b4"), label=LABELS[step])
+        bars = ax_m.bar(x + (k - 1.5) * width, heights, width, color=colours[step], label=LABELS[step])
         for bar, c in zip(bars, cases):
             ax_m.annotate(f"{c['summary'][step]['peak_in_chunks']:.1f}", (bar.get_x() + width / 2, bar.get_height()),
                           ha="center", va="bottom", fontsize=7)

@@ -23,6 +23,40 @@ EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 3
 
 
+class ColumnBlock(click.ParamType):
+    """``auto`` or a positive integer."""
+
+    name = "auto|N"
+
+    def convert(self, value, param, ctx):
+        if value == "auto" or isinstance(value, int):
+            return value
+        try:
+            number = int(value)
+        except ValueError:
+            self.fail(f"{value!r} is neither 'auto' nor an integer", param, ctx)
+        if number < 1:
+            self.fail(f"{number} is not ≥ 1", param, ctx)
+        return number
+
+
+class ByteSize(click.ParamType):
+    """A number of bytes, as dask writes them: 4GB, 512MiB, 1e9."""
+
+    name = "bytes"
+
+    def convert(self, value, param, ctx):
+        from dask.utils import parse_bytes
+
+        try:
+            number = parse_bytes(value)
+        except (ValueError, TypeError):
+            self.fail(f"{value!r} is not a size such as 4GB or 512MiB", param, ctx)
+        if number <= 0:
+            self.fail(f"{value!r} is not a positive size", param, ctx)
+        return number
+
+
 def _log(message):
     click.echo(message, err=True)
 
@@ -153,8 +187,12 @@ def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtyp
 @click.option("--pilot-rows", type=click.IntRange(min=2), default=100_000, show_default=True,
               help="Rows of the pilot that sets one-pass thresholds.")
 @click.option("--clip-bias", is_flag=True, help="Report max(0, b̂), as the paper does.")
-@click.option("--column-block", type=click.IntRange(min=1), default=512, show_default=True,
-              help="Coordinates per column block (memory per task; does not change results).")
+@click.option("--column-block", type=ColumnBlock(), default="auto", show_default=True,
+              help="Coordinates per column block: memory per task; does not change results. auto: the widest "
+              "block whose tasks fit each worker thread's share of memory.")
+@click.option("--memory-per-worker", type=ByteSize(), default=None, metavar="BYTES",
+              help="Memory of each worker process for --column-block auto, e.g. 4GB. Default: the dask "
+              "workers' memory limits, or this machine's memory on local threads.")
 @click.option("--split-every", type=click.IntRange(min=2), default=8, show_default=True,
               help="Fan-in of the tree reductions over row chunks.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the SGD's draws (--method sgd).")
@@ -175,7 +213,7 @@ def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtyp
 @_progress_option
 @_handle_errors
 def fit(samples, out, array, allow_missing_chunks, drop_nonfinite, method, passes, inversion, pilot_rows, clip_bias, column_block,
-        split_every, seed, sgd_batches, sgd_radius, sgd_lambda, sgd_minibatch, checkpoint, overwrite, as_json, address, workers,
+        memory_per_worker, split_every, seed, sgd_batches, sgd_radius, sgd_lambda, sgd_minibatch, checkpoint, overwrite, as_json, address, workers,
         progress, **tls):
     """Fit Σ̂ and b̂ to the samples in SAMPLES and write them to a Zarr group.
 
@@ -201,7 +239,7 @@ def fit(samples, out, array, allow_missing_chunks, drop_nonfinite, method, passe
             samples, out, array=array, allow_missing_chunks=allow_missing_chunks, overwrite=overwrite,
             progress=_want_progress(progress),
             method=method, passes=passes, inversion=inversion, pilot_rows=pilot_rows, clip_bias=clip_bias,
-            column_block=column_block, split_every=split_every, seed=seed, sgd_batches=sgd_batches,
+            column_block=column_block, memory_per_worker=memory_per_worker, split_every=split_every, seed=seed, sgd_batches=sgd_batches,
             sgd_radius=sgd_radius, sgd_lambda=sgd_lambda, sgd_minibatch=sgd_minibatch,
             drop_nonfinite=drop_nonfinite, checkpoint=checkpoint,
         )

@@ -12,10 +12,10 @@ import numpy as np
 import zarr
 from dask.base import tokenize
 
-from . import __version__, graph, io, kernels, packed, sgd
+from . import __version__, budget, graph, io, kernels, packed, sgd
 from .checkpoint import Checkpoint
 from .model import RectifiedGaussian
-from .scheduler import compute
+from .scheduler import compute, current_client
 
 FORMAT = "dist_relu.fit"
 FORMAT_VERSION = 1
@@ -25,7 +25,7 @@ INVERSIONS = ("tetrachoric", "model")
 
 
 def check_settings(method, passes, inversion, pilot_rows, column_block, split_every, sgd_batches=1,
-                   sgd_radius=3.0, sgd_lambda=0.1, sgd_minibatch=10, count_kernel="auto"):
+                   sgd_radius=3.0, sgd_lambda=0.1, sgd_minibatch=10, count_kernel="auto", memory_per_worker=None):
     """Raise ``ValueError`` naming the first setting that is out of range."""
     if count_kernel not in packed.COUNT_KERNELS:
         raise ValueError(f"count_kernel must be one of {', '.join(packed.COUNT_KERNELS)}; got {count_kernel!r}")
@@ -35,7 +35,11 @@ def check_settings(method, passes, inversion, pilot_rows, column_block, split_ev
         raise ValueError(f"passes must be 1 or 2; got {passes!r}")
     if inversion not in INVERSIONS:
         raise ValueError(f"inversion must be one of {', '.join(INVERSIONS)}; got {inversion!r}")
-    integers = (("pilot_rows", pilot_rows, 2), ("column_block", column_block, 1), ("split_every", split_every, 2),
+    if column_block != "auto" and not (isinstance(column_block, (int, np.integer)) and column_block >= 1):
+        raise ValueError(f"column_block must be 'auto' or an integer ≥ 1; got {column_block!r}")
+    if memory_per_worker is not None and not (isinstance(memory_per_worker, (int, np.integer)) and memory_per_worker > 0):
+        raise ValueError(f"memory_per_worker must be a number of bytes > 0; got {memory_per_worker!r}")
+    integers = (("pilot_rows", pilot_rows, 2), ("split_every", split_every, 2),
                 ("sgd_batches", sgd_batches, 1), ("sgd_minibatch", sgd_minibatch, 1))
     for name, value, least in integers:
         if not isinstance(value, (int, np.integer)) or value < least:
@@ -47,8 +51,8 @@ def check_settings(method, passes, inversion, pilot_rows, column_block, split_ev
 
 
 def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", pilot_rows=100_000,
-             clip_bias=False, column_block=512, split_every=8, seed=0, sgd_batches=1, sgd_radius=3.0,
-             sgd_lambda=0.1, sgd_minibatch=10, drop_nonfinite=False, count_kernel="auto", progress=False,
+             clip_bias=False, column_block="auto", memory_per_worker=None, split_every=8, seed=0, sgd_batches=1,
+             sgd_radius=3.0, sgd_lambda=0.1, sgd_minibatch=10, drop_nonfinite=False, count_kernel="auto", progress=False,
              checkpoint=None, source=None, timings=None):
     """Return ``(state, settings)``: the main pass as lazy dask arrays, and how the fit is made.
 
@@ -87,10 +91,19 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         JSON-ready description of the fit, stored with its output.
     """
     check_settings(method, passes, inversion, pilot_rows, column_block, split_every, sgd_batches, sgd_radius,
-                   sgd_lambda, sgd_minibatch, count_kernel)
+                   sgd_lambda, sgd_minibatch, count_kernel, memory_per_worker)
     io.check_samples(samples)
     timings = {} if timings is None else timings
     n, d = samples.shape
+    memory = None
+    if column_block == "auto":
+        share, threads = budget.memory_share(memory_per_worker, current_client())
+        stored_chunk_bytes = max(samples.chunks[0]) * max(samples.chunks[1]) * samples.dtype.itemsize
+        column_block = budget.column_block_for(d, max(samples.chunks[0]), stored_chunk_bytes, split_every, share,
+                                               threads)
+        memory = {"share_per_thread": share, "threads": threads,
+                  "task_bytes": budget.task_bytes(column_block, max(samples.chunks[0]), stored_chunk_bytes,
+                                                  split_every)}
     if max(samples.chunks[1]) != min(column_block, d) or len(set(samples.chunks[1][:-1])) > 1:
         samples = samples.rechunk({1: column_block})
     if checkpoint is not None:
@@ -165,6 +178,7 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         "row_chunk": int(max(samples.chunks[0])),
         "split_every": int(split_every),
         "count_kernel": count_kernel,
+        "memory": memory,
         "checkpoint": None if checkpoint is None else {"url": checkpoint.url, "blocks_resumed": checkpoint.resumed[0]},
     }
     if method == "sgd":
@@ -374,9 +388,15 @@ class ReLUGaussian:
         Leave out the rows that hold NaN or ±inf (counted in
         ``settings_["rows_dropped"]``) instead of refusing the data. Found in
         the fit's own read: no extra pass.
-    column_block : int, default 512
+    column_block : int or "auto", default "auto"
         Coordinates per column block: each count task holds two blocks of
-        indicators and a ``column_block²`` count block. Does not affect results.
+        indicators and a ``column_block²`` count block. "auto" takes the
+        widest block whose tasks fit each worker thread's share of memory
+        (``dist_relu.budget``). Does not affect results.
+    memory_per_worker : int, optional
+        Bytes of memory per worker (per process) for "auto" column blocks.
+        Default: the ``distributed`` workers' memory limits, or this
+        machine's memory on local threads.
     split_every : int, default 8
         Fan-in of the tree reductions over row chunks. Does not affect the
         counts; the statistics only to rounding.
@@ -421,14 +441,15 @@ class ReLUGaussian:
     """
 
     def __init__(self, method="censored", passes=1, inversion="tetrachoric", pilot_rows=100_000,
-                 clip_bias=False, column_block=512, split_every=8, seed=0, sgd_batches=1, sgd_radius=3.0,
-                 sgd_lambda=0.1, sgd_minibatch=10, drop_nonfinite=False, count_kernel="auto"):
+                 clip_bias=False, column_block="auto", memory_per_worker=None, split_every=8, seed=0, sgd_batches=1,
+                 sgd_radius=3.0, sgd_lambda=0.1, sgd_minibatch=10, drop_nonfinite=False, count_kernel="auto"):
         self.method = method
         self.passes = passes
         self.inversion = inversion
         self.pilot_rows = pilot_rows
         self.clip_bias = clip_bias
         self.column_block = column_block
+        self.memory_per_worker = memory_per_worker
         self.split_every = split_every
         self.seed = seed
         self.sgd_batches = sgd_batches

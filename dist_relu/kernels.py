@@ -367,6 +367,12 @@ def invert_orthant(a_i, a_j, p, max_iter=60, tol=1e-13):
     return rho
 
 
+# The inversion works on at most this many pairs at once; each holds about
+# INVERSION_BYTES_PER_PAIR of temporaries (measured with tracemalloc: ~700).
+INVERSION_SLAB_PAIRS = 65_536
+INVERSION_BYTES_PER_PAIR = 800
+
+
 def covariance_block(counts, n, a_i, a_j, scale_i, scale_j, index_i, index_j):
     """Return the block ``Σ̂_ij = σ̂_i σ̂_j ρ_ij`` from co-exceedance counts.
 
@@ -385,7 +391,13 @@ def covariance_block(counts, n, a_i, a_j, scale_i, scale_j, index_i, index_j):
         Global coordinate numbers of the block's rows and columns: where they
         are equal, ``ρ = 1`` and ``Σ̂_ii = σ̂_i²`` by definition.
     """
-    rho = invert_orthant(a_i[:, None], a_j[None, :], counts / n)
+    rho = np.empty(counts.shape, dtype=np.float64)
+    # Slabs of rows keep the inversion's temporaries (INVERSION_BYTES_PER_PAIR
+    # each) to INVERSION_SLAB_PAIRS pairs, whatever the block's size.
+    rows = max(1, INVERSION_SLAB_PAIRS // max(1, counts.shape[1]))
+    for start in range(0, counts.shape[0], rows):
+        stop = start + rows
+        rho[start:stop] = invert_orthant(a_i[start:stop, None], a_j[None, :], counts[start:stop] / n)
     rho[index_i[:, None] == index_j[None, :]] = 1.0
     return scale_i[:, None] * scale_j[None, :] * rho
 

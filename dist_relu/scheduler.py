@@ -81,7 +81,7 @@ def compute(*collections, progress=False):
     threads. With ``progress`` a bar is drawn on stderr (dask's ProgressBar is
     silent under distributed, so the client's own progress bar is used there).
     """
-    client = _default_client()
+    client = current_client()
     if client is None:
         bar = ProgressBar(out=sys.stderr) if progress else contextlib.nullcontext()
         with bar:
@@ -96,7 +96,8 @@ def compute(*collections, progress=False):
     return tuple(client.gather(futures))
 
 
-def _default_client():
+def current_client():
+    """Return the default ``distributed.Client``, or ``None`` when the fit runs on local threads."""
     try:
         from distributed import default_client
 

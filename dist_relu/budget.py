@@ -1,0 +1,80 @@
+"""How wide a column block may be: the memory of a fit's tasks, and the block that fits a worker's share.
+
+Per task, with ``c`` columns per block, ``r`` rows per chunk, ``k`` =
+``split_every`` and a stored chunk of ``S`` bytes (all in bytes):
+
+- read and fused pass: ``S + c·r/8`` (the chunk, and its bit-packed indicators);
+- count: ``2·c·r/8 + 8c²`` (two packed blocks, one int64 count block);
+- reduction: ``8k·c²`` (``k`` count blocks);
+- inversion: ``32c² + P·B`` (counts, probabilities, ρ and Σ̂ of the block, and
+  ``P`` = ``kernels.INVERSION_SLAB_PAIRS`` pairs of ``B`` =
+  ``kernels.INVERSION_BYTES_PER_PAIR`` temporaries).
+
+``task_bytes`` is the largest of these. A worker's share per task is half its
+memory divided by its threads: the other half is for results waiting between
+tasks. ``column_block_for`` takes the widest block (a multiple of 64 up to 512
+columns, of 256 beyond, or ``d``)
+that fits the share; beyond 512 columns it also keeps at least ``4 ×
+threads`` blocks in the upper triangle, so that the inversion has work for
+every thread.
+"""
+
+import os
+
+from . import kernels
+
+_SMALL_BLOCK = 512
+
+
+def task_bytes(column_block, row_chunk, stored_chunk_bytes, split_every):
+    """Return the bytes the largest task of a fit holds, by the model above."""
+    c, r = int(column_block), int(row_chunk)
+    passing = stored_chunk_bytes + c * r / 8
+    counting = 2 * c * r / 8 + 8 * c * c
+    reducing = 8 * split_every * c * c
+    inverting = 32 * c * c + kernels.INVERSION_SLAB_PAIRS * kernels.INVERSION_BYTES_PER_PAIR
+    return int(max(passing, counting, reducing, inverting))
+
+
+def column_block_for(d, row_chunk, stored_chunk_bytes, split_every, share_bytes, threads):
+    """Return the widest column block whose tasks fit ``share_bytes`` (see the module's notes).
+
+    Raises ``ValueError`` when even the narrowest block does not fit.
+    """
+    # Multiples of 64 up to 512 columns, of 256 beyond (a d × d output is then sharded by block).
+    candidates = sorted({d} | set(range(64, min(d, _SMALL_BLOCK + 1), 64)) | set(range(768, d, 256)))
+    chosen = None
+    for c in candidates:
+        n_blocks = -(-d // c)
+        parallel = c <= _SMALL_BLOCK or n_blocks * (n_blocks + 1) // 2 >= 4 * threads
+        if task_bytes(c, row_chunk, stored_chunk_bytes, split_every) <= share_bytes and parallel:
+            chosen = c
+    if chosen is None:
+        need = task_bytes(candidates[0], row_chunk, stored_chunk_bytes, split_every)
+        raise ValueError(
+            f"even {candidates[0]}-column blocks need {need / 2**20:,.0f} MiB per task, more than the "
+            f"{share_bytes / 2**20:,.0f} MiB share of each worker thread; give the workers more memory "
+            "(--memory-per-worker) or store the samples in smaller chunks"
+        )
+    return chosen
+
+
+def memory_share(memory_per_worker=None, client=None):
+    """Return ``(share_bytes, threads)``: each worker thread's share of memory, and the threads in all.
+
+    ``memory_per_worker`` (bytes) wins; else the ``distributed`` workers'
+    memory limits (the smallest per thread); else this machine's memory,
+    for local threads.
+    """
+    if client is not None:
+        workers = client.scheduler_info(n_workers=-1)["workers"].values()
+        threads = sum(w["nthreads"] for w in workers) or 1
+        per_thread = [(memory_per_worker or w.get("memory_limit") or _machine_memory()) / w["nthreads"]
+                      for w in workers if w["nthreads"]]
+        return int(min(per_thread, default=_machine_memory() / threads) / 2), threads
+    threads = os.cpu_count() or 1
+    return int((memory_per_worker or _machine_memory()) / threads / 2), threads
+
+
+def _machine_memory():
+    return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")

@@ -1,0 +1,79 @@
+"""Column blocks from a memory budget: the model bounds what the tasks hold, and the fit follows it."""
+
+import tracemalloc
+
+import numpy as np
+import pytest
+import zarr
+
+import dist_relu
+from dist_relu import budget, kernels, packed
+
+
+def peak_bytes(function, *args):
+    tracemalloc.start()
+    try:
+        function(*args)
+        return tracemalloc.get_traced_memory()[1]
+    finally:
+        tracemalloc.stop()
+
+
+@pytest.mark.parametrize("c", [64, 256, 512])
+def test_the_model_bounds_what_the_inversion_and_the_count_tasks_hold(c):
+    rng = np.random.default_rng(c)
+    counts = rng.integers(20_000, 40_000, (c, c))
+    a = rng.normal(0, 0.5, c)
+    inversion = peak_bytes(kernels.covariance_block, counts, 100_000, a, a, np.ones(c), np.ones(c),
+                           np.arange(c), np.arange(c))
+    rows = 65_536
+    chunk = np.abs(rng.standard_normal((rows, c))).astype(np.float32)
+    chunk_pass = packed.chunk_pass(chunk, np.full(c, 0.5))
+    counting = peak_bytes(packed.popcount_counts, chunk_pass.indicators, chunk_pass.indicators)
+    passing = peak_bytes(packed.chunk_pass, chunk, np.full(c, 0.5))
+    model = budget.task_bytes(c, rows, chunk.nbytes, split_every=8)
+    assert max(inversion, counting, passing) <= model, (inversion, counting, passing, model)
+    # ...and not by a wide margin for the inversion of a large block, which the model is for.
+    if c == 512:
+        assert inversion > model / 4
+
+
+def test_the_widest_block_that_fits_is_chosen_and_too_little_memory_is_refused():
+    rows, stored = 65_536, 65_536 * 100 * 4
+    share = budget.task_bytes(256, rows, stored, 8)
+    chosen = budget.column_block_for(4096, rows, stored, 8, share, threads=2)
+    assert chosen == 256 and budget.task_bytes(chosen, rows, stored, 8) <= share
+    # More memory, wider blocks, up to what keeps 4 blocks per thread in the triangle (d = 4096: 4 blocks of 1280).
+    assert budget.column_block_for(4096, rows, stored, 8, 2**40, threads=2) == 1280
+    # Small d: one block.
+    assert budget.column_block_for(100, rows, stored, 8, 2**40, threads=2) == 100
+    with pytest.raises(ValueError, match="more memory"):
+        budget.column_block_for(4096, rows, stored, 8, stored, threads=2)
+
+
+def test_a_small_budget_narrows_the_blocks_and_changes_nothing_else(tmp_path, simulated):
+    path, _, _ = simulated(60_000, 600, seed=2, chunk_rows=20_000)
+    wide = dist_relu.ReLUGaussian().fit(path)
+    assert wide.settings_["column_block"] == 512 and wide.settings_["memory"]["threads"] >= 1
+    narrow = dist_relu.ReLUGaussian(memory_per_worker=2 * 2 * (budget.task_bytes(192, 20_000, 20_000 * 600 * 4, 8)
+                                                             + 1)).fit(path)
+    assert narrow.settings_["column_block"] < 512
+    assert narrow.settings_["memory"]["task_bytes"] <= narrow.settings_["memory"]["share_per_thread"]
+    np.testing.assert_array_equal(narrow.counts_, wide.counts_)
+    np.testing.assert_allclose(narrow.covariance_, wide.covariance_, rtol=1e-9, atol=1e-12)
+
+
+def test_the_command_line_takes_sizes_and_refuses_bad_ones(tmp_path, simulated):
+    from click.testing import CliRunner
+
+    from dist_relu.cli import main
+
+    path, _, _ = simulated(20_000, 6, seed=1, chunk_rows=5_000)
+    runner = CliRunner()
+    result = runner.invoke(main, ["fit", str(path), "--out", str(tmp_path / "f.zarr"), "--memory-per-worker", "2GB",
+                                  "--json"])
+    assert result.exit_code == 0, result.output
+    assert zarr.open_group(str(tmp_path / "f.zarr")).attrs["memory"]["share_per_thread"] > 0
+    for option, value in (("--memory-per-worker", "lots"), ("--column-block", "wide"), ("--column-block", "0")):
+        result = runner.invoke(main, ["fit", str(path), "--out", str(tmp_path / "g.zarr"), option, value])
+        assert result.exit_code == 2 and value in result.output
