@@ -61,6 +61,18 @@ def best_of(function, repeats):
     return best, best_cpu
 
 
+def package_fingerprint():
+    """SHA-256 of the package's sources: recorded before and after, since the package may change during a run."""
+    import hashlib
+
+    import dist_relu
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(dist_relu.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
 def _cpu_model():
     """The CPU's model name and whether it has AVX2 / AVX-512 VPOPCNTDQ (from /proc/cpuinfo, Linux)."""
     try:
@@ -94,6 +106,7 @@ def main():
     from dist_relu import kernels, packed
 
     load_before = os.getloadavg()
+    fingerprint_before = package_fingerprint()
     rows = args.rows
     words = -(-rows // 64)
     rng = np.random.default_rng(0)
@@ -168,6 +181,7 @@ def main():
         "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "cpu": _cpu_model(),
                     "python": platform.python_version(), "blas": blas,
                     "load_average_before": load_before, "load_average_after": os.getloadavg()},
+        "package_sources_sha256": {"before": fingerprint_before, "after": package_fingerprint()},
         "versions": {"dist_relu": dist_relu.__version__, "numpy": np.__version__, "numba": numba.__version__},
         "results": results,
     }
@@ -176,6 +190,8 @@ def main():
     stem = "count_kernels_quick" if args.quick else "count_kernels"
     (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2))
     print_table(record)
+    if fingerprint_before != record["package_sources_sha256"]["after"]:
+        print("WARNING: the package's sources changed during this run")
     plot(record, out_dir / f"{stem}.png")
     print(f"wrote {out_dir / stem}.json and .png")
 

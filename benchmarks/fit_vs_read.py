@@ -83,13 +83,32 @@ def _status_kb(field):
         return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
 
 
-def measure(step, store, out):
+def measure(step, store, out, attempts=4, wait=30):
+    """Run ``step`` in a fresh process; retry a failure (the package may be mid-edit) after ``wait`` seconds."""
     env = {**os.environ, **SINGLE_THREAD_BLAS} if step == "xtx-1blas" else None
-    result = subprocess.run([sys.executable, __file__, "--child", step, store, out], capture_output=True, text=True,
-                            env=env)
-    if result.returncode != 0:
-        raise RuntimeError(f"step {step} failed:\n{result.stderr}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    for attempt in range(attempts):
+        result = subprocess.run([sys.executable, __file__, "--child", step, store, out], capture_output=True,
+                                text=True, env=env)
+        if result.returncode == 0:
+            record = json.loads(result.stdout.strip().splitlines()[-1])
+            record["failed_attempts"] = attempt
+            return record
+        print(f"  step {step} failed (attempt {attempt + 1}), retrying in {wait} s:\n"
+              + result.stderr.strip().splitlines()[-1], flush=True)
+        time.sleep(wait)
+    raise RuntimeError(f"step {step} failed {attempts} times:\n{result.stderr}")
+
+
+def package_fingerprint():
+    """SHA-256 of the package's sources: recorded before and after, since the package may change during a run."""
+    import hashlib
+
+    import dist_relu
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(dist_relu.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
 
 
 def chunk_rows_for(d, chunk_mb, n):
@@ -125,6 +144,7 @@ def main():
     import dist_relu
 
     load_before = os.getloadavg()
+    fingerprint_before = package_fingerprint()
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="dist-relu-fit-vs-read-"))
     workdir.mkdir(parents=True, exist_ok=True)
     cases = []
@@ -184,6 +204,7 @@ def main():
         "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
                     "load_average_before": load_before, "load_average_after": os.getloadavg()},
+        "package_sources_sha256": {"before": fingerprint_before, "after": package_fingerprint()},
         "versions": {"dist_relu": dist_relu.__version__, "numpy": np.__version__, "dask": dask.__version__,
                      "zarr": zarr.__version__},
         "cases": cases,
@@ -193,6 +214,8 @@ def main():
     stem = "fit_vs_read_quick" if args.quick else "fit_vs_read"
     (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2))
     print_table(record)
+    if fingerprint_before != record["package_sources_sha256"]["after"]:
+        print("WARNING: the package's sources changed during this run")
     plot(record, out_dir / f"{stem}.png")
     print(f"wrote {out_dir / stem}.json and .png")
 

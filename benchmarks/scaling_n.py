@@ -71,11 +71,46 @@ def _status_kb(field):
         return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
 
 
-def measure(step, store, out):
-    result = subprocess.run([sys.executable, __file__, "--child", step, store, out], capture_output=True, text=True)
-    if result.returncode != 0:
-        raise RuntimeError(f"step {step} failed:\n{result.stderr}")
-    return json.loads(result.stdout.strip().splitlines()[-1])
+def measure(step, store, out, attempts=4, wait=30):
+    """Run ``step`` in a fresh process; retry a failure (the package may be mid-edit) after ``wait`` seconds."""
+    for attempt in range(attempts):
+        result = subprocess.run([sys.executable, __file__, "--child", step, store, out], capture_output=True,
+                                text=True)
+        if result.returncode == 0:
+            record = json.loads(result.stdout.strip().splitlines()[-1])
+            record["failed_attempts"] = attempt
+            return record
+        print(f"  step {step} failed (attempt {attempt + 1}), retrying in {wait} s:\n"
+              + result.stderr.strip().splitlines()[-1], flush=True)
+        time.sleep(wait)
+    raise RuntimeError(f"step {step} failed {attempts} times:\n{result.stderr}")
+
+
+def package_fingerprint():
+    """SHA-256 of the package's sources: recorded before and after, since the package may change during a run."""
+    import hashlib
+
+    import dist_relu
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(dist_relu.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
+
+
+def log_log_slope(ns, seconds):
+    """Least-squares slope of log seconds on log n."""
+    xs, ys = [math.log(n) for n in ns], [math.log(t) for t in seconds]
+    mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
+    return sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
+
+
+def linear_fit(ns, seconds):
+    """Least-squares ``seconds = fixed + per_million · n / 10⁶``: return (fixed, per_million)."""
+    xs = [n / 1e6 for n in ns]
+    mx, my = sum(xs) / len(xs), sum(seconds) / len(seconds)
+    slope = sum((x - mx) * (y - my) for x, y in zip(xs, seconds)) / sum((x - mx) ** 2 for x in xs)
+    return my - slope * mx, slope
 
 
 def main():
@@ -105,6 +140,7 @@ def main():
     import dist_relu
 
     load_before = os.getloadavg()
+    fingerprint_before = package_fingerprint()
     chunk_mb = args.chunk_rows * args.d * 4 / 2**20
     workdir = Path(args.workdir or tempfile.mkdtemp(prefix="dist-relu-scaling-n-"))
     workdir.mkdir(parents=True, exist_ok=True)
@@ -149,17 +185,21 @@ def main():
 
     first, last = cases[0], cases[-1]
     scaling = {"n_ratio": last["n"] / first["n"]}
+    ns = [c["n"] for c in cases]
     for step in STEPS:
         a, b = first["summary"][step], last["summary"][step]
-        time_ratio = b["median_seconds"] / a["median_seconds"]
-        # Least-squares slope of log seconds on log n over all n.
-        xs = [math.log(c["n"]) for c in cases]
-        ys = [math.log(c["summary"][step]["median_seconds"]) for c in cases]
-        mx, my = sum(xs) / len(xs), sum(ys) / len(ys)
-        slope = sum((x - mx) * (y - my) for x, y in zip(xs, ys)) / sum((x - mx) ** 2 for x in xs)
-        scaling[step] = {"time_ratio": time_ratio, "log_log_slope": slope,
+        seconds = [c["summary"][step]["median_seconds"] for c in cases]
+        fixed, per_million = linear_fit(ns, seconds)
+        scaling[step] = {"time_ratio": b["median_seconds"] / a["median_seconds"],
+                         "log_log_slope": log_log_slope(ns, seconds),
+                         "linear_fit": {"fixed_seconds": fixed, "seconds_per_million_rows": per_million},
                          "seconds_per_million_rows_ratio": b["seconds_per_million_rows"] / a["seconds_per_million_rows"],
                          "peak_ratio": b["peak_above_baseline_mb"] / a["peak_above_baseline_mb"]}
+    # The main pass alone (the stage that reads every row), without the fit's fixed costs.
+    passes = [c["summary"]["fit"]["median_stage_seconds"]["pass"] for c in cases]
+    fixed, per_million = linear_fit(ns, passes)
+    scaling["fit_pass_stage"] = {"time_ratio": passes[-1] / passes[0], "log_log_slope": log_log_slope(ns, passes),
+                                 "linear_fit": {"fixed_seconds": fixed, "seconds_per_million_rows": per_million}}
     scaling["fit"]["memory_flat_within_1.2x"] = scaling["fit"]["peak_ratio"] <= FLAT_MEMORY_TOLERANCE
 
     record = {
@@ -172,6 +212,7 @@ def main():
         "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
                     "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
                     "load_average_before": load_before, "load_average_after": os.getloadavg()},
+        "package_sources_sha256": {"before": fingerprint_before, "after": package_fingerprint()},
         "versions": {"dist_relu": dist_relu.__version__, "numpy": np.__version__, "dask": dask.__version__,
                      "zarr": zarr.__version__},
         "cases": cases, "scaling": scaling,
@@ -181,6 +222,8 @@ def main():
     stem = "scaling_n_quick" if args.quick else "scaling_n"
     (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2))
     print_table(record)
+    if fingerprint_before != record["package_sources_sha256"]["after"]:
+        print("WARNING: the package's sources changed during this run")
     plot(record, out_dir / f"{stem}.png")
     print(f"wrote {out_dir / stem}.json and .png")
 
@@ -204,7 +247,13 @@ def print_table(record):
     for step in STEPS:
         s = sc[step]
         print(f"  {step:>4}: time × {s['time_ratio']:.2f} (log-log slope {s['log_log_slope']:.2f}), "
-              f"s/10⁶ rows × {s['seconds_per_million_rows_ratio']:.2f}, peak × {s['peak_ratio']:.2f}")
+              f"s/10⁶ rows × {s['seconds_per_million_rows_ratio']:.2f}, peak × {s['peak_ratio']:.2f}; "
+              f"least squares {s['linear_fit']['fixed_seconds']:.2f} s + "
+              f"{s['linear_fit']['seconds_per_million_rows']:.2f} s/10⁶ rows")
+    s = sc["fit_pass_stage"]
+    print(f"  fit's pass stage alone: time × {s['time_ratio']:.2f} (log-log slope {s['log_log_slope']:.2f}); "
+          f"least squares {s['linear_fit']['fixed_seconds']:.2f} s + "
+          f"{s['linear_fit']['seconds_per_million_rows']:.2f} s/10⁶ rows")
     print(f"  fit memory flat within {FLAT_MEMORY_TOLERANCE}×: {sc['fit']['memory_flat_within_1.2x']}")
 
 
@@ -224,6 +273,9 @@ def plot(record, path):
                     label=f"{step} (slope {record['scaling'][step]['log_log_slope']:.2f})")
         for run in range(record["repeats"]):
             ax_t.scatter(ns, [c["runs"][step][run]["seconds"] for c in cases], s=8, color=colours[step], alpha=0.4)
+    if "fit_pass_stage" in record["scaling"]:
+        ax_t.loglog(ns, [c["summary"]["fit"]["median_stage_seconds"]["pass"] for c in cases], "^:", color="#1f77b4",
+                    label=f"fit's pass stage (slope {record['scaling']['fit_pass_stage']['log_log_slope']:.2f})")
     fit0 = cases[0]["summary"]["fit"]["median_seconds"]
     ax_t.loglog([ns[0], ns[-1]], [fit0, fit0 * ns[-1] / ns[0]], "k--", lw=0.8, label="slope 1 (through fit at min n)")
     ax_t.set_xlabel("n (rows)")

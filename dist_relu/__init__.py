@@ -6,8 +6,9 @@ NeurIPS 2019, and beyond). See ``ReLUGaussian``.
 
 __version__ = "0.1.0"
 
-from .estimator import ReLUGaussian, fit_to_zarr, open_fit  # noqa: E402
+from .estimator import ReLUGaussian, fit_to_zarr, merge_fits, open_fit  # noqa: E402
 from .model import RectifiedGaussian  # noqa: E402
 from .simulate import figure1_truth, simulate_to_zarr  # noqa: E402
 
-__all__ = ["ReLUGaussian", "RectifiedGaussian", "figure1_truth", "fit_to_zarr", "open_fit", "simulate_to_zarr"]
+__all__ = ["ReLUGaussian", "RectifiedGaussian", "figure1_truth", "fit_to_zarr", "merge_fits", "open_fit",
+           "simulate_to_zarr"]

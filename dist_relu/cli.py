@@ -15,7 +15,7 @@ import zarr
 from . import __version__, io, kernels
 from .convert import FORMATS
 from .convert import convert as convert_file
-from .estimator import INVERSIONS, METHODS, fit_to_zarr, open_fit
+from .estimator import INVERSIONS, METHODS, fit_to_zarr, merge_fits, open_fit, open_fit_group
 from .scheduler import scheduler
 from .simulate import BIAS_KINDS, figure1_truth, open_truth, simulate_to_zarr
 
@@ -204,6 +204,12 @@ def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtyp
               help="Step size 1/(λt) of ProjSGD (--method sgd).")
 @click.option("--sgd-minibatch", type=click.IntRange(min=1), default=10, show_default=True,
               help="Positives per SGD step (--method sgd).")
+@click.option("--update", metavar="FIT", default=None,
+              help="Add SAMPLES to the one-pass fit FIT: count them at FIT's thresholds, with its settings, and "
+              "add FIT's statistics and counts. The result is the fit of both, without rereading FIT's data.")
+@click.option("--thresholds-from", metavar="FIT", default=None,
+              help="Count at the thresholds of the fit FIT instead of a pilot's, so that this fit and FIT can be "
+              "combined with `dist-relu merge`.")
 @click.option("--checkpoint", metavar="DIR", default=None,
               help="Keep the main pass's partial sums in DIR (a path or URL the workers can reach) as they "
               "finish; rerun the same command after an interruption to resume where it stopped.")
@@ -213,8 +219,8 @@ def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtyp
 @_progress_option
 @_handle_errors
 def fit(samples, out, array, allow_missing_chunks, drop_nonfinite, method, passes, inversion, pilot_rows, clip_bias, column_block,
-        memory_per_worker, split_every, seed, sgd_batches, sgd_radius, sgd_lambda, sgd_minibatch, checkpoint, overwrite, as_json, address, workers,
-        progress, **tls):
+        memory_per_worker, split_every, seed, sgd_batches, sgd_radius, sgd_lambda, sgd_minibatch, update, thresholds_from, checkpoint, overwrite, as_json,
+        address, workers, progress, **tls):
     """Fit Σ̂ and b̂ to the samples in SAMPLES and write them to a Zarr group.
 
     SAMPLES is a Zarr array of shape (n, d), rows being samples, or a Zarr
@@ -231,9 +237,15 @@ def fit(samples, out, array, allow_missing_chunks, drop_nonfinite, method, passe
       dist-relu fit s3://bucket/data.zarr --out s3://bucket/fit.zarr --scheduler tls://10.0.0.5:8786 \\
           --tls-ca-file ca.pem --tls-cert client.pem --tls-key client-key.pem
       dist-relu fit sim.zarr --out paper.zarr --method sgd --passes 2 --inversion model --clip-bias
+      dist-relu fit new.zarr --update fit.zarr --out fit-with-new.zarr
     """
     if io.exists(out) and not overwrite:
         raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
+    if update and thresholds_from:
+        raise ValueError("--update already counts at the thresholds of the fit it adds to; drop --thresholds-from")
+    given = {}
+    if thresholds_from:
+        given["thresholds"] = open_fit_group(thresholds_from)["thresholds"][:]
     with scheduler(address, workers, log=_log, **tls):
         attributes = fit_to_zarr(
             samples, out, array=array, allow_missing_chunks=allow_missing_chunks, overwrite=overwrite,
@@ -241,8 +253,12 @@ def fit(samples, out, array, allow_missing_chunks, drop_nonfinite, method, passe
             method=method, passes=passes, inversion=inversion, pilot_rows=pilot_rows, clip_bias=clip_bias,
             column_block=column_block, memory_per_worker=memory_per_worker, split_every=split_every, seed=seed, sgd_batches=sgd_batches,
             sgd_radius=sgd_radius, sgd_lambda=sgd_lambda, sgd_minibatch=sgd_minibatch,
-            drop_nonfinite=drop_nonfinite, checkpoint=checkpoint,
+            drop_nonfinite=drop_nonfinite, checkpoint=checkpoint, update=update, **given,
         )
+    _print_summary(out, attributes, as_json)
+
+
+def _print_summary(out, attributes, as_json):
     group = zarr.open_group(str(out), mode="r")  # the per-coordinate arrays only: Σ̂ may be large
     status = group["status"][:]
     summary = {
@@ -259,7 +275,8 @@ def fit(samples, out, array, allow_missing_chunks, drop_nonfinite, method, passe
         return
     click.echo(
         f"fitted {summary['n_samples']:,} samples × {summary['n_coordinates']} coordinates "
-        f"in {summary['seconds']:.1f} s ({method}, {passes} pass{'es' if passes == 2 else ''}, {inversion})"
+        f"in {summary['seconds']:.1f} s ({attributes['method']}, {attributes['passes']} "
+        f"pass{'es' if attributes['passes'] == 2 else ''}, {attributes['inversion']})"
     )
     click.echo("stages: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in summary["timings"].items()))
     click.echo("coordinates: " + ", ".join(f"{count} {name}" for name, count in summary["status"].items()))
@@ -270,9 +287,40 @@ def fit(samples, out, array, allow_missing_chunks, drop_nonfinite, method, passe
     if attributes["checkpoint"] and attributes["checkpoint"]["blocks_resumed"]:
         click.echo(f"resumed {attributes['checkpoint']['blocks_resumed']:,} blocks of partial sums "
                    f"from {attributes['checkpoint']['url']}")
+    for part in attributes.get("parts") or []:
+        click.echo(f"  part: {part['n_samples']:,} samples of {part['source']}")
     if attributes.get("rows_dropped"):
         click.echo(f"left out {attributes['rows_dropped']:,} rows holding NaN or ±inf")
     click.echo(f"wrote {out}")
+
+
+@main.command()
+@click.argument("fits", metavar="FIT...", nargs=-1, required=True)
+@click.option("--out", required=True, help="Zarr group to create for the merged fit (a path or fsspec URL).")
+@click.option("--overwrite", is_flag=True, help="Replace an existing fit at --out.")
+@click.option("--json", "as_json", is_flag=True, help="Print the summary as JSON on stdout.")
+@_scheduler_options
+@_progress_option
+@_handle_errors
+def merge(fits, out, overwrite, as_json, address, workers, progress, **tls):
+    """Combine one-pass fits of different samples, counted at the same thresholds, into the fit of all of them.
+
+    Adds their sufficient statistics, counts and sample counts, then estimates
+    b̂ and Σ̂ again: the result equals a fit of the concatenated samples
+    (counts exactly, Σ̂ to rounding). Fit the pieces with
+    --thresholds-from FIRST so that their thresholds agree.
+
+    \b
+    Example:
+      dist-relu fit part1.zarr --out fit1.zarr
+      dist-relu fit part2.zarr --thresholds-from fit1.zarr --out fit2.zarr
+      dist-relu merge fit1.zarr fit2.zarr --out fit.zarr
+    """
+    if io.exists(out) and not overwrite:
+        raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
+    with scheduler(address, workers, log=_log, **tls):
+        attributes = merge_fits(list(fits), out, overwrite=overwrite, progress=_want_progress(progress))
+    _print_summary(out, attributes, as_json)
 
 
 @main.command()

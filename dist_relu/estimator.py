@@ -53,7 +53,7 @@ def check_settings(method, passes, inversion, pilot_rows, column_block, split_ev
 def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", pilot_rows=100_000,
              clip_bias=False, column_block="auto", memory_per_worker=None, split_every=8, seed=0, sgd_batches=1,
              sgd_radius=3.0, sgd_lambda=0.1, sgd_minibatch=10, drop_nonfinite=False, count_kernel="auto", progress=False,
-             checkpoint=None, source=None, timings=None):
+             checkpoint=None, source=None, timings=None, thresholds=None):
     """Return ``(state, settings)``: the main pass as lazy dask arrays, and how the fit is made.
 
     What is needed before the main pass is computed here: the pilot's
@@ -77,6 +77,9 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
     timings : dict, optional
         Filled with the seconds of the stages computed here (``pilot``, or
         ``pass 1`` and, with ``method="sgd"``, ``sgd``).
+    thresholds : ndarray (d,), optional
+        Count at these thresholds (another fit's, so that the two can be
+        merged) instead of the pilot's. One pass, not with ``method="sgd"``.
     See ``ReLUGaussian`` for the rest.
 
     Returns
@@ -116,7 +119,14 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
     # With drop_nonfinite, rows holding NaN or ±inf are left out of every kernel.
     keep = graph.finite_row_mask(samples) if drop_nonfinite else None
     state = {}
-    if passes == 1:
+    if thresholds is not None:
+        if passes != 1 or method == "sgd":
+            raise ValueError("given thresholds are for one-pass fits with the censored or truncated likelihood")
+        thresholds = np.asarray(thresholds, dtype=np.float64)
+        if thresholds.shape != (d,) or not np.all(thresholds >= 0):
+            raise ValueError(f"thresholds must be {d} numbers ≥ 0; got shape {thresholds.shape}")
+        pilot_rows = 0
+    elif passes == 1:
         # Thresholds from a pilot: rows spread over the array, independent of its chunking.
         with _stage(timings, "pilot"):
             runs = kernels.pilot_row_runs(n, pilot_rows)
@@ -172,7 +182,7 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         "method": method,
         "passes": passes,
         "inversion": inversion,
-        "pilot_rows": int(min(pilot_rows, n)) if passes == 1 else None,
+        "pilot_rows": int(min(pilot_rows, n)) if passes == 1 else None,  # 0: thresholds were given
         "clip_bias": bool(clip_bias),
         "column_block": int(max(samples.chunks[1])),
         "row_chunk": int(max(samples.chunks[0])),
@@ -243,22 +253,22 @@ def _main_pass_name(settings):
     return "pass" if settings["passes"] == 1 else "pass 2"
 
 
-def _rows_fitted(settings, values):
-    """Return ``(settings, n)``: with dropped rows counted in the settings, and the rows fitted."""
+def _rows_fitted(settings, values, stored_states=()):
+    """Return ``(settings, n)``: the settings with the rows fitted (and dropped) in all, and the rows fitted.
+
+    ``settings["n_samples"]`` holds the rows read in the main pass; the
+    ``stored_states`` of fits being added bring their own.
+    """
     if "value_problems" in values:
         io.check_values(values["value_problems"])
-    if "rows_kept" not in values:
-        return settings, settings["n_samples"]
-    settings = _count_dropped(settings, settings["n_samples"] - int(values["rows_kept"]))
-    return settings, settings["n_samples"]
-
-
-def _count_dropped(settings, rows_dropped):
-    """Return the settings with ``n_samples`` the rows fitted and ``rows_dropped`` the rows left out."""
-    if rows_dropped >= settings["n_samples"] - 1:
-        raise io.InputError(f"{rows_dropped:,} of {settings['n_samples']:,} rows hold NaN or ±inf: "
-                            "fewer than 2 samples are left")
-    return {**settings, "n_samples": settings["n_samples"] - rows_dropped, "rows_dropped": rows_dropped}
+    read = settings["n_samples"] + sum(s["rows_read"] for s in stored_states)
+    kept = int(values.get("rows_kept", settings["n_samples"])) + sum(s["rows_kept"] for s in stored_states)
+    if kept < 2:
+        raise io.InputError(f"{read - kept:,} of {read:,} rows hold NaN or ±inf: fewer than 2 samples are left")
+    settings = {**settings, "n_samples": kept}
+    if settings["drop_nonfinite"]:
+        settings["rows_dropped"] = read - kept
+    return settings, kept
 
 
 def _provenance(settings, seconds, timings, source=None):
@@ -307,7 +317,7 @@ def _stored_statistics(group, column_block):
 
 
 def fit_to_zarr(source, out, *, array="samples", allow_missing_chunks=False, overwrite=False, progress=False,
-                checkpoint=None, **settings):
+                checkpoint=None, update=None, **settings):
     """Fit the samples at ``source`` and write the fit as a Zarr group at ``out``; return its attributes.
 
     The output appears only when complete (see ``io.atomic_store``). Stages:
@@ -317,43 +327,177 @@ def fit_to_zarr(source, out, *, array="samples", allow_missing_chunks=False, ove
     ``timings`` attribute. ``checkpoint`` (a directory or URL) keeps the main
     pass's partial sums, so that a rerun after an interruption resumes where
     it stopped. Keyword settings are those of ``ReLUGaussian``.
+
+    With ``update`` (a stored one-pass fit), the samples are counted at that
+    fit's thresholds, with its settings, and its additive state (statistics,
+    counts, value checks, rows) is added: the result is the fit of both sets
+    of samples together, without reading the old ones again. With
+    ``thresholds=`` another fit's thresholds, the fit can later be merged with
+    that one (``merge_fits``).
     """
     samples = io.open_samples(source, array=array, allow_missing_chunks=allow_missing_chunks)
     label = None if hasattr(source, "shape") else source
+    bases = [] if update is None else [open_fit_group(update)]
+    thresholds = settings.pop("thresholds", None)
+    if bases:
+        _check_additive(bases, samples.shape[1])
+        settings = {**settings, **_additive_settings(bases[0])}
+        thresholds = bases[0]["thresholds"][:]
     start = time.perf_counter()
     timings = {}
     with io.atomic_store(out, overwrite=overwrite) as partial:
         state, fit_settings = plan_fit(samples, progress=progress, checkpoint=checkpoint, source=label,
-                                       timings=timings, **settings)
-        group = zarr.open_group(str(partial), mode="w-")
-        column_block = fit_settings["column_block"]
-        with _stage(timings, _main_pass_name(fit_settings)):
-            # Everything the pass makes is stored by one graph: computed
-            # apart, each array would be optimised apart, and dask would fuse
-            # a second read of the samples into the smaller ones.
-            stored = {"counts": state["counts"], "thresholds": state["thresholds"],
-                      **_statistics_arrays(state["statistics"])}
-            small = {name: state[name] for name in ("value_problems", "rows_kept", "sgd") if name in state}
-            store_arrays(group, {**stored, **small}, progress=progress)
-            values = {name: group[name][...] for name in small}
-            for name in ("rows_kept", "sgd"):
-                if name in small:
-                    del group[name]  # not part of the output: rows_dropped and the estimates say it
-        fit_settings, n_fitted = _rows_fitted(fit_settings, values)
-        with _stage(timings, "inversion"):
-            estimates = finish_fit(_stored_statistics(group, column_block),
-                                   io.lazy_array(group["counts"]).rechunk(column_block), n_fitted,
-                                   state["thresholds"], fit_settings, values.get("sgd", state.get("sgd")))
-            covariance = estimates.pop("covariance")
-            per_coordinate = dict(zip(estimates, compute(*estimates.values())))
-            store_arrays(group, {"covariance": covariance}, progress=progress)
-        with _stage(timings, "write"):
-            if "rows_kept" in values:
-                per_coordinate["rows_dropped"] = np.int64(fit_settings["rows_dropped"])
-            store_arrays(group, per_coordinate)
-        attributes = _provenance(fit_settings, time.perf_counter() - start, timings, label)
-        group.attrs.update(attributes)
+                                       timings=timings, thresholds=thresholds, **settings)
+        parts = _parts(bases, {"source": None if label is None else str(label), "n_samples": None}) if bases else None
+        attributes = _write_fit(partial, state, fit_settings, bases, timings, progress, label, parts)
+        attributes["seconds"] = round(time.perf_counter() - start, 3)
+        zarr.open_group(str(partial), mode="r+").attrs.update(attributes)
     return attributes
+
+
+def merge_fits(fits, out, *, overwrite=False, progress=False):
+    """Add the additive state of stored one-pass fits made at the same thresholds; write the fit of all their samples.
+
+    The pieces of a large job fitted apart (``fit_to_zarr(..., thresholds=``
+    a first fit's, or ``update``) combine here into the fit of the
+    concatenated data: counts and sample counts exactly, statistics and Σ̂ to
+    rounding. Returns the attributes written at ``out``.
+    """
+    if len(fits) < 2:
+        raise ValueError("give at least two fits to merge")
+    bases = [open_fit_group(fit) for fit in fits]
+    _check_additive(bases, bases[0]["thresholds"].shape[0])
+    start = time.perf_counter()
+    timings = {}
+    first = bases[0].attrs
+    settings = {key: first[key] for key in ("n_coordinates", "drop_nonfinite", "method", "passes", "inversion",
+                                            "pilot_rows", "clip_bias", "column_block", "row_chunk",
+                                            "split_every", "count_kernel")}
+    settings.update(n_samples=0, checkpoint=None, memory=None)
+    state = {"thresholds": bases[0]["thresholds"][:]}
+    with io.atomic_store(out, overwrite=overwrite) as partial:
+        attributes = _write_fit(partial, state, settings, bases, timings, progress, None, _parts(bases))
+        attributes["seconds"] = round(time.perf_counter() - start, 3)
+        zarr.open_group(str(partial), mode="r+").attrs.update(attributes)
+    return attributes
+
+
+def open_fit_group(path):
+    """Return the Zarr group of a stored fit, refusing anything else."""
+    if not io.exists(path):
+        raise io.InputError(f"{path}: no such file or directory")
+    try:
+        group = zarr.open_group(str(path), mode="r")
+    except Exception as error:
+        raise io.InputError(f"{path}: not a Zarr group ({error})") from error
+    if group.attrs.get("format") != FORMAT:
+        raise io.InputError(f"{path} is not a dist_relu fit (no format attribute {FORMAT!r})")
+    return group
+
+
+def _check_additive(bases, d):
+    """Raise ``InputError`` unless the stored fits can take more samples: one pass, additive, same thresholds."""
+    for group in bases:
+        attrs = group.attrs
+        if attrs["method"] == "sgd" or attrs["passes"] != 1:
+            raise io.InputError(
+                f"{group.store_path} was fitted with --method {attrs['method']} --passes {attrs['passes']}: only "
+                "one-pass fits with the censored or truncated likelihood hold additive state (the SGD's "
+                "estimates and a first pass's thresholds are not sums)")
+        if attrs["n_coordinates"] != d:
+            raise io.InputError(f"{group.store_path} has {attrs['n_coordinates']} coordinates; the data has {d}")
+    first = bases[0]
+    for group in bases[1:]:
+        for key in ("method", "inversion", "clip_bias", "drop_nonfinite"):
+            if group.attrs[key] != first.attrs[key]:
+                raise io.InputError(f"{group.store_path} and {first.store_path} differ in {key}: "
+                                    f"{group.attrs[key]!r} and {first.attrs[key]!r}")
+        if not np.array_equal(group["thresholds"][:], first["thresholds"][:]):
+            raise io.InputError(
+                f"{group.store_path} and {first.store_path} were counted at different thresholds: fit the "
+                "pieces with the thresholds of one of them (--thresholds-from FIT) to merge them")
+
+
+def _additive_settings(group):
+    """Return the settings of a stored fit that new samples must be fitted with."""
+    return {key: group.attrs[key] for key in ("method", "inversion", "clip_bias", "drop_nonfinite", "split_every",
+                                              "column_block")}
+
+
+def _parts(bases, new=None):
+    """Return the list of pieces a merged fit is made of: each stored fit's (or its own pieces), then ``new``."""
+    parts = []
+    for group in bases:
+        parts.extend(group.attrs.get("parts") or [{"source": group.attrs.get("source"),
+                                                   "n_samples": group.attrs["n_samples"],
+                                                   "created": group.attrs.get("created")}])
+    return parts + ([new] if new else [])
+
+
+def _write_fit(partial, state, settings, bases, timings, progress, label, parts):
+    """Write a fit into the new group at ``partial`` from the lazy main-pass ``state`` plus stored ``bases``.
+
+    Returns the attributes (also written). ``state`` may hold only
+    ``thresholds`` (a merge of stored fits).
+    """
+    group = zarr.open_group(str(partial), mode="w-")
+    column_block = settings["column_block"]
+    stored_states = [_stored_state(base, column_block) for base in bases]
+    with _stage(timings, _main_pass_name(settings) if "counts" in state else "merge"):
+        # Everything the pass makes is stored by one graph: computed apart,
+        # each array would be optimised apart, and dask would fuse a second
+        # read of the samples into the smaller ones.
+        additive = [state] * ("counts" in state) + stored_states
+        stored = {"counts": _sum(s["counts"] for s in additive), "thresholds": state["thresholds"],
+                  **_statistics_arrays(_sum(s["statistics"] for s in additive))}
+        small = {name: state[name] for name in ("rows_kept", "sgd") if name in state}
+        if all("value_problems" in s for s in additive):
+            small["value_problems"] = _sum(s["value_problems"] for s in additive)
+        store_arrays(group, {**stored, **small}, progress=progress)
+        values = {name: group[name][...] for name in small}
+        for name in ("rows_kept", "sgd"):
+            if name in small:
+                del group[name]  # not part of the output: rows_dropped and the estimates say it
+    settings, n_fitted = _rows_fitted(settings, values, stored_states)
+    with _stage(timings, "inversion"):
+        estimates = finish_fit(_stored_statistics(group, column_block),
+                               io.lazy_array(group["counts"]).rechunk(column_block), n_fitted,
+                               state["thresholds"], settings, values.get("sgd", state.get("sgd")))
+        covariance = estimates.pop("covariance")
+        per_coordinate = dict(zip(estimates, compute(*estimates.values())))
+        store_arrays(group, {"covariance": covariance}, progress=progress)
+    with _stage(timings, "write"):
+        if settings["drop_nonfinite"]:
+            per_coordinate["rows_dropped"] = np.int64(settings["rows_dropped"])
+        store_arrays(group, per_coordinate)
+    attributes = _provenance(settings, 0.0, timings, label)
+    if parts:
+        # The new piece's rows are what the fit holds beyond the stored ones.
+        new_rows = n_fitted - sum(s["rows_kept"] for s in stored_states)
+        attributes["parts"] = [part if part["n_samples"] is not None else {**part, "n_samples": new_rows,
+                                                                            "created": attributes["created"]}
+                               for part in parts]
+    group.attrs.update(attributes)
+    return attributes
+
+
+def _sum(arrays):
+    arrays = list(arrays)
+    total = arrays[0]
+    for array in arrays[1:]:
+        total = total + array
+    return total
+
+
+def _stored_state(group, column_block):
+    """Return the additive state of a stored fit: lazy statistics, counts and value checks, and its rows."""
+    state = {"statistics": _stored_statistics(group, column_block),
+             "counts": io.lazy_array(group["counts"]).rechunk(column_block),
+             "rows_kept": int(group.attrs["n_samples"]),
+             "rows_read": int(group.attrs["n_samples"]) + int(group.attrs.get("rows_dropped") or 0)}
+    if "value_problems" in group:
+        state["value_problems"] = io.lazy_array(group["value_problems"]).rechunk((column_block, 2))
+    return state
 
 
 class ReLUGaussian:
@@ -516,7 +660,5 @@ class ReLUGaussian:
 
 def open_fit(path):
     """Return ``(model, group)`` of a fit written by ``dist-relu fit`` or ``ReLUGaussian.save``."""
-    group = zarr.open_group(str(path), mode="r")
-    if group.attrs.get("format") != FORMAT:
-        raise io.InputError(f"{path} is not a dist_relu fit (no format attribute {FORMAT!r})")
+    group = open_fit_group(path)
     return RectifiedGaussian(group["covariance"][:], group["bias"][:]), group
