@@ -14,6 +14,7 @@ import zarr
 
 from . import __version__, io, kernels
 from .convert import FORMATS
+from .packed import COUNT_KERNELS
 from .convert import convert as convert_file
 from .estimator import INVERSIONS, METHODS, fit_to_zarr, merge_fits, open_fit, open_fit_group
 from .scheduler import scheduler
@@ -195,6 +196,9 @@ def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtyp
               "workers' memory limits, or this machine's memory on local threads.")
 @click.option("--split-every", type=click.IntRange(min=2), default=8, show_default=True,
               help="Fan-in of the tree reductions over row chunks.")
+@click.option("--count-kernel", type=click.Choice(COUNT_KERNELS), default="auto", show_default=True,
+              help="Co-exceedance counts by popcount of bit-packed indicators or by float32 GEMM; auto times "
+              "both on a block of the fit's shape. The counts are the same.")
 @click.option("--seed", type=int, default=0, show_default=True, help="Seed of the SGD's draws (--method sgd).")
 @click.option("--sgd-batches", type=click.IntRange(min=1), default=1, show_default=True,
               help="Bootstrap batches B of NormBiasEst (--method sgd).")
@@ -219,7 +223,7 @@ def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtyp
 @_progress_option
 @_handle_errors
 def fit(samples, out, array, allow_missing_chunks, drop_nonfinite, method, passes, inversion, pilot_rows, clip_bias, column_block,
-        memory_per_worker, split_every, seed, sgd_batches, sgd_radius, sgd_lambda, sgd_minibatch, update, thresholds_from, checkpoint, overwrite, as_json,
+        memory_per_worker, split_every, count_kernel, seed, sgd_batches, sgd_radius, sgd_lambda, sgd_minibatch, update, thresholds_from, checkpoint, overwrite, as_json,
         address, workers, progress, **tls):
     """Fit Σ̂ and b̂ to the samples in SAMPLES and write them to a Zarr group.
 
@@ -251,7 +255,8 @@ def fit(samples, out, array, allow_missing_chunks, drop_nonfinite, method, passe
             samples, out, array=array, allow_missing_chunks=allow_missing_chunks, overwrite=overwrite,
             progress=_want_progress(progress),
             method=method, passes=passes, inversion=inversion, pilot_rows=pilot_rows, clip_bias=clip_bias,
-            column_block=column_block, memory_per_worker=memory_per_worker, split_every=split_every, seed=seed, sgd_batches=sgd_batches,
+            column_block=column_block, memory_per_worker=memory_per_worker, split_every=split_every,
+            count_kernel=count_kernel, seed=seed, sgd_batches=sgd_batches,
             sgd_radius=sgd_radius, sgd_lambda=sgd_lambda, sgd_minibatch=sgd_minibatch,
             drop_nonfinite=drop_nonfinite, checkpoint=checkpoint, update=update, **given,
         )
