@@ -150,14 +150,21 @@ def count_block(packed_i, packed_j, rows, kernel):
     return gemm_counts(packed_i, packed_j, rows)
 
 
+# The timing block of choose_count_kernel is at most this wide and this long:
+# both kernels' rates per pair-sample settle well before that size.
+_TIMING_COLUMNS, _TIMING_ROWS = 256, 65_536
+
+
 @functools.lru_cache(maxsize=64)
 def choose_count_kernel(d_i, d_j, rows, repeats=3):
     """Return ``"popcount"`` or ``"gemm"``, whichever counted a random block of this shape faster here.
 
     Both give the same integers, so the choice changes only the speed. Timed
-    on this process's machine (the client's, for a fit), best of ``repeats``;
-    cached per shape.
+    on this process's machine (the client's, for a fit), best of
+    ``repeats``, on a block of at most 256 columns and 65,536 rows; cached
+    per shape.
     """
+    d_i, d_j, rows = min(d_i, _TIMING_COLUMNS), min(d_j, _TIMING_COLUMNS), min(rows, _TIMING_ROWS)
     rng = np.random.default_rng(0)
     words = -(-rows // 64)
     packed_i = rng.integers(0, 2**63, size=(d_i, words), dtype=np.uint64)
