@@ -23,6 +23,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/figure1.py
 	$(BIN)/python benchmarks/convert_csv.py
 	$(BIN)/python benchmarks/cluster_overhead.py
+	$(BIN)/python benchmarks/fit_vs_read.py
+	$(BIN)/python benchmarks/scaling_n.py
+	$(BIN)/python benchmarks/count_kernels.py
+	$(BIN)/python benchmarks/large_d.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
