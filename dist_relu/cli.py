@@ -14,7 +14,7 @@ import zarr
 
 from . import __version__, io, kernels
 from .convert import FORMATS
-from .packed import COUNT_KERNELS
+from .compiled import COUNT_KERNELS
 from .convert import convert as convert_file
 from .estimator import INVERSIONS, METHODS, fit_to_zarr, merge_fits, open_fit, open_fit_group
 from .scheduler import scheduler

@@ -12,7 +12,7 @@ import numpy as np
 import zarr
 from dask.base import tokenize
 
-from . import __version__, budget, graph, io, kernels, packed, sgd
+from . import __version__, budget, graph, io, kernels, compiled, sgd
 from .checkpoint import Checkpoint
 from .model import RectifiedGaussian
 from .scheduler import compute, current_client
@@ -27,8 +27,8 @@ INVERSIONS = ("tetrachoric", "model")
 def check_settings(method, passes, inversion, pilot_rows, column_block, split_every, sgd_batches=1,
                    sgd_radius=3.0, sgd_lambda=0.1, sgd_minibatch=10, count_kernel="auto", memory_per_worker=None):
     """Raise ``ValueError`` naming the first setting that is out of range."""
-    if count_kernel not in packed.COUNT_KERNELS:
-        raise ValueError(f"count_kernel must be one of {', '.join(packed.COUNT_KERNELS)}; got {count_kernel!r}")
+    if count_kernel not in compiled.COUNT_KERNELS:
+        raise ValueError(f"count_kernel must be one of {', '.join(compiled.COUNT_KERNELS)}; got {count_kernel!r}")
     if method not in METHODS:
         raise ValueError(f"method must be one of {', '.join(METHODS)}; got {method!r}")
     if passes not in (1, 2):
@@ -162,7 +162,7 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
     # The main pass: its partial sums are checkpointed under the thresholds they were counted at.
     main = None if checkpoint is None else checkpoint.child(f"thresholds-{tokenize(thresholds)}")
     if count_kernel == "auto":
-        count_kernel = packed.choose_count_kernel(int(max(samples.chunks[1])), int(max(samples.chunks[1])),
+        count_kernel = compiled.choose_count_kernel(int(max(samples.chunks[1])), int(max(samples.chunks[1])),
                                                   int(max(samples.chunks[0])))
     main_passes = graph.chunk_passes(samples, thresholds, keep)
     state["thresholds"] = thresholds

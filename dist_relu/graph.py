@@ -1,12 +1,12 @@
 """Graph building: which kernel runs on which blocks, and how partials reduce.
 
 Dask only; every number is computed by a kernel of ``kernels.py`` or
-``packed.py``, and nothing here computes: each function takes dask arrays and
+``compiled.py``, and nothing here computes: each function takes dask arrays and
 returns dask arrays.
 
 Shapes (DESIGN.md §5): samples are chunked in row chunks ``r`` and column blocks
 ``I``. One fused task per (row chunk, column block) reads the chunk once and
-makes its ``packed.ChunkPass``: statistics ``(d_I, 4)``, value checks
+makes its ``compiled.ChunkPass``: statistics ``(d_I, 4)``, value checks
 ``(d_I, 2)`` and bit-packed indicators. Statistics are summed over row chunks
 as a tree. Counts are ``(d_I, d_J)`` partials per (row chunk, block pair
 ``I ≤ J``), summed over row chunks as a tree (``split_every`` partials per task,
@@ -19,7 +19,7 @@ import numpy as np
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from . import kernels, packed, sgd
+from . import kernels, compiled, sgd
 
 
 def _statistics_partial(chunk_pass):
@@ -33,7 +33,7 @@ def _value_problems_partial(chunk_pass):
 def _coexceedance_partial(pass_i, pass_j, kernel):
     # Blockwise hands the diagonal pair the same object twice: count its triangle only.
     indicators_j = pass_i.indicators if pass_j is pass_i else pass_j.indicators
-    return packed.count_block(pass_i.indicators, indicators_j, pass_i.rows, kernel)[None]
+    return compiled.count_block(pass_i.indicators, indicators_j, pass_i.rows, kernel)[None]
 
 
 def _estimates_block(statistics, method):
@@ -103,7 +103,7 @@ def sum_over_rows(partials, split_every, name, checkpoint=None):
 
 
 def chunk_passes(samples, thresholds=None, keep=None):
-    """Return one lazy ``packed.ChunkPass`` per block of ``samples``: the fused pass at ``thresholds``.
+    """Return one lazy ``compiled.ChunkPass`` per block of ``samples``: the fused pass at ``thresholds``.
 
     ``thresholds`` (numpy, ``(d,)``) default to ``+inf`` (no indicator set),
     for the statistics alone. With ``keep`` (a row mask), only the kept rows
@@ -117,7 +117,7 @@ def chunk_passes(samples, thresholds=None, keep=None):
     thresholds = np.full(d, np.inf) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
     thresholds = da.from_array(thresholds, chunks=(samples.chunks[1],))
     return da.blockwise(
-        packed.chunk_pass, "ri", samples, "ri", thresholds, "i", *_with_rows(keep),
+        compiled.chunk_pass, "ri", samples, "ri", thresholds, "i", *_with_rows(keep),
         dtype=object, token="chunk-pass", meta=np.empty((0, 0), dtype=object),
     )
 
@@ -169,7 +169,7 @@ def coordinate_estimates(statistics, method="censored"):
 def coexceedance_counts(passes, split_every=8, checkpoint=None, kernel="popcount"):
     """Return the lazy ``(d, d)`` int64 counts ``C = Iᵀ I`` of the indicators of ``chunk_passes``.
 
-    ``kernel`` ("popcount" or "gemm", see ``packed.choose_count_kernel``)
+    ``kernel`` ("popcount" or "gemm", see ``compiled.choose_count_kernel``)
     decides only the speed: the counts are exact integers either way. Memory:
     a count task holds two bit-packed indicator blocks (``d_I·rows/8`` bytes
     each) and a ``d_I × d_J`` int64 block; a reduction task holds

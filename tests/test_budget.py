@@ -7,7 +7,7 @@ import pytest
 import zarr
 
 import dist_relu
-from dist_relu import budget, kernels, packed
+from dist_relu import budget, kernels, compiled
 
 
 def peak_bytes(function, *args):
@@ -28,9 +28,9 @@ def test_the_model_bounds_what_the_inversion_and_the_count_tasks_hold(c):
                            np.arange(c), np.arange(c))
     rows = 65_536
     chunk = np.abs(rng.standard_normal((rows, c))).astype(np.float32)
-    chunk_pass = packed.chunk_pass(chunk, np.full(c, 0.5))
-    counting = peak_bytes(packed.popcount_counts, chunk_pass.indicators, chunk_pass.indicators)
-    passing = peak_bytes(packed.chunk_pass, chunk, np.full(c, 0.5))
+    chunk_pass = compiled.chunk_pass(chunk, np.full(c, 0.5))
+    counting = peak_bytes(compiled.popcount_counts, chunk_pass.indicators, chunk_pass.indicators)
+    passing = peak_bytes(compiled.chunk_pass, chunk, np.full(c, 0.5))
     model = budget.task_bytes(c, rows, chunk.nbytes, split_every=8)
     assert max(inversion, counting, passing) <= model, (inversion, counting, passing, model)
     # ...and not by a wide margin for the inversion of a large block, which the model is for.

@@ -3,7 +3,7 @@
 import numpy as np
 import pytest
 
-from dist_relu import kernels, packed
+from dist_relu import kernels, compiled
 
 
 def reference_counts(x_i, x_j, t_i, t_j):
@@ -12,10 +12,10 @@ def reference_counts(x_i, x_j, t_i, t_j):
 
 
 def both_counts(x_i, x_j, t_i, t_j, same=False):
-    pass_i = packed.chunk_pass(x_i, t_i)
-    pass_j = pass_i if same else packed.chunk_pass(x_j, t_j)
+    pass_i = compiled.chunk_pass(x_i, t_i)
+    pass_j = pass_i if same else compiled.chunk_pass(x_j, t_j)
     indicators_j = pass_i.indicators if same else pass_j.indicators
-    return {kernel: packed.count_block(pass_i.indicators, indicators_j, pass_i.rows, kernel)
+    return {kernel: compiled.count_block(pass_i.indicators, indicators_j, pass_i.rows, kernel)
             for kernel in ("popcount", "gemm")}
 
 
@@ -54,11 +54,11 @@ def test_bits_are_packed_little_endian_row_by_row_and_padding_is_zero():
     x = np.zeros((70, 2))
     x[[0, 3, 64, 69], 0] = 1.0
     x[:, 1] = 1.0
-    result = packed.chunk_pass(x, np.zeros(2))
+    result = compiled.chunk_pass(x, np.zeros(2))
     assert result.indicators.shape == (2, 2) and result.rows == 70
     assert result.indicators[0, 0] == (1 << 0) | (1 << 3) and result.indicators[0, 1] == (1 << 0) | (1 << 5)
     assert result.indicators[1, 0] == 2**64 - 1 and result.indicators[1, 1] == 2**6 - 1
-    np.testing.assert_array_equal(packed.unpack_indicators(result.indicators, 70), (x > 0).astype(np.float32))
+    np.testing.assert_array_equal(compiled.unpack_indicators(result.indicators, 70), (x > 0).astype(np.float32))
 
 
 @pytest.mark.parametrize("dtype", [np.float32, np.float64])
@@ -69,7 +69,7 @@ def test_the_fused_pass_equals_the_numpy_definitions(dtype):
     thresholds = np.linspace(0, 1, 9)
     keep = rng.random(3001) < 0.8
     for mask in (None, keep):
-        result = packed.chunk_pass(x, thresholds, mask)
+        result = compiled.chunk_pass(x, thresholds, mask)
         np.testing.assert_array_equal(result.problems, kernels.chunk_value_problems(x, mask))
         expected = kernels.chunk_statistics(x, mask)
         finite = np.isfinite(expected).all(axis=1)
@@ -77,19 +77,19 @@ def test_the_fused_pass_equals_the_numpy_definitions(dtype):
         # Sums in another order: equal to rounding, and inf where an inf was summed.
         np.testing.assert_allclose(result.statistics[finite], expected[finite], rtol=1e-12)
         assert np.isinf(result.statistics[~finite, 2:]).all()
-        np.testing.assert_array_equal(packed.unpack_indicators(result.indicators, result.rows),
+        np.testing.assert_array_equal(compiled.unpack_indicators(result.indicators, result.rows),
                                       kernels.exceedance_indicators(x, thresholds, mask))
 
 
 def test_a_column_slice_of_a_chunk_is_read_as_it_is_laid_out():
     x = np.asfortranarray(np.abs(np.random.default_rng(0).standard_normal((500, 6))))
     for view in (x, x[:, 1:4], x[::2]):
-        result = packed.chunk_pass(view, np.full(view.shape[1], 0.7))
+        result = compiled.chunk_pass(view, np.full(view.shape[1], 0.7))
         np.testing.assert_allclose(result.statistics, kernels.chunk_statistics(view), rtol=1e-12)
 
 
 def test_the_automatic_choice_names_a_kernel_and_is_cached():
-    choice = packed.choose_count_kernel(16, 16, 4096)
+    choice = compiled.choose_count_kernel(16, 16, 4096)
     assert choice in ("popcount", "gemm")
-    assert packed.choose_count_kernel(16, 16, 4096) == choice
-    assert packed.choose_count_kernel.cache_info().hits >= 1
+    assert compiled.choose_count_kernel(16, 16, 4096) == choice
+    assert compiled.choose_count_kernel.cache_info().hits >= 1
