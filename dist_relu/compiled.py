@@ -15,6 +15,7 @@ block of the shape at hand and keeps the faster (DESIGN.md §5).
 """
 
 import functools
+import math
 import time
 from typing import NamedTuple
 
@@ -182,3 +183,72 @@ def choose_count_kernel(d_i, d_j, rows, repeats=3):
             best = min(best, time.perf_counter() - start)
         seconds[kernel] = best
     return min(seconds, key=seconds.get)
+
+
+# --------------------------------------------------------------------------
+# The orthant inversion, pair by pair
+# --------------------------------------------------------------------------
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _invert_pairs(a_i, a_j, p, out, nodes, weights, max_iter, tol):
+    two_pi = 2.0 * math.pi
+    for k in range(p.size):
+        ai, aj, target_p = a_i[k], a_j[k], p[k]
+        if not (math.isfinite(ai) and math.isfinite(aj)):
+            out[k] = 0.0  # a threshold nobody or everybody exceeds: no information
+            continue
+        cdf_i = 0.5 * math.erfc(-ai / math.sqrt(2.0))
+        cdf_j = 0.5 * math.erfc(-aj / math.sqrt(2.0))
+        if target_p >= min(cdf_i, cdf_j):
+            out[k] = 1.0
+            continue
+        if target_p <= max(0.0, cdf_i + cdf_j - 1.0):
+            out[k] = -1.0
+            continue
+        q = target_p - cdf_i * cdf_j
+        squares, product = ai * ai + aj * aj, 2.0 * ai * aj
+        lo, hi = -0.5 * math.pi, 0.5 * math.pi
+        theta = min(max(two_pi * q, lo), hi)
+        for _ in range(max_iter):
+            total = 0.0
+            for m in range(nodes.size):
+                s = theta * 0.5 * (nodes[m] + 1.0)
+                c2 = math.cos(s) ** 2
+                if c2 > 0.0:
+                    total += weights[m] * math.exp(-(squares - product * math.sin(s)) / (2.0 * c2))
+            f = theta * total / (2.0 * two_pi) - q
+            if f < 0.0:
+                lo = theta
+            if f > 0.0:
+                hi = theta
+            c2 = math.cos(theta) ** 2
+            slope = math.exp(-(squares - product * math.sin(theta)) / (2.0 * c2)) / two_pi if c2 > 0.0 else 0.0
+            new = theta - f / slope
+            if not (new > lo and new < hi):
+                new = 0.5 * (lo + hi)
+            change = abs(new - theta)
+            theta = new
+            if change < tol:
+                break
+        out[k] = math.sin(theta)
+
+
+def invert_orthant(a_i, a_j, p, max_iter=60, tol=1e-13):
+    """Return ``ρ`` with ``Φ₂(a_i, a_j; ρ) = p``: ``kernels.invert_orthant``, compiled, pair by pair.
+
+    The same Newton steps in ``θ = arcsin ρ`` inside a bracket, with the same
+    32-node Gauss–Legendre rule, but each pair stops when it has converged,
+    and no temporaries are held beyond the output. Broadcasts.
+    """
+    a_i, a_j, p = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (a_i, a_j, p)))
+    out = np.empty(p.shape, dtype=np.float64)
+    flat = out.reshape(-1)
+    _invert_pairs(np.ascontiguousarray(a_i).reshape(-1), np.ascontiguousarray(a_j).reshape(-1),
+                  np.ascontiguousarray(p).reshape(-1), flat, kernels.GL_NODES, kernels.GL_WEIGHTS, max_iter, tol)
+    return out
+
+
+def covariance_block(counts, n, a_i, a_j, scale_i, scale_j, index_i, index_j):
+    """Return ``kernels.covariance_block`` with the compiled inversion."""
+    return kernels.covariance_block(counts, n, a_i, a_j, scale_i, scale_j, index_i, index_j, invert=invert_orthant)

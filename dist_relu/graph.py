@@ -215,7 +215,7 @@ def covariance(counts, n_samples, margins, scale):
     scale = da.asarray(scale).rechunk(chunks)
     index = da.arange(counts.shape[0], chunks=chunks)
     full = da.blockwise(
-        kernels.covariance_block, "ij",
+        compiled.covariance_block, "ij",
         counts, "ij", n_samples, _scalar_index(n_samples),
         margins, "i", margins, "j", scale, "i", scale, "j", index, "i", index, "j",
         dtype=np.float64, token="covariance-block",

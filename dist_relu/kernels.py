@@ -293,7 +293,7 @@ def _fit_coordinates(statistics, method):
 # Step 2: per pair, invert the bivariate normal orthant probability
 # --------------------------------------------------------------------------
 
-_GL_NODES, _GL_WEIGHTS = np.polynomial.legendre.leggauss(32)
+GL_NODES, GL_WEIGHTS = np.polynomial.legendre.leggauss(32)
 
 
 def _orthant_integrand(a_i, a_j, s):
@@ -306,9 +306,9 @@ def _orthant_integrand(a_i, a_j, s):
 
 def _orthant_increment(a_i, a_j, theta):
     """Return ``Φ₂(a_i, a_j; sin θ) − Φ(a_i)Φ(a_j) = (1/2π)∫₀^θ g(s) ds`` by Gauss–Legendre."""
-    s = theta[..., None] * (0.5 * (_GL_NODES + 1))
+    s = theta[..., None] * (0.5 * (GL_NODES + 1))
     g = _orthant_integrand(a_i[..., None], a_j[..., None], s)
-    return theta * (g @ _GL_WEIGHTS) / (4 * np.pi)
+    return theta * (g @ GL_WEIGHTS) / (4 * np.pi)
 
 
 def orthant_probability(a_i, a_j, rho):
@@ -373,7 +373,7 @@ INVERSION_SLAB_PAIRS = 65_536
 INVERSION_BYTES_PER_PAIR = 800
 
 
-def covariance_block(counts, n, a_i, a_j, scale_i, scale_j, index_i, index_j):
+def covariance_block(counts, n, a_i, a_j, scale_i, scale_j, index_i, index_j, invert=None):
     """Return the block ``Σ̂_ij = σ̂_i σ̂_j ρ_ij`` from co-exceedance counts.
 
     Parameters
@@ -390,14 +390,18 @@ def covariance_block(counts, n, a_i, a_j, scale_i, scale_j, index_i, index_j):
     index_i, index_j : ndarray of int
         Global coordinate numbers of the block's rows and columns: where they
         are equal, ``ρ = 1`` and ``Σ̂_ii = σ̂_i²`` by definition.
+    invert : callable, optional
+        The inversion, ``invert_orthant`` by default (the fit uses the
+        compiled ``compiled.invert_orthant``, which gives the same ρ).
     """
+    invert = invert_orthant if invert is None else invert
     rho = np.empty(counts.shape, dtype=np.float64)
     # Slabs of rows keep the inversion's temporaries (INVERSION_BYTES_PER_PAIR
     # each) to INVERSION_SLAB_PAIRS pairs, whatever the block's size.
     rows = max(1, INVERSION_SLAB_PAIRS // max(1, counts.shape[1]))
     for start in range(0, counts.shape[0], rows):
         stop = start + rows
-        rho[start:stop] = invert_orthant(a_i[start:stop, None], a_j[None, :], counts[start:stop] / n)
+        rho[start:stop] = invert(a_i[start:stop, None], a_j[None, :], counts[start:stop] / n)
     rho[index_i[:, None] == index_j[None, :]] = 1.0
     return scale_i[:, None] * scale_j[None, :] * rho
 

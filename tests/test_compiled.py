@@ -93,3 +93,31 @@ def test_the_automatic_choice_names_a_kernel_and_is_cached():
     assert choice in ("popcount", "gemm")
     assert compiled.choose_count_kernel(16, 16, 4096) == choice
     assert compiled.choose_count_kernel.cache_info().hits >= 1
+
+
+def test_the_compiled_inversion_gives_the_numpy_inversion():
+    rng = np.random.default_rng(5)
+    a_i, a_j = rng.normal(0, 1, 3000), rng.normal(0, 1, 3000)
+    cdf_i, cdf_j = kernels.special.ndtr(a_i), kernels.special.ndtr(a_j)
+    low, high = np.maximum(0, cdf_i + cdf_j - 1), np.minimum(cdf_i, cdf_j)
+    p = low + rng.uniform(-0.05, 1.05, 3000) * (high - low)  # a few outside the attainable range
+    a_i[:5], a_j[5:10] = np.inf, -np.inf
+    expected = kernels.invert_orthant(a_i, a_j, p)
+    got = compiled.invert_orthant(a_i, a_j, p)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-12)
+    assert (got[:10] == 0).all() and (got == 1).any() and (got == -1).any()
+    # At a = 0, the paper's closed form (Lemma 2).
+    p0 = rng.uniform(0.01, 0.49, 500)
+    np.testing.assert_allclose(compiled.invert_orthant(0.0, 0.0, p0), np.cos(np.pi - 2 * np.pi * p0), atol=1e-14)
+
+
+def test_the_compiled_covariance_block_equals_the_reference():
+    rng = np.random.default_rng(6)
+    c = 40
+    counts = rng.integers(20_000, 45_000, (c, c))
+    counts = np.minimum(counts, counts.T)
+    a = rng.normal(0, 0.4, c)
+    scale = rng.uniform(0.5, 2, c)
+    arguments = (counts, 100_000, a, a, scale, scale, np.arange(c), np.arange(c))
+    np.testing.assert_allclose(compiled.covariance_block(*arguments), kernels.covariance_block(*arguments),
+                               rtol=1e-12, atol=1e-13)
