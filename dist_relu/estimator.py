@@ -39,7 +39,9 @@ def check_settings(method, passes, inversion, pilot_rows, column_block, split_ev
         raise ValueError(f"column_block must be 'auto' or an integer ≥ 1; got {column_block!r}")
     if memory_per_worker is not None and not (isinstance(memory_per_worker, (int, np.integer)) and memory_per_worker > 0):
         raise ValueError(f"memory_per_worker must be a number of bytes > 0; got {memory_per_worker!r}")
-    integers = (("pilot_rows", pilot_rows, 2), ("split_every", split_every, 2),
+    if pilot_rows is not None and not (isinstance(pilot_rows, (int, np.integer)) and pilot_rows >= 2):
+        raise ValueError(f"pilot_rows must be an integer ≥ 2; got {pilot_rows!r}")
+    integers = (("split_every", split_every, 2),
                 ("sgd_batches", sgd_batches, 1), ("sgd_minibatch", sgd_minibatch, 1))
     for name, value, least in integers:
         if not isinstance(value, (int, np.integer)) or value < least:
@@ -50,7 +52,7 @@ def check_settings(method, passes, inversion, pilot_rows, column_block, split_ev
         raise ValueError(f"sgd_lambda must be > 0; got {sgd_lambda!r}")
 
 
-def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", pilot_rows=100_000,
+def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", pilot_rows=None,
              clip_bias=False, column_block="auto", memory_per_worker=None, split_every=8, seed=0, sgd_batches=1,
              sgd_radius=3.0, sgd_lambda=0.1, sgd_minibatch=10, drop_nonfinite=False, count_kernel="auto", progress=False,
              checkpoint=None, source=None, timings=None, thresholds=None):
@@ -128,6 +130,7 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         pilot_rows = 0
     elif passes == 1:
         # Thresholds from a pilot: rows spread over the array, independent of its chunking.
+        pilot_rows = kernels.default_pilot_rows(n) if pilot_rows is None else pilot_rows
         with _stage(timings, "pilot"):
             runs = kernels.pilot_row_runs(n, pilot_rows)
             pilot = da.concatenate([samples[start:stop] for start, stop in runs])
@@ -517,8 +520,10 @@ class ReLUGaussian:
     inversion : {"tetrachoric", "model"}, default "tetrachoric"
         Margins used to invert the orthant probability: ``Φ⁻¹(c_i/n)``, the
         exceedance fraction each threshold had, or ``(b̂_i − t_i)/σ̂_i``.
-    pilot_rows : int, default 100_000
-        Rows of the pilot (one pass), taken as 8 runs spread over the array.
+    pilot_rows : int, optional
+        Rows of the pilot (one pass). Default: a twentieth of the rows, at
+        least 10,000 and at most 100,000, in one run per million rows (1 to
+        8 runs) spread over the array (``kernels.pilot_row_runs``).
     clip_bias : bool, default False
         Report ``max(0, b̂)`` as the paper does. The thresholds are clipped
         either way.
@@ -584,7 +589,7 @@ class ReLUGaussian:
     >>> est.model_.errors(truth_covariance, truth_bias)  # doctest: +SKIP
     """
 
-    def __init__(self, method="censored", passes=1, inversion="tetrachoric", pilot_rows=100_000,
+    def __init__(self, method="censored", passes=1, inversion="tetrachoric", pilot_rows=None,
                  clip_bias=False, column_block="auto", memory_per_worker=None, split_every=8, seed=0, sgd_batches=1,
                  sgd_radius=3.0, sgd_lambda=0.1, sgd_minibatch=10, drop_nonfinite=False, count_kernel="auto"):
         self.method = method

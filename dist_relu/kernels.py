@@ -118,15 +118,26 @@ def coexceedance_partial(indicators_i, indicators_j):
     return out
 
 
-def pilot_row_runs(n_rows, n_pilot, n_runs=8):
-    """Return ``[(start, stop), ...]``: ``n_runs`` contiguous row runs of ``n_pilot`` rows in all, spread evenly.
+def default_pilot_rows(n_rows):
+    """Return the pilot's default size: a twentieth of the rows, at least 10,000 and at most 100,000."""
+    return int(min(n_rows, min(100_000, max(10_000, n_rows // 20))))
 
-    The runs depend only on ``n_rows`` and ``n_pilot``, never on the chunking,
-    so a one-pass fit picks the same thresholds on any chunking; contiguous
-    runs keep the pilot's reads to a few chunks of a large array.
+
+def pilot_row_runs(n_rows, n_pilot=None, n_runs=None):
+    """Return ``[(start, stop), ...]``: contiguous row runs of ``n_pilot`` rows in all, spread evenly.
+
+    ``n_runs`` defaults to one run per million rows, between 1 and 8: a
+    small array's pilot then touches few of its chunks (zarr decompresses a
+    whole chunk for any row of it), and a large one's is spread out. The runs
+    depend only on ``n_rows`` and ``n_pilot``, never on the chunking, so a
+    one-pass fit picks the same thresholds on any chunking. The thresholds
+    affect only the estimates' variance, not their consistency: the
+    inversion uses the margin each threshold actually had.
     """
+    n_pilot = default_pilot_rows(n_rows) if n_pilot is None else n_pilot
     if n_pilot >= n_rows:
         return [(0, n_rows)]
+    n_runs = min(8, max(1, n_rows // 1_000_000)) if n_runs is None else n_runs
     n_runs = max(1, min(n_runs, n_pilot))
     lengths = np.full(n_runs, n_pilot // n_runs)
     lengths[: n_pilot % n_runs] += 1

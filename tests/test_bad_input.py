@@ -62,10 +62,11 @@ CASES = {
     "complex": (lambda tmp: store(tmp, good().astype(np.complex64)), r"complex numbers"),
     "text": (lambda tmp: store(tmp, np.array([["a", "b", "c"]] * 4)), r"holds text"),
     "one sample": (lambda tmp: store(tmp, good()[:1], chunks=(1, 3)), r"at least 2 samples; got 1"),
-    # One pass stops at the pilot (rows 5 and 6 are in it, 390 is not); two passes count all rows.
+    # One pass stops at the pilot (its one run is rows 0-49: 5, 6 and 7 are in it, 390 and 399 are not);
+    # two passes count all rows.
     "negative values": (with_value(-1.0, [5, 6, 390], 1),
                         r"(2 negative values among the pilot's 50 rows|3 negative values) in 1 column\(s\): 1 \([23]\)"),
-    "NaN": (with_value(np.nan, [7], 2), r"1 NaN or ±inf values in 1 column\(s\): 2 \(1\)"),
+    "NaN": (with_value(np.nan, [7], 2), r"1 NaN or ±inf values( among the pilot's 50 rows)? in 1 column\(s\): 2 \(1\)"),
     "inf": (with_value(np.inf, [399], 0), r"1 NaN or ±inf values in 1 column\(s\): 0 \(1\)"),
     "-inf": (with_value(-np.inf, [0], 2), r"1 negative values( among the pilot's 50 rows)? in 1 column\(s\): 2 \(1\)"),
     "missing chunk": (remove_chunk, r"1 of 4 chunks of the samples are missing \(first: c/2/0\)"),
