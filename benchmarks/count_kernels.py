@@ -7,17 +7,17 @@ only one triangle is needed). For ``rows = 65,536`` and ``d_i = d_j = d`` in
 ``--d`` (default 16 … 1024), diagonal and off-diagonal, this times (best of
 ``--repeats``, all in this one process, after a warm-up call):
 
-- ``popcount``: ``packed.popcount_counts`` on bit-packed indicators;
-- ``gemm``: ``packed.gemm_counts`` (unpack to float32, then exact GEMM);
+- ``popcount``: ``compiled.popcount_counts`` on bit-packed indicators;
+- ``gemm``: ``compiled.gemm_counts`` (unpack to float32, then exact GEMM);
 - ``gemm-only``: ``kernels.coexceedance_partial`` on indicators unpacked
   beforehand (the GEMM part of ``gemm`` alone);
-- ``unpack``: ``packed.unpack_indicators`` of both blocks (the rest of ``gemm``);
+- ``unpack``: ``compiled.unpack_indicators`` of both blocks (the rest of ``gemm``);
 - the machine's reference rate: ``a.T @ b`` on random float32 ``(rows, d)``
   arrays ``a`` and ``b`` (``flops = 2 · rows · d²``, or ``flops / 2``
   pair-samples), and for the diagonal ``a.T @ a`` as well (numpy may route it
   to SYRK, which does half the flops).
 
-It also records what ``packed.choose_count_kernel(d, d, rows)`` picks (it
+It also records what ``compiled.choose_count_kernel(d, d, rows)`` picks (it
 times its own random block) and checks that both kernels give the same counts.
 BLAS and OpenMP are limited to one thread (the variables are set before numpy
 is imported), like one dask worker thread; the CPU/wall time ratio of the
@@ -103,7 +103,7 @@ def main():
     import numpy as np
 
     import dist_relu
-    from dist_relu import kernels, packed
+    from dist_relu import kernels, compiled
 
     load_before = os.getloadavg()
     fingerprint_before = package_fingerprint()
@@ -122,7 +122,7 @@ def main():
         reference, reference_cpu = best_of(lambda: a.T @ b, args.repeats)
         flops = 2 * rows * d * d
         start = time.perf_counter()
-        chosen = packed.choose_count_kernel(d, d, rows)
+        chosen = compiled.choose_count_kernel(d, d, rows)
         choose_seconds = time.perf_counter() - start
         entry = {"d": d, "rows": rows, "choose_count_kernel": chosen, "choose_seconds": choose_seconds,
                  "reference_gemm": {"seconds": reference, "cpu_over_wall": reference_cpu / reference, "flops": flops,
@@ -130,14 +130,14 @@ def main():
         for block in ("diagonal", "off-diagonal"):
             packed_j = packed_i if block == "diagonal" else packed_other
             pair_samples = rows * d * (d + 1) // 2 if block == "diagonal" else rows * d * d
-            indicators_i = packed.unpack_indicators(packed_i, rows)
-            indicators_j = indicators_i if block == "diagonal" else packed.unpack_indicators(packed_j, rows)
-            counts_pop = packed.popcount_counts(packed_i, packed_j)
-            counts_gemm = packed.gemm_counts(packed_i, packed_j, rows)
+            indicators_i = compiled.unpack_indicators(packed_i, rows)
+            indicators_j = indicators_i if block == "diagonal" else compiled.unpack_indicators(packed_j, rows)
+            counts_pop = compiled.popcount_counts(packed_i, packed_j)
+            counts_gemm = compiled.gemm_counts(packed_i, packed_j, rows)
             agree = bool(np.array_equal(counts_pop, counts_gemm))
             calls = {
-                "popcount": lambda: packed.popcount_counts(packed_i, packed_j),
-                "gemm": lambda: packed.gemm_counts(packed_i, packed_j, rows),
+                "popcount": lambda: compiled.popcount_counts(packed_i, packed_j),
+                "gemm": lambda: compiled.gemm_counts(packed_i, packed_j, rows),
                 "gemm-only": lambda: kernels.coexceedance_partial(indicators_i, indicators_j),
             }
             timed = {}
@@ -147,9 +147,9 @@ def main():
                                "pair_samples_per_s": pair_samples / seconds,
                                "fraction_of_gemm_rate": pair_samples / seconds / entry["reference_gemm"]["pair_samples_per_s"]}
             if block == "diagonal":
-                unpack = lambda: packed.unpack_indicators(packed_i, rows)  # noqa: E731
+                unpack = lambda: compiled.unpack_indicators(packed_i, rows)  # noqa: E731
             else:
-                unpack = lambda: (packed.unpack_indicators(packed_i, rows), packed.unpack_indicators(packed_j, rows))  # noqa: E731
+                unpack = lambda: (compiled.unpack_indicators(packed_i, rows), compiled.unpack_indicators(packed_j, rows))  # noqa: E731
             timed["unpack"] = {"seconds": best_of(unpack, args.repeats)[0]}
             if block == "diagonal":
                 syrk, _ = best_of(lambda: a.T @ a, args.repeats)

@@ -98,6 +98,8 @@ def compute(*collections, progress=False):
 
 def current_client():
     """Return the default ``distributed.Client``, or ``None`` when the fit runs on local threads."""
+    if "distributed" not in sys.modules:
+        return None  # no client can exist, and importing distributed would cost ~0.3 s
     try:
         from distributed import default_client
 

@@ -41,7 +41,8 @@ def test_scaling_n_quick(tmp_path):
             assert case["summary"][step]["peak_above_baseline_mb"] > 0
         assert set(case["summary"]["fit"]["median_stage_seconds"]) == {"pilot", "pass", "inversion", "write"}
     assert record["scaling"]["n_ratio"] == 4
-    assert {"time_ratio", "log_log_slope", "peak_ratio", "memory_flat_within_1.2x"} <= set(record["scaling"]["fit"])
+    assert {"time_ratio", "log_log_slope", "peak_ratio", "median_peak_ratio", "memory_flat_within_1.2x"} <= set(
+        record["scaling"]["fit"])
     assert (tmp_path / "scaling_n_quick.png").stat().st_size > 10_000
 
 
