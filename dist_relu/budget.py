@@ -6,7 +6,7 @@ Per task, with ``c`` columns per block, ``r`` rows per chunk, ``k`` =
 - read and fused pass: ``S + c·r/8`` (the chunk, and its bit-packed indicators);
 - count: ``2·c·r/8 + 8c²`` (two packed blocks, one int64 count block);
 - reduction: ``8k·c²`` (``k`` count blocks);
-- inversion: ``32c² + P·B`` (counts, probabilities, ρ and Σ̂ of the block, and
+- inversion: ``48c² + P·B`` (counts, ρ and Σ̂ of the block, pair indices, and
   ``P`` = ``kernels.INVERSION_SLAB_PAIRS`` pairs of ``B`` =
   ``kernels.INVERSION_BYTES_PER_PAIR`` temporaries).
 
@@ -32,7 +32,7 @@ def task_bytes(column_block, row_chunk, stored_chunk_bytes, split_every):
     passing = stored_chunk_bytes + c * r / 8
     counting = 2 * c * r / 8 + 8 * c * c
     reducing = 8 * split_every * c * c
-    inverting = 32 * c * c + kernels.INVERSION_SLAB_PAIRS * kernels.INVERSION_BYTES_PER_PAIR
+    inverting = 48 * c * c + kernels.INVERSION_SLAB_PAIRS * kernels.INVERSION_BYTES_PER_PAIR
     return int(max(passing, counting, reducing, inverting))
 
 

@@ -379,7 +379,8 @@ def invert_orthant(a_i, a_j, p, max_iter=60, tol=1e-13):
 
 
 # The inversion works on at most this many pairs at once; each holds about
-# INVERSION_BYTES_PER_PAIR of temporaries (measured with tracemalloc: ~700).
+# INVERSION_BYTES_PER_PAIR of temporaries (measured with tracemalloc: ~700),
+# and the pair indices of a block take 16 bytes per pair besides.
 INVERSION_SLAB_PAIRS = 65_536
 INVERSION_BYTES_PER_PAIR = 800
 
@@ -407,12 +408,19 @@ def covariance_block(counts, n, a_i, a_j, scale_i, scale_j, index_i, index_j, in
     """
     invert = invert_orthant if invert is None else invert
     rho = np.empty(counts.shape, dtype=np.float64)
-    # Slabs of rows keep the inversion's temporaries (INVERSION_BYTES_PER_PAIR
-    # each) to INVERSION_SLAB_PAIRS pairs, whatever the block's size.
-    rows = max(1, INVERSION_SLAB_PAIRS // max(1, counts.shape[1]))
-    for start in range(0, counts.shape[0], rows):
-        stop = start + rows
-        rho[start:stop] = invert(a_i[start:stop, None], a_j[None, :], counts[start:stop] / n)
+    diagonal = counts.shape[0] == counts.shape[1] and np.array_equal(index_i, index_j)
+    if diagonal:
+        # A block on the diagonal is symmetric: invert its upper triangle and mirror it.
+        rows, columns = np.triu_indices(counts.shape[0], k=1)
+    else:
+        rows, columns = (k.ravel() for k in np.indices(counts.shape))
+    # Slabs keep the inversion's temporaries (INVERSION_BYTES_PER_PAIR each) to
+    # INVERSION_SLAB_PAIRS pairs, whatever the block's size.
+    for start in range(0, rows.size, INVERSION_SLAB_PAIRS):
+        i, j = rows[start:start + INVERSION_SLAB_PAIRS], columns[start:start + INVERSION_SLAB_PAIRS]
+        rho[i, j] = invert(a_i[i], a_j[j], counts[i, j] / n)
+    if diagonal:
+        rho[columns, rows] = rho[rows, columns]
     rho[index_i[:, None] == index_j[None, :]] = 1.0
     return scale_i[:, None] * scale_j[None, :] * rho
 
