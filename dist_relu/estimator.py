@@ -305,7 +305,7 @@ def write_group(path, arrays, attributes, progress=False):
     """Write ``arrays`` (dask or numpy) and ``attributes`` as a new Zarr group at ``path``."""
     group = zarr.open_group(str(path), mode="w-")
     store_arrays(group, arrays, progress=progress)
-    group.attrs.update(attributes)
+    group.update_attributes(attributes)  # one metadata write, not one per key
     return group
 
 
@@ -354,7 +354,7 @@ def fit_to_zarr(source, out, *, array="samples", allow_missing_chunks=False, ove
         parts = _parts(bases, {"source": None if label is None else str(label), "n_samples": None}) if bases else None
         attributes = _write_fit(partial, state, fit_settings, bases, timings, progress, label, parts)
         attributes["seconds"] = round(time.perf_counter() - start, 3)
-        zarr.open_group(str(partial), mode="r+").attrs.update(attributes)
+        zarr.open_group(str(partial), mode="r+").update_attributes({"seconds": attributes["seconds"]})
     return attributes
 
 
@@ -381,7 +381,7 @@ def merge_fits(fits, out, *, overwrite=False, progress=False):
     with io.atomic_store(out, overwrite=overwrite) as partial:
         attributes = _write_fit(partial, state, settings, bases, timings, progress, None, _parts(bases))
         attributes["seconds"] = round(time.perf_counter() - start, 3)
-        zarr.open_group(str(partial), mode="r+").attrs.update(attributes)
+        zarr.open_group(str(partial), mode="r+").update_attributes({"seconds": attributes["seconds"]})
     return attributes
 
 
@@ -480,7 +480,7 @@ def _write_fit(partial, state, settings, bases, timings, progress, label, parts)
         attributes["parts"] = [part if part["n_samples"] is not None else {**part, "n_samples": new_rows,
                                                                             "created": attributes["created"]}
                                for part in parts]
-    group.attrs.update(attributes)
+    group.update_attributes(attributes)  # one metadata write, not one per key
     return attributes
 
 
