@@ -121,3 +121,16 @@ def test_the_compiled_covariance_block_equals_the_reference():
     arguments = (counts, 100_000, a, a, scale, scale, np.arange(c), np.arange(c))
     np.testing.assert_allclose(compiled.covariance_block(*arguments), kernels.covariance_block(*arguments),
                                rtol=1e-12, atol=1e-13)
+
+
+def test_each_short_gauss_legendre_rule_gives_the_reference_increment_up_to_its_limit():
+    a = np.linspace(-compiled._SHORT_RULE_MAX_MARGIN, compiled._SHORT_RULE_MAX_MARGIN, 25)
+    for (limit, _), (nodes, weights) in zip(compiled._SHORT_RULES, compiled._RULES):
+        a_i, a_j, theta = np.meshgrid(a, a, np.linspace(-limit, limit, 21), indexing="ij")
+
+        def increment(nodes, weights):
+            s = theta[..., None] * (0.5 * (nodes + 1))
+            return theta * (kernels._orthant_integrand(a_i[..., None], a_j[..., None], s) @ weights) / (4 * np.pi)
+
+        np.testing.assert_allclose(increment(nodes, weights), increment(kernels.GL_NODES, kernels.GL_WEIGHTS),
+                                   rtol=0, atol=1e-15)
