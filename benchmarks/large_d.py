@@ -24,6 +24,8 @@ import tempfile
 import time
 from pathlib import Path
 
+from steps import status_kb
+
 
 def child(store, out):
     """Fit in this process; print JSON with the fit's attributes and the peak memory above the baseline."""
@@ -31,18 +33,13 @@ def child(store, out):
 
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")
-    baseline = _status_kb("VmRSS")
+    baseline = status_kb("VmRSS")
     start = time.perf_counter()
     attributes = dist_relu.fit_to_zarr(store, out, overwrite=True)
     seconds = time.perf_counter() - start
-    peak = _status_kb("VmHWM")
+    peak = status_kb("VmHWM")
     print(json.dumps({"seconds": seconds, "peak_mb": peak / 1024, "baseline_mb": baseline / 1024,
                       "attributes": attributes}))
-
-
-def _status_kb(field):
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
 
 
 def main():

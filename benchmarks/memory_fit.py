@@ -22,11 +22,11 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
-import time
 from pathlib import Path
+
+import steps
+from steps import run_step
 
 STEPS = {
     "read": "import dask.array as da; da.from_zarr(STORE, component='samples').sum().compute()",
@@ -36,34 +36,13 @@ STEPS = {
 
 
 def child(step, store, out):
-    """Run one step in this process; print JSON with seconds and peak RSS above the post-import baseline."""
-    import dask.array  # noqa: F401
-    import numpy  # noqa: F401
-    import zarr  # noqa: F401
-
-    import dist_relu  # noqa: F401
-
-    # Imports peak transiently above where they settle: reset the high-water mark
-    # (Linux: "5" > clear_refs) so that VmHWM measures the step alone.
-    with open("/proc/self/clear_refs", "w") as clear:
-        clear.write("5")
-    baseline = _status_kb("VmRSS")
-    start = time.perf_counter()
-    exec(STEPS[step], {"STORE": store, "OUT": out})
-    seconds = time.perf_counter() - start
-    peak = _status_kb("VmHWM")
-    print(json.dumps({"seconds": seconds, "peak_mb": peak / 1024, "baseline_mb": baseline / 1024}))
-
-
-def _status_kb(field):
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+    """Run one step in this process and print its record (``steps.run_step``)."""
+    run_step(STEPS[step], {"STORE": store, "OUT": out})
 
 
 def measure(step, store, out):
-    result = subprocess.run([sys.executable, __file__, "--child", step, store, out],
-                            capture_output=True, text=True, check=True)
-    return json.loads(result.stdout.strip().splitlines()[-1])
+    """Run ``step`` in a fresh process and return its record."""
+    return steps.measure(__file__, step, [store, out], attempts=1)
 
 
 def main():

@@ -32,11 +32,12 @@ import os
 import platform
 import shutil
 import statistics
-import subprocess
-import sys
 import tempfile
 import time
 from pathlib import Path
+
+import steps
+from steps import package_fingerprint, run_step
 
 STEPS = {
     "read": "import dask.array as da; da.from_zarr(STORE, component='samples').sum().compute()",
@@ -46,60 +47,13 @@ FLAT_MEMORY_TOLERANCE = 1.2
 
 
 def child(step, store, out):
-    """Run one step in this process; print JSON with seconds, peak RSS and (for the fit) its stage timings."""
-    import dask.array  # noqa: F401
-    import numpy  # noqa: F401
-    import zarr  # noqa: F401
-
-    import dist_relu  # noqa: F401
-
-    # Imports peak transiently above where they settle: reset the high-water mark
-    # (Linux: "5" > clear_refs) so that VmHWM measures the step alone.
-    with open("/proc/self/clear_refs", "w") as clear:
-        clear.write("5")
-    baseline = _status_kb("VmRSS")
-    namespace = {"STORE": store, "OUT": out}
-    start = time.perf_counter()
-    exec(STEPS[step], namespace)
-    seconds = time.perf_counter() - start
-    peak = _status_kb("VmHWM")
-    record = {"seconds": seconds, "peak_mb": peak / 1024, "baseline_mb": baseline / 1024}
-    if "RESULT" in namespace:
-        record.update(fit_seconds=namespace["RESULT"]["seconds"], timings=namespace["RESULT"]["timings"],
-                      count_kernel=namespace["RESULT"].get("count_kernel"))
-    print(json.dumps(record))
+    """Run one step in this process and print its record (``steps.run_step``)."""
+    run_step(STEPS[step], {"STORE": store, "OUT": out})
 
 
-def _status_kb(field):
-    with open("/proc/self/status") as status:
-        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
-
-
-def measure(step, store, out, attempts=4, wait=30):
-    """Run ``step`` in a fresh process; retry a failure (the package may be mid-edit) after ``wait`` seconds."""
-    for attempt in range(attempts):
-        result = subprocess.run([sys.executable, __file__, "--child", step, store, out], capture_output=True,
-                                text=True)
-        if result.returncode == 0:
-            record = json.loads(result.stdout.strip().splitlines()[-1])
-            record["failed_attempts"] = attempt
-            return record
-        print(f"  step {step} failed (attempt {attempt + 1}), retrying in {wait} s:\n"
-              + result.stderr.strip().splitlines()[-1], flush=True)
-        time.sleep(wait)
-    raise RuntimeError(f"step {step} failed {attempts} times:\n{result.stderr}")
-
-
-def package_fingerprint():
-    """SHA-256 of the package's sources: recorded before and after, since the package may change during a run."""
-    import hashlib
-
-    import dist_relu
-
-    digest = hashlib.sha256()
-    for path in sorted(Path(dist_relu.__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()[:16]
+def measure(step, store, out):
+    """Run ``step`` in a fresh process and return its record."""
+    return steps.measure(__file__, step, [store, out])
 
 
 def log_log_slope(ns, seconds):

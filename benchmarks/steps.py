@@ -1,0 +1,76 @@
+"""Measuring one step of a benchmark in a fresh Python process: its seconds and its own peak memory.
+
+A script runs itself with ``--child STEP ARGS...``; the child imports what the
+step needs, resets the kernel's high-water mark of resident memory (Linux:
+writing "5" to /proc/self/clear_refs), runs the step's code and prints one
+JSON line. Imports peak transiently above where they settle, so the peak is
+reported above the resident memory after them.
+"""
+
+import hashlib
+import json
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+
+def status_kb(field):
+    """Return a field of /proc/self/status in kB (VmRSS, VmHWM)."""
+    with open("/proc/self/status") as status:
+        return next(int(line.split()[1]) for line in status if line.startswith(field + ":"))
+
+
+def run_step(code, namespace):
+    """Run ``code`` in ``namespace`` here; print JSON with its seconds, peak and baseline memory (MB).
+
+    A fit's attributes, left in ``namespace["RESULT"]``, add its own seconds,
+    stage timings, count kernel and column block.
+    """
+    import dask.array  # noqa: F401
+    import numpy  # noqa: F401
+    import zarr  # noqa: F401
+
+    import dist_relu  # noqa: F401
+
+    with open("/proc/self/clear_refs", "w") as clear:
+        clear.write("5")
+    baseline = status_kb("VmRSS")
+    start = time.perf_counter()
+    exec(code, namespace)
+    seconds = time.perf_counter() - start
+    record = {"seconds": seconds, "peak_mb": status_kb("VmHWM") / 1024, "baseline_mb": baseline / 1024}
+    if "RESULT" in namespace:
+        attributes = namespace["RESULT"]
+        record.update(fit_seconds=attributes["seconds"], timings=attributes["timings"],
+                      count_kernel=attributes.get("count_kernel"), column_block=attributes.get("column_block"))
+    print(json.dumps(record))
+
+
+def measure(script, step, arguments, env=None, attempts=4, wait=30):
+    """Run ``script --child step arguments...`` in a fresh process and return its record.
+
+    A failure is retried after ``wait`` seconds (the package may be mid-edit
+    on a shared machine); the record says how many attempts failed.
+    """
+    for attempt in range(attempts):
+        result = subprocess.run([sys.executable, str(script), "--child", step, *map(str, arguments)],
+                                capture_output=True, text=True, env=env)
+        if result.returncode == 0:
+            record = json.loads(result.stdout.strip().splitlines()[-1])
+            record["failed_attempts"] = attempt
+            return record
+        print(f"  step {step} failed (attempt {attempt + 1}), retrying in {wait} s:\n"
+              + result.stderr.strip().splitlines()[-1], flush=True)
+        time.sleep(wait)
+    raise RuntimeError(f"step {step} failed {attempts} times:\n{result.stderr}")
+
+
+def package_fingerprint():
+    """Return a SHA-256 prefix of the package's sources: recorded before and after a run, which may see edits."""
+    import dist_relu
+
+    digest = hashlib.sha256()
+    for path in sorted(Path(dist_relu.__file__).parent.glob("*.py")):
+        digest.update(path.name.encode() + path.read_bytes())
+    return digest.hexdigest()[:16]
