@@ -223,9 +223,10 @@ def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtyp
 @_scheduler_options
 @_progress_option
 @_handle_errors
-def fit(samples, out, array, allow_missing_chunks, drop_nonfinite, method, passes, inversion, pilot_rows, clip_bias, column_block,
-        memory_per_worker, split_every, count_kernel, seed, sgd_batches, sgd_radius, sgd_lambda, sgd_minibatch, update, thresholds_from, checkpoint, overwrite, as_json,
-        address, workers, progress, **tls):
+def fit(samples, out, array, allow_missing_chunks, drop_nonfinite, method, passes, inversion, pilot_rows,
+        clip_bias, column_block, memory_per_worker, split_every, count_kernel, seed, sgd_batches, sgd_radius,
+        sgd_lambda, sgd_minibatch, update, thresholds_from, checkpoint, overwrite, as_json, address, workers,
+        progress, **tls):
     """Fit Σ̂ and b̂ to the samples in SAMPLES and write them to a Zarr group.
 
     SAMPLES is a Zarr array of shape (n, d), rows being samples, or a Zarr

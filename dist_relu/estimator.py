@@ -35,17 +35,16 @@ def check_settings(method, passes, inversion, pilot_rows, column_block, split_ev
         raise ValueError(f"passes must be 1 or 2; got {passes!r}")
     if inversion not in INVERSIONS:
         raise ValueError(f"inversion must be one of {', '.join(INVERSIONS)}; got {inversion!r}")
-    if column_block != "auto" and not (isinstance(column_block, (int, np.integer)) and column_block >= 1):
-        raise ValueError(f"column_block must be 'auto' or an integer ≥ 1; got {column_block!r}")
-    if memory_per_worker is not None and not (isinstance(memory_per_worker, (int, np.integer)) and memory_per_worker > 0):
-        raise ValueError(f"memory_per_worker must be a number of bytes > 0; got {memory_per_worker!r}")
-    if pilot_rows is not None and not (isinstance(pilot_rows, (int, np.integer)) and pilot_rows >= 2):
-        raise ValueError(f"pilot_rows must be an integer ≥ 2; got {pilot_rows!r}")
-    integers = (("split_every", split_every, 2),
-                ("sgd_batches", sgd_batches, 1), ("sgd_minibatch", sgd_minibatch, 1))
-    for name, value, least in integers:
+    # (name, value, least, the values besides integers that it may take)
+    integers = (("pilot_rows", pilot_rows, 2, (None,)), ("column_block", column_block, 1, ("auto",)),
+                ("memory_per_worker", memory_per_worker, 1, (None,)), ("split_every", split_every, 2, ()),
+                ("sgd_batches", sgd_batches, 1, ()), ("sgd_minibatch", sgd_minibatch, 1, ()))
+    for name, value, least, others in integers:
+        if any(value is other or isinstance(value, str) and value == other for other in others):
+            continue
         if not isinstance(value, (int, np.integer)) or value < least:
-            raise ValueError(f"{name} must be an integer ≥ {least}; got {value!r}")
+            alternative = "".join(f" or {other!r}" for other in others)
+            raise ValueError(f"{name} must be an integer ≥ {least}{alternative}; got {value!r}")
     if not sgd_radius > 1:
         raise ValueError(f"sgd_radius must be > 1 (the box is 1/r ≤ 1/σ² ≤ r); got {sgd_radius!r}")
     if not sgd_lambda > 0:
@@ -54,8 +53,8 @@ def check_settings(method, passes, inversion, pilot_rows, column_block, split_ev
 
 def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", pilot_rows=None,
              clip_bias=False, column_block="auto", memory_per_worker=None, split_every=8, seed=0, sgd_batches=1,
-             sgd_radius=3.0, sgd_lambda=0.1, sgd_minibatch=10, drop_nonfinite=False, count_kernel="auto", progress=False,
-             checkpoint=None, source=None, timings=None, thresholds=None):
+             sgd_radius=3.0, sgd_lambda=0.1, sgd_minibatch=10, drop_nonfinite=False, count_kernel="auto",
+             progress=False, checkpoint=None, source=None, timings=None, thresholds=None):
     """Return ``(state, settings)``: the main pass as lazy dask arrays, and how the fit is made.
 
     What is needed before the main pass is computed here: the pilot's

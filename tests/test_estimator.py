@@ -219,3 +219,17 @@ def test_paper_settings_reproduce_the_papers_formula_exactly(simulated):
         expected = np.outer(fit.scale_, fit.scale_) * np.cos(np.pi - 2 * np.pi * fit.counts_ / 200_000)
         np.fill_diagonal(expected, fit.scale_**2)
         np.testing.assert_allclose(fit.covariance_, expected, rtol=1e-12, atol=1e-14)
+
+
+@pytest.mark.parametrize("setting, value, message", [
+    ("column_block", "wide", r"column_block must be an integer ≥ 1 or 'auto'"),
+    ("column_block", 0, r"column_block must be"),
+    ("pilot_rows", 1, r"pilot_rows must be an integer ≥ 2"),
+    ("memory_per_worker", 0, r"memory_per_worker must be"),
+    ("split_every", None, r"split_every must be an integer ≥ 2"),
+    ("count_kernel", "fast", r"count_kernel must be one of auto, popcount, gemm"),
+    ("method", "mle", r"method must be one of"),
+])
+def test_bad_settings_are_refused_by_name_before_any_work(relu_data, setting, value, message):
+    with pytest.raises(ValueError, match=message):
+        dist_relu.ReLUGaussian(**{setting: value}).fit(relu_data)
