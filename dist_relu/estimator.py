@@ -2,7 +2,9 @@
 
 import contextlib
 import datetime
+import functools
 import inspect
+import operator
 import os
 import time
 
@@ -351,10 +353,7 @@ def fit_to_zarr(source, out, *, array="samples", allow_missing_chunks=False, ove
         state, fit_settings = plan_fit(samples, progress=progress, checkpoint=checkpoint, source=label,
                                        timings=timings, thresholds=thresholds, **settings)
         parts = _parts(bases, {"source": None if label is None else str(label), "n_samples": None}) if bases else None
-        attributes = _write_fit(partial, state, fit_settings, bases, timings, progress, label, parts)
-        attributes["seconds"] = round(time.perf_counter() - start, 3)
-        zarr.open_group(str(partial), mode="r+").update_attributes({"seconds": attributes["seconds"]})
-    return attributes
+        return _write_fit(partial, state, fit_settings, bases, timings, progress, label, parts, start)
 
 
 def merge_fits(fits, out, *, overwrite=False, progress=False):
@@ -378,10 +377,7 @@ def merge_fits(fits, out, *, overwrite=False, progress=False):
     settings.update(n_samples=0, checkpoint=None, memory=None)
     state = {"thresholds": bases[0]["thresholds"][:]}
     with io.atomic_store(out, overwrite=overwrite) as partial:
-        attributes = _write_fit(partial, state, settings, bases, timings, progress, None, _parts(bases))
-        attributes["seconds"] = round(time.perf_counter() - start, 3)
-        zarr.open_group(str(partial), mode="r+").update_attributes({"seconds": attributes["seconds"]})
-    return attributes
+        return _write_fit(partial, state, settings, bases, timings, progress, None, _parts(bases), start)
 
 
 def open_fit_group(path):
@@ -436,11 +432,11 @@ def _parts(bases, new=None):
     return parts + ([new] if new else [])
 
 
-def _write_fit(partial, state, settings, bases, timings, progress, label, parts):
+def _write_fit(partial, state, settings, bases, timings, progress, label, parts, start):
     """Write a fit into the new group at ``partial`` from the lazy main-pass ``state`` plus stored ``bases``.
 
-    Returns the attributes (also written). ``state`` may hold only
-    ``thresholds`` (a merge of stored fits).
+    Returns the attributes (also written), ``seconds`` counted from ``start``.
+    ``state`` may hold only ``thresholds`` (a merge of stored fits).
     """
     group = zarr.open_group(str(partial), mode="w-")
     column_block = settings["column_block"]
@@ -450,11 +446,11 @@ def _write_fit(partial, state, settings, bases, timings, progress, label, parts)
         # each array would be optimised apart, and dask would fuse a second
         # read of the samples into the smaller ones.
         additive = [state] * ("counts" in state) + stored_states
-        stored = {"counts": _sum(s["counts"] for s in additive), "thresholds": state["thresholds"],
-                  **_statistics_arrays(_sum(s["statistics"] for s in additive))}
+        stored = {"counts": _total(additive, "counts"), "thresholds": state["thresholds"],
+                  **_statistics_arrays(_total(additive, "statistics"))}
         small = {name: state[name] for name in ("rows_kept", "sgd") if name in state}
         if all("value_problems" in s for s in additive):
-            small["value_problems"] = _sum(s["value_problems"] for s in additive)
+            small["value_problems"] = _total(additive, "value_problems")
         store_arrays(group, {**stored, **small}, progress=progress)
         values = {name: group[name][...] for name in small}
         for name in ("rows_kept", "sgd"):
@@ -472,7 +468,7 @@ def _write_fit(partial, state, settings, bases, timings, progress, label, parts)
         if settings["drop_nonfinite"]:
             per_coordinate["rows_dropped"] = np.int64(settings["rows_dropped"])
         store_arrays(group, per_coordinate)
-    attributes = _provenance(settings, 0.0, timings, label)
+    attributes = _provenance(settings, time.perf_counter() - start, timings, label)
     if parts:
         # The new piece's rows are what the fit holds beyond the stored ones.
         new_rows = n_fitted - sum(s["rows_kept"] for s in stored_states)
@@ -483,12 +479,9 @@ def _write_fit(partial, state, settings, bases, timings, progress, label, parts)
     return attributes
 
 
-def _sum(arrays):
-    arrays = list(arrays)
-    total = arrays[0]
-    for array in arrays[1:]:
-        total = total + array
-    return total
+def _total(states, name):
+    """Return the sum of the additive quantity ``name`` over ``states``."""
+    return functools.reduce(operator.add, [state[name] for state in states])
 
 
 def _stored_state(group, column_block):

@@ -31,9 +31,9 @@ def _value_problems_partial(chunk_pass):
 
 
 def _coexceedance_partial(pass_i, pass_j, kernel):
-    # Blockwise hands the diagonal pair the same object twice: count its triangle only.
-    indicators_j = pass_i.indicators if pass_j is pass_i else pass_j.indicators
-    return compiled.count_block(pass_i.indicators, indicators_j, pass_i.rows, kernel)[None]
+    # Blockwise hands a diagonal pair the same object twice, so count_block sees
+    # one indicator array on both sides and counts its triangle only.
+    return compiled.count_block(pass_i.indicators, pass_j.indicators, pass_i.rows, kernel)[None]
 
 
 def _estimates_block(statistics, method):

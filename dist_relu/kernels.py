@@ -120,7 +120,7 @@ def coexceedance_partial(indicators_i, indicators_j):
 
 def default_pilot_rows(n_rows):
     """Return the pilot's default size: a twentieth of the rows, at least 10,000 and at most 100,000."""
-    return int(min(n_rows, min(100_000, max(10_000, n_rows // 20))))
+    return int(min(n_rows, 100_000, max(10_000, n_rows // 20)))
 
 
 def pilot_row_runs(n_rows, n_pilot=None, n_runs=None):
