@@ -42,6 +42,9 @@ import platform  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
 
+import steps  # noqa: E402
+from steps import package_fingerprint  # noqa: E402
+
 PATHS = ("popcount", "gemm", "gemm-only")
 LABELS = {"popcount": "popcount_counts", "gemm": "gemm_counts (unpack + GEMM)",
           "gemm-only": "GEMM on pre-unpacked indicators", "reference": "machine float32 GEMM a.T @ b (flops / 2)",
@@ -59,18 +62,6 @@ def best_of(function, repeats):
         if seconds < best:
             best, best_cpu = seconds, time.process_time() - cpu
     return best, best_cpu
-
-
-def package_fingerprint():
-    """SHA-256 of the package's sources: recorded before and after, since the package may change during a run."""
-    import hashlib
-
-    import dist_relu
-
-    digest = hashlib.sha256()
-    for path in sorted(Path(dist_relu.__file__).parent.glob("*.py")):
-        digest.update(path.name.encode() + path.read_bytes())
-    return digest.hexdigest()[:16]
 
 
 def _cpu_model():
@@ -178,22 +169,12 @@ def main():
         "threads": {name: os.environ[name] for name in THREAD_VARIABLES} | {
             "note": "single-threaded BLAS and numba, set before numpy was imported: like one dask worker thread"},
         "scheduler": "none (kernels called directly in one thread)",
-        "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "cpu": _cpu_model(),
-                    "python": platform.python_version(), "blas": blas,
-                    "load_average_before": load_before, "load_average_after": os.getloadavg()},
+        "machine": steps.machine(load_before, cpu=_cpu_model(), blas=blas),
         "package_sources_sha256": {"before": fingerprint_before, "after": package_fingerprint()},
         "versions": {"dist_relu": dist_relu.__version__, "numpy": np.__version__, "numba": numba.__version__},
         "results": results,
     }
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = "count_kernels_quick" if args.quick else "count_kernels"
-    (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2))
-    print_table(record)
-    if fingerprint_before != record["package_sources_sha256"]["after"]:
-        print("WARNING: the package's sources changed during this run")
-    plot(record, out_dir / f"{stem}.png")
-    print(f"wrote {out_dir / stem}.json and .png")
+    steps.write_results(record, args.out, "count_kernels_quick" if args.quick else "count_kernels", print_table, plot)
 
 
 def print_table(record):

@@ -28,7 +28,6 @@ import argparse
 import datetime
 import json
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -153,23 +152,13 @@ def main():
         "all columns in one chunk", "chunk_mb_target": args.chunk_mb, "scheduler": "local threads",
         "dask_array_split_every": dask.config.get("array.split_every", None),
         "repeats": args.repeats, "steps": STEPS, "xtx-1blas_environment": SINGLE_THREAD_BLAS,
-        "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
-                    "load_average_before": load_before, "load_average_after": os.getloadavg()},
+        "machine": steps.machine(load_before),
         "package_sources_sha256": {"before": fingerprint_before, "after": package_fingerprint()},
         "versions": {"dist_relu": dist_relu.__version__, "numpy": np.__version__, "dask": dask.__version__,
                      "zarr": zarr.__version__},
         "cases": cases,
     }
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = "fit_vs_read_quick" if args.quick else "fit_vs_read"
-    (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2))
-    print_table(record)
-    if fingerprint_before != record["package_sources_sha256"]["after"]:
-        print("WARNING: the package's sources changed during this run")
-    plot(record, out_dir / f"{stem}.png")
-    print(f"wrote {out_dir / stem}.json and .png")
+    steps.write_results(record, args.out, "fit_vs_read_quick" if args.quick else "fit_vs_read", print_table, plot)
 
 
 def print_table(record):

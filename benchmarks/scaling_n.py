@@ -29,7 +29,6 @@ import datetime
 import json
 import math
 import os
-import platform
 import shutil
 import statistics
 import tempfile
@@ -183,24 +182,14 @@ def main():
         "chunk_rows": args.chunk_rows, "chunk_mb": chunk_mb,
         "chunking": f"{args.chunk_rows:,}-row chunks × all {args.d} columns ({chunk_mb:.1f} MB)",
         "scheduler": "local threads", "repeats": args.repeats, "steps": STEPS,
-        "machine": {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
-                    "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
-                    "load_average_before": load_before, "load_average_after": os.getloadavg()},
+        "machine": steps.machine(load_before),
         "package_sources_sha256": {"before": fingerprint_before, "after": package_fingerprint()},
         "versions": {"dist_relu": dist_relu.__version__, "numpy": np.__version__, "dask": dask.__version__,
                      "zarr": zarr.__version__},
         "cases": cases,
     }
     summarise(record)
-    out_dir = Path(args.out)
-    out_dir.mkdir(parents=True, exist_ok=True)
-    stem = "scaling_n_quick" if args.quick else "scaling_n"
-    (out_dir / f"{stem}.json").write_text(json.dumps(record, indent=2))
-    print_table(record)
-    if fingerprint_before != record["package_sources_sha256"]["after"]:
-        print("WARNING: the package's sources changed during this run")
-    plot(record, out_dir / f"{stem}.png")
-    print(f"wrote {out_dir / stem}.json and .png")
+    steps.write_results(record, args.out, "scaling_n_quick" if args.quick else "scaling_n", print_table, plot)
 
 
 def print_table(record):

@@ -9,6 +9,8 @@ reported above the resident memory after them.
 
 import hashlib
 import json
+import os
+import platform
 import subprocess
 import sys
 import time
@@ -74,3 +76,27 @@ def package_fingerprint():
     for path in sorted(Path(dist_relu.__file__).parent.glob("*.py")):
         digest.update(path.name.encode() + path.read_bytes())
     return digest.hexdigest()[:16]
+
+
+def machine(load_before, **extra):
+    """Return what the machine is, with the load average before (given) and after the run."""
+    return {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),
+            "memory_gb": os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES") / 2**30,
+            "load_average_before": load_before, "load_average_after": os.getloadavg(), **extra}
+
+
+def write_results(record, out, stem, print_table, plot):
+    """Write ``record`` as ``out/stem.json``, print its table, draw ``out/stem.png``.
+
+    Warns when the package's sources changed during the run (the record's
+    ``package_sources_sha256`` before and after).
+    """
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    (out / f"{stem}.json").write_text(json.dumps(record, indent=2))
+    print_table(record)
+    fingerprint = record["package_sources_sha256"]
+    if fingerprint["before"] != fingerprint["after"]:
+        print("WARNING: the package's sources changed during this run")
+    plot(record, out / f"{stem}.png")
+    print(f"wrote {out / stem}.json and .png")
