@@ -8,6 +8,8 @@ is replaced only when the caller asks (``overwrite=True``).
 import contextlib
 import itertools
 import os
+import signal
+import threading
 import time
 import uuid
 from pathlib import Path
@@ -201,11 +203,31 @@ def atomic_store(location, overwrite=False):
     except BaseException:
         _remove_partial(fs, partial)
         raise
-    if fs.exists(root):
-        fs.mv(root, old, recursive=True)
-    fs.mv(partial, root, recursive=True)
+    with _interrupts_held():
+        if fs.exists(root):
+            fs.mv(root, old, recursive=True)
+        fs.mv(partial, root, recursive=True)
     if fs.exists(old):
         fs.rm(old, recursive=True)
+
+
+@contextlib.contextmanager
+def _interrupts_held():
+    """Let no Ctrl-C (SIGINT) cut the block short: an interrupt received during it is dropped.
+
+    It guards the commit of a finished store, whose two moves must not be
+    separated (the old store would be left aside and the new one hidden);
+    once the commit has begun, the work is done. Only the main thread can
+    set signal handlers; elsewhere the block runs unguarded.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous)
 
 
 def _remove_partial(fs, path, settle=2.0, quiet=0.5):

@@ -55,3 +55,30 @@ def test_the_graph_carries_the_array_handle_not_the_data(simulated):
     # 4.8 MB of samples; what the client sends per chunk task is the zarr handle and an index.
     assert samples.nbytes == 200_000 * 6 * 4
     assert graph_bytes < 20_000, graph_bytes
+
+
+def test_a_ctrl_c_during_the_commit_cannot_separate_its_two_moves(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    from fsspec.implementations.local import LocalFileSystem
+
+    out = tmp_path / "out.zarr"
+    zarr.create_group(str(out)).attrs["which"] = "old"
+    move = LocalFileSystem.mv
+    moves = []
+
+    def move_and_interrupt(self, source, target, **kwargs):
+        os.kill(os.getpid(), signal.SIGINT)  # Ctrl-C between (and during) the moves
+        moves.append(target)
+        return move(self, source, target, **kwargs)
+
+    monkeypatch.setattr(LocalFileSystem, "mv", move_and_interrupt)
+    with io.atomic_store(out, overwrite=True) as partial:
+        zarr.create_group(str(partial)).attrs["which"] = "new"
+    assert len(moves) == 2  # the old store moved aside, then the new one into place
+    assert zarr.open_group(str(out), mode="r").attrs["which"] == "new"
+    assert [p.name for p in tmp_path.iterdir()] == ["out.zarr"]
+    # Outside the commit, Ctrl-C interrupts as before.
+    with pytest.raises(KeyboardInterrupt):
+        os.kill(os.getpid(), signal.SIGINT)
