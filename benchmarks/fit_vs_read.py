@@ -12,7 +12,7 @@ time is that step's own:
 - ``xtx-1blas``: the same, with ``OPENBLAS_NUM_THREADS=OMP_NUM_THREADS=1`` in
   the process's environment (a diagnostic: BLAS threads inside dask threads)
 - ``fit``: ``dist_relu.fit_to_zarr(store, out, overwrite=True)`` (default
-  settings: one pass), with its stage timings (pilot, pass, inversion, write)
+  settings: one pass), with its stage timings (pass, with its pilot; inversion; write)
 
 Repeats are interleaved (read, xtx, xtx-1blas, fit, read, ...) after one
 untimed read that warms the page cache; the median of each step is reported,
@@ -193,7 +193,7 @@ def plot(record, path):
     x = np.arange(len(cases))
     width = 0.2
     colours = {"read": "#888888", "xtx": "#ff7f0e", "xtx-1blas": "#ffbb78", "fit": "#1f77b4"}
-    stage_colours = {"pilot": "#aec7e8", "pass": "#1f77b4", "inversion": "#2ca02c", "write": "#98df8a"}
+    stage_colours = {"pass": "#1f77b4", "inversion": "#2ca02c", "write": "#98df8a"}
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 5))
     for k, step in enumerate(("read", "xtx", "xtx-1blas")):
         heights = [c["summary"][step]["median_seconds"] for c in cases]

@@ -59,10 +59,11 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
              progress=False, checkpoint=None, source=None, timings=None, thresholds=None):
     """Return ``(state, settings)``: the main pass as lazy dask arrays, and how the fit is made.
 
-    What is needed before the main pass is computed here: the pilot's
-    thresholds (one pass) or the whole Step 1 (two passes; with
-    ``method="sgd"`` that is one read for the standardisation and one for the
-    SGD). Everything lazy in ``state`` is then one graph over the samples:
+    With one pass, the pilot that sets the thresholds (the first
+    ``pilot_rows`` rows) is part of the main pass's graph, and nothing is
+    computed here. With two, the whole Step 1 is computed here first (with
+    ``method="sgd"``, one read for the standardisation and one for the SGD).
+    Everything lazy in ``state`` is then one graph over the samples:
     computing it reads the data once more. ``finish_fit`` turns the computed
     (or stored) state into the estimates.
 
@@ -78,7 +79,7 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         What the samples are (a path or URL), recorded in the checkpoint so
         that it is never used for other data.
     timings : dict, optional
-        Filled with the seconds of the stages computed here (``pilot``, or
+        Filled with the seconds of the stages computed here (two passes:
         ``pass 1`` and, with ``method="sgd"``, ``sgd``).
     thresholds : ndarray (d,), optional
         Count at these thresholds (another fit's, so that the two can be
@@ -92,7 +93,8 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         (d, d); ``rows_kept`` (0-d) with ``drop_nonfinite``; with one pass
         ``value_problems`` (d, 2), for ``io.check_values`` once computed;
         with ``method="sgd"`` the SGD's ``(µ̂, σ̂)`` as ``sgd`` (d, 2).
-        Computed already: ``thresholds`` (d,), and ``sgd`` after two passes.
+        ``thresholds`` (d,): lazy with a pilot, else computed already;
+        ``sgd`` is computed already after two passes.
     settings : dict
         JSON-ready description of the fit, stored with its output.
     """
@@ -129,21 +131,22 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         if thresholds.shape != (d,) or not np.all(thresholds >= 0):
             raise ValueError(f"thresholds must be {d} numbers ≥ 0; got shape {thresholds.shape}")
         pilot_rows = 0
+        scope = tokenize(thresholds)
     elif passes == 1:
-        # Thresholds from a pilot: rows spread over the array, independent of its chunking.
-        pilot_rows = kernels.default_pilot_rows(n) if pilot_rows is None else pilot_rows
-        with _stage(timings, "pilot"):
-            runs = kernels.pilot_row_runs(n, pilot_rows)
-            pilot = da.concatenate([samples[start:stop] for start, stop in runs])
-            pilot_passes = graph.chunk_passes(pilot, keep=graph.finite_row_mask(pilot) if drop_nonfinite else None)
-            pilot_statistics, pilot_problems = compute(
-                graph.column_statistics(pilot_passes, split_every),
-                graph.value_problems(pilot_passes, split_every),
-                progress=progress,
-            )
-        io.check_values(pilot_problems, where=f" among the pilot's {min(pilot_rows, n):,} rows")  # fail early
-        thresholds = np.maximum(0.0, kernels.fit_coordinates(pilot_statistics, likelihood)[0])
-        standardisation = sgd.standardisation(pilot_statistics)
+        # Thresholds from a pilot, the first pilot_rows rows, in the main pass's own graph: the pilot's
+        # chunks are read once for both, and no chunk is counted before the thresholds are known.
+        pilot_rows = min(n, kernels.default_pilot_rows(n) if pilot_rows is None else pilot_rows)
+        pilot = samples[:pilot_rows]
+        pilot_passes = graph.chunk_passes(pilot, keep=graph.finite_row_mask(pilot) if drop_nonfinite else None)
+        pilot_statistics = graph.column_statistics(pilot_passes, split_every)
+        whole = {0: d}
+        thresholds = da.map_blocks(
+            _pilot_thresholds, pilot_statistics.rechunk(whole),
+            graph.value_problems(pilot_passes, split_every).rechunk(whole), likelihood, pilot_rows,
+            drop_axis=1, dtype=np.float64, meta=np.empty(0, dtype=np.float64),
+        ).rechunk({0: samples.chunks[1]})
+        scope = f"pilot-{pilot_rows}-{likelihood}"  # the thresholds it makes of the fingerprinted data
+        standardisation = pilot_statistics
     else:
         # The paper's order: Step 1 on all the data first. The second pass
         # recomputes the (bit-identical) statistics in its fused pass.
@@ -155,25 +158,26 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
                                                  progress=progress)
         io.check_values(first_problems)
         first_bias = kernels.fit_coordinates(first_pass, likelihood)[0]
-        standardisation = sgd.standardisation(first_pass)
+        standardisation = first_pass
         if method == "sgd":
             with _stage(timings, "sgd"):
-                (state["sgd"],) = compute(graph.sgd_estimates(samples, *standardisation, keep=keep, **sgd_settings),
+                (state["sgd"],) = compute(graph.sgd_estimates(samples, standardisation, keep=keep, **sgd_settings),
                                           progress=progress)
             first_bias = sgd.with_degenerate(state["sgd"], *kernels.fit_coordinates(first_pass, likelihood))[0]
         thresholds = np.maximum(0.0, first_bias)
+        scope = tokenize(thresholds)
 
     # The main pass: its partial sums are checkpointed under the thresholds they were counted at.
-    main = None if checkpoint is None else checkpoint.child(f"thresholds-{tokenize(thresholds)}")
-    if count_kernel == "auto":
-        count_kernel = compiled.choose_count_kernel(int(max(samples.chunks[1])), int(max(samples.chunks[1])),
-                                                  int(max(samples.chunks[0])))
+    main = None if checkpoint is None else checkpoint.child(f"thresholds-{scope}")
     main_passes = graph.chunk_passes(samples, thresholds, keep)
+    if count_kernel == "auto":
+        # Chosen by a task of the pass; the settings say which once it has run (_measured_settings).
+        state["count_kernel"] = graph.count_kernel_choice(main_passes)
     state["thresholds"] = thresholds
     state["statistics"] = graph.column_statistics(main_passes, split_every, main)
-    state["counts"] = graph.coexceedance_counts(main_passes, split_every, main, count_kernel)
+    state["counts"] = graph.coexceedance_counts(main_passes, split_every, main, state.get("count_kernel", count_kernel))
     if method == "sgd" and "sgd" not in state:
-        state["sgd"] = graph.sgd_estimates(samples, *standardisation, keep=keep, **sgd_settings)
+        state["sgd"] = graph.sgd_estimates(samples, standardisation, keep=keep, **sgd_settings)
     if passes == 1:
         # Checked after the main pass (io.check_values): the pilot saw only some rows.
         state["value_problems"] = graph.value_problems(main_passes, split_every, main)
@@ -186,7 +190,7 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         "method": method,
         "passes": passes,
         "inversion": inversion,
-        "pilot_rows": int(min(pilot_rows, n)) if passes == 1 else None,  # 0: thresholds were given
+        "pilot_rows": int(pilot_rows) if passes == 1 else None,  # 0: thresholds were given
         "clip_bias": bool(clip_bias),
         "column_block": int(max(samples.chunks[1])),
         "row_chunk": int(max(samples.chunks[0])),
@@ -199,6 +203,12 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         settings["sgd"] = {"seed": int(seed), "batches": int(sgd_batches), "radius": float(sgd_radius),
                            "lambda": float(sgd_lambda), "minibatch": int(sgd_minibatch)}
     return state, settings
+
+
+def _pilot_thresholds(statistics, problems, likelihood, pilot_rows):
+    """Return the pilot's thresholds ``max(0, b̂)``, once its values pass the checks (bad data stops here)."""
+    io.check_values(problems, where=f" among the pilot's {pilot_rows:,} rows")
+    return np.maximum(0.0, kernels.fit_coordinates(statistics, likelihood)[0])
 
 
 def finish_fit(statistics, counts, n_samples, thresholds, settings, sgd_estimates=None):
@@ -257,11 +267,13 @@ def _main_pass_name(settings):
     return "pass" if settings["passes"] == 1 else "pass 2"
 
 
-def _rows_fitted(settings, values, stored_states=()):
-    """Return ``(settings, n)``: the settings with the rows fitted (and dropped) in all, and the rows fitted.
+def _measured_settings(settings, values, stored_states=()):
+    """Return ``(settings, n)``: the settings completed by the main pass's ``values``, and the rows fitted.
 
-    ``settings["n_samples"]`` holds the rows read in the main pass; the
-    ``stored_states`` of fits being added bring their own.
+    The main pass gives the rows fitted (and dropped) in all and, chosen by
+    one of its tasks, the count kernel. ``settings["n_samples"]`` holds the
+    rows read in the main pass; the ``stored_states`` of fits being added
+    bring their own.
     """
     if "value_problems" in values:
         io.check_values(values["value_problems"])
@@ -270,6 +282,8 @@ def _rows_fitted(settings, values, stored_states=()):
     if kept < 2:
         raise io.InputError(f"{read - kept:,} of {read:,} rows hold NaN or ±inf: fewer than 2 samples are left")
     settings = {**settings, "n_samples": kept}
+    if "count_kernel" in values:
+        settings["count_kernel"] = compiled.COUNT_KERNELS[int(values["count_kernel"])]
     if settings["drop_nonfinite"]:
         settings["rows_dropped"] = read - kept
     return settings, kept
@@ -448,19 +462,19 @@ def _write_fit(partial, state, settings, bases, timings, progress, label, parts,
         additive = [state] * ("counts" in state) + stored_states
         stored = {"counts": _total(additive, "counts"), "thresholds": state["thresholds"],
                   **_statistics_arrays(_total(additive, "statistics"))}
-        small = {name: state[name] for name in ("rows_kept", "sgd") if name in state}
+        small = {name: state[name] for name in ("rows_kept", "sgd", "count_kernel") if name in state}
         if all("value_problems" in s for s in additive):
             small["value_problems"] = _total(additive, "value_problems")
         store_arrays(group, {**stored, **small}, progress=progress)
         values = {name: group[name][...] for name in small}
-        for name in ("rows_kept", "sgd"):
+        for name in ("rows_kept", "sgd", "count_kernel"):
             if name in small:
-                del group[name]  # not part of the output: rows_dropped and the estimates say it
-    settings, n_fitted = _rows_fitted(settings, values, stored_states)
+                del group[name]  # not part of the output: rows_dropped, the estimates and the settings say it
+    settings, n_fitted = _measured_settings(settings, values, stored_states)
     with _stage(timings, "inversion"):
         estimates = finish_fit(_stored_statistics(group, column_block),
                                io.lazy_array(group["counts"]).rechunk(column_block), n_fitted,
-                               state["thresholds"], settings, values.get("sgd", state.get("sgd")))
+                               group["thresholds"][...], settings, values.get("sgd", state.get("sgd")))
         covariance = estimates.pop("covariance")
         per_coordinate = dict(zip(estimates, compute(*estimates.values())))
         store_arrays(group, {"covariance": covariance}, progress=progress)
@@ -513,9 +527,9 @@ class ReLUGaussian:
         Margins used to invert the orthant probability: ``Φ⁻¹(c_i/n)``, the
         exceedance fraction each threshold had, or ``(b̂_i − t_i)/σ̂_i``.
     pilot_rows : int, optional
-        Rows of the pilot (one pass). Default: a twentieth of the rows, at
-        least 10,000 and at most 100,000, in one run per million rows (1 to
-        8 runs) spread over the array (``kernels.pilot_row_runs``).
+        Rows of the pilot (one pass): the first rows of the array, whose
+        Step 1 sets the thresholds. Default: a twentieth of the rows, at
+        least 10,000 and at most 100,000 (``kernels.default_pilot_rows``).
     clip_bias : bool, default False
         Report ``max(0, b̂)`` as the paper does. The thresholds are clipped
         either way.
@@ -623,7 +637,7 @@ class ReLUGaussian:
         with _stage(timings, _main_pass_name(settings)):
             lazy = {name: value for name, value in state.items() if isinstance(value, da.Array)}
             values = {**state, **dict(zip(lazy, compute(*lazy.values(), progress=progress)))}
-        settings, n_fitted = _rows_fitted(settings, values)
+        settings, n_fitted = _measured_settings(settings, values)
         with _stage(timings, "inversion"):
             column_block = settings["column_block"]
             estimates = finish_fit(da.from_array(values["statistics"], chunks=(column_block, 4)),

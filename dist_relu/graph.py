@@ -16,6 +16,7 @@ transposed, so only ``B(B+1)/2`` block pairs are counted.
 
 import dask.array as da
 import numpy as np
+from dask import delayed
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
@@ -33,7 +34,13 @@ def _value_problems_partial(chunk_pass):
 def _coexceedance_partial(pass_i, pass_j, kernel):
     # Blockwise hands a diagonal pair the same object twice, so count_block sees
     # one indicator array on both sides and counts its triangle only.
+    kernel = kernel if isinstance(kernel, str) else compiled.COUNT_KERNELS[int(kernel)]
     return compiled.count_block(pass_i.indicators, pass_j.indicators, pass_i.rows, kernel)[None]
+
+
+def _count_kernel_index(first_pass, rows):
+    d_i = first_pass.indicators.shape[0]
+    return np.int64(compiled.COUNT_KERNELS.index(compiled.choose_count_kernel(d_i, d_i, rows)))
 
 
 def _estimates_block(statistics, method):
@@ -105,17 +112,18 @@ def sum_over_rows(partials, split_every, name, checkpoint=None):
 def chunk_passes(samples, thresholds=None, keep=None):
     """Return one lazy ``compiled.ChunkPass`` per block of ``samples``: the fused pass at ``thresholds``.
 
-    ``thresholds`` (numpy, ``(d,)``) default to ``+inf`` (no indicator set),
-    for the statistics alone. With ``keep`` (a row mask), only the kept rows
+    ``thresholds`` (``(d,)``, numpy, or dask chunked as the columns) default
+    to ``+inf`` (no indicator set), for the statistics alone. With ``keep`` (a row mask), only the kept rows
     count. The blocks are not arrays: only ``column_statistics``,
     ``value_problems`` and ``coexceedance_counts`` take them. Build them once
     and give them to each: a read then feeds one fused task per block, which
     dask keeps apart (it has several consumers) rather than repeating it in
     every count task.
     """
-    d = samples.shape[1]
-    thresholds = np.full(d, np.inf) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
-    thresholds = da.from_array(thresholds, chunks=(samples.chunks[1],))
+    if not isinstance(thresholds, da.Array):
+        d = samples.shape[1]
+        thresholds = np.full(d, np.inf) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
+        thresholds = da.from_array(thresholds, chunks=(samples.chunks[1],))
     return da.blockwise(
         compiled.chunk_pass, "ri", samples, "ri", thresholds, "i", *_with_rows(keep),
         dtype=object, token="chunk-pass", meta=np.empty((0, 0), dtype=object),
@@ -166,20 +174,33 @@ def coordinate_estimates(statistics, method="censored"):
     return solved[:, 0], solved[:, 1], solved[:, 2].astype(np.int8)
 
 
+def count_kernel_choice(passes):
+    """Return a lazy 0-d index into ``compiled.COUNT_KERNELS``: the faster count kernel for these blocks.
+
+    One task times both kernels (``compiled.choose_count_kernel``) on blocks
+    shaped as ``passes``' first block, where it runs (on a worker). It
+    follows that first block, so it runs after the pilot, on a thread free
+    while the others read, and the pass itself never waits for it.
+    """
+    first_pass = passes.blocks[0, 0].to_delayed(optimize_graph=False).ravel()[0]
+    choice = delayed(_count_kernel_index, pure=True)(first_pass, max(passes.chunks[0]))
+    return da.from_delayed(choice, shape=(), dtype=np.int64)
+
+
 def coexceedance_counts(passes, split_every=8, checkpoint=None, kernel="popcount"):
     """Return the lazy ``(d, d)`` int64 counts ``C = Iᵀ I`` of the indicators of ``chunk_passes``.
 
-    ``kernel`` ("popcount" or "gemm", see ``compiled.choose_count_kernel``)
-    decides only the speed: the counts are exact integers either way. Memory:
-    a count task holds two bit-packed indicator blocks (``d_I·rows/8`` bytes
-    each) and a ``d_I × d_J`` int64 block; a reduction task holds
-    ``split_every`` of those blocks. ``split_every`` does not affect results.
+    ``kernel`` ("popcount" or "gemm", or a ``count_kernel_choice``) decides
+    only the speed: the counts are exact integers either way. Memory: a count
+    task holds two bit-packed indicator blocks (``d_I·rows/8`` bytes each)
+    and a ``d_I × d_J`` int64 block; a reduction task holds ``split_every``
+    of those blocks. ``split_every`` does not affect results.
     """
-    if kernel not in ("popcount", "gemm"):
+    if not isinstance(kernel, da.Array) and kernel not in ("popcount", "gemm"):
         raise ValueError(f"kernel must be 'popcount' or 'gemm'; got {kernel!r}")
     partials = da.blockwise(
-        _coexceedance_partial, "rij", passes, "ri", passes, "rj", kernel, None,
-        adjust_chunks={"r": 1}, dtype=np.int64, token=f"coexceedance-{kernel}",
+        _coexceedance_partial, "rij", passes, "ri", passes, "rj", kernel, _scalar_index(kernel),
+        adjust_chunks={"r": 1}, dtype=np.int64, token="coexceedance",
         meta=np.empty((0, 0, 0), dtype=np.int64),
     )
     return _mirror_upper_blocks(sum_over_rows(partials, split_every, "counts", checkpoint))
@@ -239,29 +260,31 @@ def simulated_samples(n_samples, weights, bias, chunk_rows, seed, dtype=np.float
     )
 
 
-def sgd_estimates(samples, mean0, sd0, seed=0, n_batches=1, radius=3.0, step_scale=0.1, minibatch=10, keep=None):
+def sgd_estimates(samples, statistics, seed=0, n_batches=1, radius=3.0, step_scale=0.1, minibatch=10, keep=None):
     """Return lazy ``(d, 2)`` estimates ``(µ̂, σ̂)`` by the paper's ProjSGD NormBiasEst.
 
     One task chain per (column block, bootstrap batch) streams the batch's row
     chunks in order, carrying the SGD state from task to task; chains of
     different blocks and batches run in parallel. Batch ``k`` of ``B`` is the
-    row range ``[k·n/B, (k+1)·n/B)``. ``mean0``, ``sd0`` (numpy, ``(d,)``)
-    standardise the positives. Memory: one chunk and a ``d_I``-sized state per
-    task.
+    row range ``[k·n/B, (k+1)·n/B)``. The positives are standardised by
+    ``sgd.standardisation`` of ``statistics`` (``(d, 4)``, numpy, or lazy as
+    a pilot's). Memory: one chunk and a ``d_I``-sized state per task.
     """
-    from dask import delayed
-
     n = samples.shape[0]
     column_bounds = np.cumsum((0,) + samples.chunks[1])
     settings = {"radius": radius, "step_scale": step_scale, "minibatch": minibatch}
     block_estimates = []
     for block, (first, last) in enumerate(zip(column_bounds[:-1], column_bounds[1:])):
-        m0, s0 = mean0[first:last], sd0[first:last]
+        m0, s0 = delayed(sgd.standardisation, pure=True, nout=2)(_one_block(statistics[first:last]))
         states = []
         for batch in range(n_batches):
             start, stop = batch * n // n_batches, (batch + 1) * n // n_batches
             state = delayed(sgd.initial_state, pure=True)(np.arange(first, last), batch, seed)
-            chunks = samples[start:stop, first:last].to_delayed().ravel()
+            # The chains read the samples on their own: to_delayed fuses each read into a
+            # task named by this step, apart from the main pass's reads. A chunk read once
+            # for both would wait in memory until the sequential chain reached it.
+            chunks = samples[start:stop, first:last].map_blocks(np.asarray, token="sgd-chain-chunk")
+            chunks = chunks.to_delayed().ravel()
             masks = [None] * len(chunks) if keep is None else keep[start:stop].to_delayed().ravel()
             for chunk, mask in zip(chunks, masks):
                 state = delayed(sgd.advance, pure=True)(state, chunk, m0, s0, keep=mask, **settings)
@@ -269,6 +292,17 @@ def sgd_estimates(samples, mean0, sd0, seed=0, n_batches=1, radius=3.0, step_sca
         estimate = delayed(sgd.select_and_map_back, pure=True)(states, m0, s0)
         block_estimates.append(da.from_delayed(estimate, shape=(last - first, 2), dtype=np.float64))
     return da.concatenate(block_estimates, axis=0)
+
+
+def _one_block(array):
+    """Return a numpy ``array`` as it is, and a dask one as the Delayed of its one block.
+
+    Not optimised on its own: optimising would fuse the reads it depends on
+    into a task of its own, and read those chunks again.
+    """
+    if not isinstance(array, da.Array):
+        return array
+    return array.rechunk(array.shape).to_delayed(optimize_graph=False).ravel()[0]
 
 
 def _with_degenerate_block(estimates, bias, scale, status):

@@ -123,28 +123,6 @@ def default_pilot_rows(n_rows):
     return int(min(n_rows, 100_000, max(10_000, n_rows // 20)))
 
 
-def pilot_row_runs(n_rows, n_pilot=None, n_runs=None):
-    """Return ``[(start, stop), ...]``: contiguous row runs of ``n_pilot`` rows in all, spread evenly.
-
-    ``n_runs`` defaults to one run per million rows, between 1 and 8: a
-    small array's pilot then touches few of its chunks (zarr decompresses a
-    whole chunk for any row of it), and a large one's is spread out. The runs
-    depend only on ``n_rows`` and ``n_pilot``, never on the chunking, so a
-    one-pass fit picks the same thresholds on any chunking. The thresholds
-    affect only the estimates' variance, not their consistency: the
-    inversion uses the margin each threshold actually had.
-    """
-    n_pilot = default_pilot_rows(n_rows) if n_pilot is None else n_pilot
-    if n_pilot >= n_rows:
-        return [(0, n_rows)]
-    n_runs = min(8, max(1, n_rows // 1_000_000)) if n_runs is None else n_runs
-    n_runs = max(1, min(n_runs, n_pilot))
-    lengths = np.full(n_runs, n_pilot // n_runs)
-    lengths[: n_pilot % n_runs] += 1
-    starts = (np.arange(n_runs) * n_rows) // n_runs
-    return [(int(s), int(s + m)) for s, m in zip(starts, lengths)]
-
-
 def relu_gaussian_chunk(rows, weights, bias, seed, chunk_index, dtype=np.float32):
     """Return ``rows`` samples ``ReLU(W z + b)`` drawn from a generator seeded by ``(seed, chunk_index)``.
 

@@ -5,6 +5,7 @@ import os
 import sys
 
 import dask
+from dask.base import named_schedulers
 from dask.diagnostics import ProgressBar
 
 
@@ -85,7 +86,7 @@ def compute(*collections, progress=False):
     if client is None:
         bar = ProgressBar(out=sys.stderr) if progress else contextlib.nullcontext()
         with bar:
-            return dask.compute(*collections)
+            return dask.compute(*collections, scheduler=_local_scheduler())
     futures = client.compute(list(collections))
     if progress:
         from distributed import progress as distributed_progress
@@ -94,6 +95,16 @@ def compute(*collections, progress=False):
             distributed_progress(futures, multi=False)
             print(file=sys.stderr)
     return tuple(client.gather(futures))
+
+
+def _local_scheduler():
+    """Return the local scheduler's function: the Dask config's (``DASK_SCHEDULER``), else threads.
+
+    Given as a function, so that dask does not import ``distributed`` to look
+    for a client (``current_client`` found none).
+    """
+    name = dask.config.get("scheduler", None) or "threads"
+    return named_schedulers.get(name, name) if isinstance(name, str) else name
 
 
 def current_client():

@@ -24,7 +24,7 @@ def test_fit_vs_read_quick(tmp_path):
         for step in ("read", "xtx", "xtx-1blas", "fit"):
             assert summary[step]["median_seconds"] > 0
             assert summary[step]["peak_above_baseline_mb"] > 0
-        assert set(summary["fit"]["median_stage_seconds"]) == {"pilot", "pass", "inversion", "write"}
+        assert set(summary["fit"]["median_stage_seconds"]) == {"pass", "inversion", "write"}
         assert summary["fit_over_read"] > 0 and summary["fit_over_xtx"] > 0 and summary["fit_over_xtx_1blas"] > 0
     assert (tmp_path / "fit_vs_read_quick.png").stat().st_size > 10_000
 
@@ -39,7 +39,7 @@ def test_scaling_n_quick(tmp_path):
             assert case["summary"][step]["median_seconds"] > 0
             assert case["summary"][step]["seconds_per_million_rows"] > 0
             assert case["summary"][step]["peak_above_baseline_mb"] > 0
-        assert set(case["summary"]["fit"]["median_stage_seconds"]) == {"pilot", "pass", "inversion", "write"}
+        assert set(case["summary"]["fit"]["median_stage_seconds"]) == {"pass", "inversion", "write"}
     assert record["scaling"]["n_ratio"] == 4
     assert {"time_ratio", "log_log_slope", "peak_ratio", "median_peak_ratio", "memory_flat_within_1.2x"} <= set(
         record["scaling"]["fit"])

@@ -57,17 +57,11 @@ def test_indicators_are_strict_exceedances():
     )
 
 
-def test_pilot_runs_cover_the_requested_rows_and_depend_only_on_n():
-    runs = kernels.pilot_row_runs(1_000_003, 10_001, n_runs=8)
-    assert sum(stop - start for start, stop in runs) == 10_001
-    assert len(runs) == 8 and runs[0][0] == 0 and runs[-1][1] <= 1_000_003
-    assert all(a[1] <= b[0] for a, b in zip(runs, runs[1:]))
-    assert kernels.pilot_row_runs(50, 100) == [(0, 50)]
-    # By default: n/20 rows (10,000 to 100,000), one run per million rows (1 to 8).
-    assert kernels.pilot_row_runs(200_000) == [(0, 10_000)]
-    assert [stop - start for start, stop in kernels.pilot_row_runs(2_000_000)] == [50_000, 50_000]
-    assert len(kernels.pilot_row_runs(10**9)) == 8 and kernels.pilot_row_runs(10**9)[-1][1] <= 10**9
-    assert kernels.pilot_row_runs(5_000) == [(0, 5_000)]
+def test_the_default_pilot_is_a_twentieth_of_the_rows_between_10000_and_100000():
+    assert kernels.default_pilot_rows(5_000) == 5_000
+    assert kernels.default_pilot_rows(200_000) == 10_000
+    assert kernels.default_pilot_rows(1_000_000) == 50_000
+    assert kernels.default_pilot_rows(10**9) == 100_000
 
 
 def test_simulated_chunk_depends_on_seed_and_index_only():

@@ -80,10 +80,14 @@ def test_sgd_does_not_depend_on_row_chunking_within_a_batch():
 def test_sgd_graph_matches_the_kernels_on_any_chunking():
     rng = np.random.default_rng(4)
     x = np.maximum(0, 0.3 + rng.standard_normal((20_000, 5)))
-    mean0, sd0 = sgd.standardisation(kernels.chunk_statistics(x))
+    statistics = kernels.chunk_statistics(x)
     expected = run_sgd(x, n_batches=2, seed=7)
     for chunks in [(20_000, 5), (3_001, 2), (777, 1)]:
-        lazy = graph.sgd_estimates(da.from_array(x, chunks=chunks), mean0, sd0, seed=7, n_batches=2)
+        lazy = graph.sgd_estimates(da.from_array(x, chunks=chunks), statistics, seed=7, n_batches=2)
+        np.testing.assert_array_equal(lazy.compute(), expected)
+        # The statistics may be lazy too, as a pilot's are.
+        lazy = graph.sgd_estimates(da.from_array(x, chunks=chunks), da.from_array(statistics, chunks=(2, 4)),
+                                   seed=7, n_batches=2)
         np.testing.assert_array_equal(lazy.compute(), expected)
 
 
