@@ -186,8 +186,9 @@ def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtyp
 @click.option("--inversion", type=click.Choice(INVERSIONS), default="tetrachoric", show_default=True,
               help="Margins of the orthant inversion: measured exceedance fractions or (b̂−t)/σ̂.")
 @click.option("--pilot-rows", type=click.IntRange(min=2), default=None,
-              help="Rows of the pilot that sets one-pass thresholds. Default: n/20, between 10,000 and 100,000, "
-              "in one run per million rows (1 to 8 runs).")
+              help="Rows of the pilot that sets one-pass thresholds: the first rows, read once with the main "
+              "pass (their chunks wait in memory for the thresholds). Default: n/20, between 10,000 and 100,000, "
+              "and at most 64 MiB of rows.")
 @click.option("--clip-bias", is_flag=True, help="Report max(0, b̂), as the paper does.")
 @click.option("--column-block", type=ColumnBlock(), default="auto", show_default=True,
               help="Coordinates per column block: memory per task; does not change results. auto: the widest "

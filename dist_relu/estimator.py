@@ -135,7 +135,8 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
     elif passes == 1:
         # Thresholds from a pilot, the first pilot_rows rows, in the main pass's own graph: the pilot's
         # chunks are read once for both, and no chunk is counted before the thresholds are known.
-        pilot_rows = min(n, kernels.default_pilot_rows(n) if pilot_rows is None else pilot_rows)
+        row_bytes = d * samples.dtype.itemsize
+        pilot_rows = min(n, kernels.default_pilot_rows(n, row_bytes) if pilot_rows is None else pilot_rows)
         pilot = samples[:pilot_rows]
         pilot_passes = graph.chunk_passes(pilot, keep=graph.finite_row_mask(pilot) if drop_nonfinite else None)
         pilot_statistics = graph.column_statistics(pilot_passes, split_every)
@@ -529,7 +530,9 @@ class ReLUGaussian:
     pilot_rows : int, optional
         Rows of the pilot (one pass): the first rows of the array, whose
         Step 1 sets the thresholds. Default: a twentieth of the rows, at
-        least 10,000 and at most 100,000 (``kernels.default_pilot_rows``).
+        least 10,000 and at most 100,000, and at large ``d`` no more than
+        64 MiB of rows (``kernels.default_pilot_rows``). The chunks holding
+        them wait in memory until the thresholds are known.
     clip_bias : bool, default False
         Report ``max(0, b̂)`` as the paper does. The thresholds are clipped
         either way.

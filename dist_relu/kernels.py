@@ -118,9 +118,19 @@ def coexceedance_partial(indicators_i, indicators_j):
     return out
 
 
-def default_pilot_rows(n_rows):
-    """Return the pilot's default size: a twentieth of the rows, at least 10,000 and at most 100,000."""
-    return int(min(n_rows, 100_000, max(10_000, n_rows // 20)))
+# The most the default pilot holds in memory (its chunks wait for the thresholds, see estimator.plan_fit).
+PILOT_BYTES = 64 * 2**20
+
+
+def default_pilot_rows(n_rows, row_bytes):
+    """Return the pilot's default size: a twentieth of the rows, at least 10,000 and at most 100,000.
+
+    At large ``d`` it is fewer, so that the pilot's rows (``row_bytes`` each)
+    hold at most ``PILOT_BYTES``, and at least 1,000 rows: at d = 4096 in
+    float32, 4,096 rows. The thresholds need few rows (they affect only the
+    variance), and this depends on ``d``, never on the chunking.
+    """
+    return int(min(n_rows, 100_000, max(10_000, n_rows // 20), max(1_000, PILOT_BYTES // row_bytes)))
 
 
 def relu_gaussian_chunk(rows, weights, bias, seed, chunk_index, dtype=np.float32):

@@ -57,11 +57,16 @@ def test_indicators_are_strict_exceedances():
     )
 
 
-def test_the_default_pilot_is_a_twentieth_of_the_rows_between_10000_and_100000():
-    assert kernels.default_pilot_rows(5_000) == 5_000
-    assert kernels.default_pilot_rows(200_000) == 10_000
-    assert kernels.default_pilot_rows(1_000_000) == 50_000
-    assert kernels.default_pilot_rows(10**9) == 100_000
+def test_the_default_pilot_is_a_twentieth_of_the_rows_between_10000_and_100000_and_at_most_64_mib():
+    row_bytes = 100 * 4  # d = 100, float32
+    assert kernels.default_pilot_rows(5_000, row_bytes) == 5_000
+    assert kernels.default_pilot_rows(200_000, row_bytes) == 10_000
+    assert kernels.default_pilot_rows(1_000_000, row_bytes) == 50_000
+    assert kernels.default_pilot_rows(10**9, row_bytes) == 100_000
+    # At large d, fewer rows: no more than 64 MiB, and at least 1,000.
+    assert kernels.default_pilot_rows(10**9, 4096 * 4) == 4096
+    assert kernels.default_pilot_rows(10**9, 4096 * 4) * 4096 * 4 <= kernels.PILOT_BYTES
+    assert kernels.default_pilot_rows(10**9, 10**6 * 8) == 1_000
 
 
 def test_simulated_chunk_depends_on_seed_and_index_only():
