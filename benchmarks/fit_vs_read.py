@@ -13,6 +13,10 @@ time is that step's own:
   the process's environment (a diagnostic: BLAS threads inside dask threads)
 - ``fit``: ``dist_relu.fit_to_zarr(store, out, overwrite=True)`` (default
   settings: one pass), with its stage timings (pass, with its pilot; inversion; write)
+- ``fit-warm``: the same fit, timed the second time in its process: numba's
+  compiled kernels are loaded already (about 0.2 s in a fresh process), as in
+  a long-running worker, client or notebook (its peak is above the memory
+  held after the first fit)
 
 Repeats are interleaved (read, xtx, xtx-1blas, fit, read, ...) after one
 untimed read that warms the page cache; the median of each step is reported,
@@ -42,9 +46,11 @@ STEPS = {
     "xtx": "import dask.array as da; x = da.from_zarr(STORE, component='samples'); (x.T @ x).compute()",
     "xtx-1blas": "import dask.array as da; x = da.from_zarr(STORE, component='samples'); (x.T @ x).compute()",
     "fit": "import dist_relu; RESULT = dist_relu.fit_to_zarr(STORE, OUT, overwrite=True)",
+    "fit-warm": "import dist_relu; RESULT = dist_relu.fit_to_zarr(STORE, OUT, overwrite=True)",
 }
+SETUP = {"fit-warm": STEPS["fit"]}  # the same fit once, untimed
 LABELS = {"read": "plain read (sum)", "xtx": "plain X.T @ X", "xtx-1blas": "X.T @ X, 1-thread BLAS",
-          "fit": "fit_to_zarr"}
+          "fit": "fit_to_zarr", "fit-warm": "fit_to_zarr, warm process"}
 # The same X.T @ X with BLAS limited to one thread per dask thread (set in the child's environment, before
 # numpy is imported): a diagnostic beside the plain one, whose 2-thread BLAS inside 2 dask threads can be slow.
 SINGLE_THREAD_BLAS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -53,7 +59,7 @@ DEFAULT_N = {10: 2_000_000, 100: 2_000_000, 1000: 200_000}
 
 def child(step, store, out):
     """Run one step in this process and print its record (``steps.run_step``)."""
-    run_step(STEPS[step], {"STORE": store, "OUT": out})
+    run_step(STEPS[step], {"STORE": store, "OUT": out}, setup=SETUP.get(step))
 
 
 def measure(step, store, out):
@@ -135,6 +141,8 @@ def main():
             summary["fit_over_xtx_1blas"] = summary["fit"]["median_seconds"] / summary["xtx-1blas"]["median_seconds"]
             summary["xtx_over_xtx_1blas"] = summary["xtx"]["median_seconds"] / summary["xtx-1blas"]["median_seconds"]
             summary["xtx_over_read"] = summary["xtx"]["median_seconds"] / summary["read"]["median_seconds"]
+            summary["fit_warm_over_read"] = summary["fit-warm"]["median_seconds"] / summary["read"]["median_seconds"]
+            summary["fit_warm_over_xtx"] = summary["fit-warm"]["median_seconds"] / summary["xtx"]["median_seconds"]
             cases.append({"n": n, "d": d, "chunk_rows": chunk_rows, "chunk_mb": chunk_mb,
                           "n_chunks": -(-n // chunk_rows), "stored_mb": stored_bytes / 2**20,
                           "raw_mb": n * d * 4 / 2**20, "simulate_seconds": simulate_seconds,
@@ -173,12 +181,13 @@ def print_table(record):
                   f"{s['median_seconds']:>10.2f}{s['peak_above_baseline_mb']:>9.0f}{s['peak_in_chunks']:>8.1f}   "
                   + ", ".join(f"{r['seconds']:.2f}" for r in case["runs"][step]))
     print(f"\n{'d':>5}{'fit/read':>10}{'fit/xtx':>9}{'fit/xtx-1blas':>15}{'xtx/read':>10}{'xtx/xtx-1blas':>15}"
-          "   fit stages (median s), count kernel")
+          f"{'warm fit/read':>15}{'warm fit/xtx':>14}   fit stages (median s), count kernel")
     for case in record["cases"]:
         s = case["summary"]
         stages = ", ".join(f"{k} {v:.2f}" for k, v in s["fit"]["median_stage_seconds"].items())
         print(f"{case['d']:>5}{s['fit_over_read']:>10.2f}{s['fit_over_xtx']:>9.2f}{s['fit_over_xtx_1blas']:>15.2f}"
-              f"{s['xtx_over_read']:>10.2f}{s['xtx_over_xtx_1blas']:>15.2f}   "
+              f"{s['xtx_over_read']:>10.2f}{s['xtx_over_xtx_1blas']:>15.2f}"
+              f"{s['fit_warm_over_read']:>15.2f}{s['fit_warm_over_xtx']:>14.2f}   "
               f"{stages}; {s['fit'].get('count_kernel')}, column block {s['fit'].get('column_block')}")
 
 
@@ -191,27 +200,30 @@ def plot(record, path):
 
     cases = record["cases"]
     x = np.arange(len(cases))
-    width = 0.2
-    colours = {"read": "#888888", "xtx": "#ff7f0e", "xtx-1blas": "#ffbb78", "fit": "#1f77b4"}
+    width = 0.16
+    colours = {"read": "#888888", "xtx": "#ff7f0e", "xtx-1blas": "#ffbb78", "fit": "#1f77b4", "fit-warm": "#9467bd"}
     stage_colours = {"pass": "#1f77b4", "inversion": "#2ca02c", "write": "#98df8a"}
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 5))
     for k, step in enumerate(("read", "xtx", "xtx-1blas")):
         heights = [c["summary"][step]["median_seconds"] for c in cases]
-        ax_t.bar(x + (k - 1.5) * width, heights, width, color=colours[step], label=LABELS[step])
+        ax_t.bar(x + (k - 2) * width, heights, width, color=colours[step], label=LABELS[step])
+    warm = [c["summary"]["fit-warm"]["median_seconds"] for c in cases]
+    ax_t.bar(x + 2 * width, warm, width, color=colours["fit-warm"], label=LABELS["fit-warm"])
     # The fit's bar stacked by its stages; the remainder is time outside the stages.
     bottoms = np.zeros(len(cases))
     stages = list(cases[0]["summary"]["fit"]["median_stage_seconds"])
     for stage in stages:
         heights = np.array([c["summary"]["fit"]["median_stage_seconds"].get(stage, 0.0) for c in cases])
-        ax_t.bar(x + 1.5 * width, heights, width, bottom=bottoms, color=stage_colours.get(stage), label=f"fit: {stage}")
+        ax_t.bar(x + width, heights, width, bottom=bottoms, color=stage_colours.get(stage), label=f"fit: {stage}")
         bottoms += heights
     totals = np.array([c["summary"]["fit"]["median_seconds"] for c in cases])
-    ax_t.bar(x + 1.5 * width, np.maximum(totals - bottoms, 0), width, bottom=bottoms, color="#dddddd",
+    ax_t.bar(x + width, np.maximum(totals - bottoms, 0), width, bottom=bottoms, color="#dddddd",
              label="fit: outside stages")
     for k, c in enumerate(cases):
         ax_t.annotate(f"fit/read {c['summary']['fit_over_read']:.1f}×\nfit/XᵀX {c['summary']['fit_over_xtx']:.1f}×"
-                      f"\nfit/XᵀX 1-BLAS {c['summary']['fit_over_xtx_1blas']:.1f}×",
-                      (x[k] + 1.5 * width, totals[k]), ha="center", va="bottom", fontsize=7)
+                      f"\nfit/XᵀX 1-BLAS {c['summary']['fit_over_xtx_1blas']:.1f}×"
+                      f"\nwarm: fit/read {c['summary']['fit_warm_over_read']:.1f}×",
+                      (x[k] + width, totals[k]), ha="center", va="bottom", fontsize=7)
     ticks = [f"d = {c['d']}\nn = {c['n']:,}\n{c['chunk_rows']:,}-row chunks" for c in cases]
     ax_t.set_xticks(x, ticks, fontsize=8)
     ax_t.set_ylabel("median seconds")
@@ -220,7 +232,7 @@ def plot(record, path):
     ax_t.set_title("time", fontsize=9)
     for k, step in enumerate(STEPS):
         heights = [c["summary"][step]["peak_above_baseline_mb"] for c in cases]
-        bars = ax_m.bar(x + (k - 1.5) * width, heights, width, color=colours[step], label=LABELS[step])
+        bars = ax_m.bar(x + (k - 2) * width, heights, width, color=colours[step], label=LABELS[step])
         for bar, c in zip(bars, cases):
             ax_m.annotate(f"{c['summary'][step]['peak_in_chunks']:.1f}", (bar.get_x() + width / 2, bar.get_height()),
                           ha="center", va="bottom", fontsize=7)
