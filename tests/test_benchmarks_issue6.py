@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 
@@ -21,11 +23,13 @@ def test_fit_vs_read_quick(tmp_path):
     for case in record["cases"]:
         assert case["n"] == 100_000 and case["chunk_rows"] > 0 and case["n_chunks"] >= 1
         summary = case["summary"]
-        for step in ("read", "xtx", "xtx-1blas", "fit"):
+        for step in ("read", "xtx", "xtx-1blas", "fit", "read-warm", "fit-warm"):
             assert summary[step]["median_seconds"] > 0
             assert summary[step]["peak_above_baseline_mb"] > 0
         assert set(summary["fit"]["median_stage_seconds"]) == {"pass", "inversion", "write"}
         assert summary["fit_over_read"] > 0 and summary["fit_over_xtx"] > 0 and summary["fit_over_xtx_1blas"] > 0
+        assert summary["fit_warm_over_read"] == pytest.approx(
+            summary["fit-warm"]["median_seconds"] / summary["read-warm"]["median_seconds"])
     assert (tmp_path / "fit_vs_read_quick.png").stat().st_size > 10_000
 
 
