@@ -147,7 +147,7 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
             drop_axis=1, dtype=np.float64, meta=np.empty(0, dtype=np.float64),
         ).rechunk({0: samples.chunks[1]})
         scope = f"pilot-{pilot_rows}-{likelihood}"  # the thresholds it makes of the fingerprinted data
-        standardisation = pilot_statistics
+        sgd_statistics = pilot_statistics  # they standardise the SGD's positives
     else:
         # The paper's order: Step 1 on all the data first. The second pass
         # recomputes the (bit-identical) statistics in its fused pass.
@@ -159,10 +159,10 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
                                                  progress=progress)
         io.check_values(first_problems)
         first_bias = kernels.fit_coordinates(first_pass, likelihood)[0]
-        standardisation = first_pass
+        sgd_statistics = first_pass
         if method == "sgd":
             with _stage(timings, "sgd"):
-                (state["sgd"],) = compute(graph.sgd_estimates(samples, standardisation, keep=keep, **sgd_settings),
+                (state["sgd"],) = compute(graph.sgd_estimates(samples, sgd_statistics, keep=keep, **sgd_settings),
                                           progress=progress)
             first_bias = sgd.with_degenerate(state["sgd"], *kernels.fit_coordinates(first_pass, likelihood))[0]
         thresholds = np.maximum(0.0, first_bias)
@@ -178,7 +178,7 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
     state["statistics"] = graph.column_statistics(main_passes, split_every, main)
     state["counts"] = graph.coexceedance_counts(main_passes, split_every, main, state.get("count_kernel", count_kernel))
     if method == "sgd" and "sgd" not in state:
-        state["sgd"] = graph.sgd_estimates(samples, standardisation, keep=keep, **sgd_settings)
+        state["sgd"] = graph.sgd_estimates(samples, sgd_statistics, keep=keep, **sgd_settings)
     if passes == 1:
         # Checked after the main pass (io.check_values): the pilot saw only some rows.
         state["value_problems"] = graph.value_problems(main_passes, split_every, main)

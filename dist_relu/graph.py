@@ -113,8 +113,8 @@ def chunk_passes(samples, thresholds=None, keep=None):
     """Return one lazy ``compiled.ChunkPass`` per block of ``samples``: the fused pass at ``thresholds``.
 
     ``thresholds`` (``(d,)``, numpy, or dask chunked as the columns) default
-    to ``+inf`` (no indicator set), for the statistics alone. With ``keep`` (a row mask), only the kept rows
-    count. The blocks are not arrays: only ``column_statistics``,
+    to ``+inf`` (no indicator set), for the statistics alone. With ``keep``
+    (a row mask), only the kept rows count. The blocks are not arrays: only ``column_statistics``,
     ``value_problems`` and ``coexceedance_counts`` take them. Build them once
     and give them to each: a read then feeds one fused task per block, which
     dask keeps apart (it has several consumers) rather than repeating it in
