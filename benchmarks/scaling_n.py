@@ -9,6 +9,12 @@ time is that step's own:
 - ``read``: ``da.from_zarr(store, component="samples").sum().compute()``
 - ``fit``: ``dist_relu.fit_to_zarr(store, out, overwrite=True)`` (default settings: one pass)
 
+Each child runs with ``MALLOC_ARENA_MAX=2`` (``--malloc-arena-max``), the limit
+the ``dist-relu`` command sets for itself (``cli.limit_malloc_arenas``):
+with glibc's default, freed chunks left in per-thread arenas make both
+steps' peaks creep up with the number of chunks read. ``0`` leaves glibc's
+default.
+
 The smallest n has 16 chunks: with fewer, the whole array is only a few
 chunks and even a plain read cannot reach its steady memory (at 5·10⁵ rows,
 8 chunks, the read's own peak was 1.4× lower than at 8·10⁶).
@@ -50,9 +56,10 @@ def child(step, store, out):
     run_step(STEPS[step], {"STORE": store, "OUT": out})
 
 
-def measure(step, store, out):
-    """Run ``step`` in a fresh process and return its record."""
-    return steps.measure(__file__, step, [store, out])
+def measure(step, store, out, malloc_arena_max):
+    """Run ``step`` in a fresh process (with ``MALLOC_ARENA_MAX``, unless 0) and return its record."""
+    env = {**os.environ, "MALLOC_ARENA_MAX": str(malloc_arena_max)} if malloc_arena_max else None
+    return steps.measure(__file__, step, [store, out], env=env)
 
 
 def log_log_slope(ns, seconds):
@@ -117,6 +124,8 @@ def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--n", type=int, nargs="+", default=[1_000_000, 2_000_000, 4_000_000, 8_000_000, 16_000_000])
     parser.add_argument("--d", type=int, default=100)
+    parser.add_argument("--malloc-arena-max", type=int, default=2,
+                        help="MALLOC_ARENA_MAX of each step's process, as dist-relu sets (0: glibc's default)")
     parser.add_argument("--chunk-rows", type=int, default=65_536)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", default=None)
@@ -159,11 +168,11 @@ def main():
             print(f"n = {n:,}: simulated in {simulate_seconds:.1f} s, {stored_bytes / 2**20:.0f} MB on disk",
                   flush=True)
             if not args.quick:
-                measure("read", store, out)  # warm the page cache, untimed
+                measure("read", store, out, args.malloc_arena_max)  # warm the page cache, untimed
             runs = {step: [] for step in STEPS}
             for repeat in range(args.repeats):  # interleaved, so that drift spreads over both steps
                 for step in STEPS:
-                    runs[step].append(measure(step, store, out))
+                    runs[step].append(measure(step, store, out, args.malloc_arena_max))
                     r = runs[step][-1]
                     print(f"  n = {n:,} run {repeat + 1} {step:>4}: {r['seconds']:.2f} s, "
                           f"peak {r['peak_mb'] - r['baseline_mb']:.0f} MB", flush=True)
@@ -182,6 +191,7 @@ def main():
         "chunk_rows": args.chunk_rows, "chunk_mb": chunk_mb,
         "chunking": f"{args.chunk_rows:,}-row chunks × all {args.d} columns ({chunk_mb:.1f} MB)",
         "scheduler": "local threads", "repeats": args.repeats, "steps": STEPS,
+        "malloc_arena_max": args.malloc_arena_max or "glibc default",
         "machine": steps.machine(load_before),
         "package_sources_sha256": {"before": fingerprint_before, "after": package_fingerprint()},
         "versions": {"dist_relu": dist_relu.__version__, "numpy": np.__version__, "dask": dask.__version__,
@@ -267,7 +277,8 @@ def plot(record, path):
         ax.set_xticks(ns, [f"{n / 1e6:g}·10⁶" for n in ns], fontsize=8)
         ax.xaxis.set_minor_formatter(matplotlib.ticker.NullFormatter())
     fig.suptitle(f"d = {record['d']}, n = {ns[0]:,} … {ns[-1]:,}, float32 zstd Zarr, {record['chunking']}, "
-                 f"{record['scheduler']}, {record['machine']['cores']} cores, median of {record['repeats']}", fontsize=9)
+                 f"{record['scheduler']}, {record['machine']['cores']} cores, median of {record['repeats']}, "
+                 f"MALLOC_ARENA_MAX {record.get('malloc_arena_max', 'glibc default')}", fontsize=9)
     fig.tight_layout()
     fig.savefig(path, dpi=120)
 

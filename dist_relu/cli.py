@@ -1,7 +1,9 @@
 """The ``dist-relu`` command line: simulate, fit, evaluate, demo."""
 
+import ctypes
 import functools
 import json
+import os
 import shutil
 import sys
 import tempfile
@@ -116,6 +118,29 @@ def _want_progress(progress):
     return sys.stderr.isatty() if progress is None else progress
 
 
+# glibc's M_ARENA_MAX (malloc.h): how many malloc arenas threads may spread over.
+_M_ARENA_MAX = -8
+
+
+def limit_malloc_arenas(arenas=2):
+    """Let glibc's malloc use at most ``arenas`` arenas, as ``MALLOC_ARENA_MAX=2`` would; return whether it did.
+
+    Each thread that allocates a chunk can otherwise get an arena of its
+    own, and the freed chunks left in them add up: a fit's peak memory grew
+    with the number of chunks read (282 → 362 MB from 10⁶ to 8·10⁶ rows in
+    one measurement, 251 → 278 MB with two arenas, at the same speed). Call
+    it before threads start. A ``MALLOC_ARENA_MAX`` already in the
+    environment wins; other C libraries are left alone.
+    """
+    if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):
+        return False
+    try:
+        libc = ctypes.CDLL("libc.so.6")
+        return bool(libc.mallopt(_M_ARENA_MAX, arenas))
+    except (OSError, AttributeError):
+        return False  # not glibc
+
+
 @click.group(context_settings={"help_option_names": ["-h", "--help"], "max_content_width": 100})
 @click.version_option(__version__, prog_name="dist-relu")
 def main():
@@ -131,6 +156,7 @@ def main():
       dist-relu fit sim.zarr --out fit.zarr
       dist-relu evaluate fit.zarr --truth sim.zarr
     """
+    limit_malloc_arenas()  # before any thread starts
 
 
 @main.command()

@@ -103,3 +103,14 @@ def test_demo_prints_the_accuracy(tmp_path):
     result = run("demo", "--n", 100_000, "--d", 4, "--workdir", tmp_path / "demo")
     assert "err_sigma" in result.stdout and "err_b" in result.stdout
     assert (tmp_path / "demo" / "fit.zarr").exists()
+
+
+def test_the_command_limits_malloc_arenas_unless_the_environment_says(monkeypatch):
+    import sys
+
+    from dist_relu.cli import limit_malloc_arenas
+
+    monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
+    assert limit_malloc_arenas() is False  # the user's setting wins
+    monkeypatch.delenv("MALLOC_ARENA_MAX")
+    assert limit_malloc_arenas() is sys.platform.startswith("linux")  # glibc here; mallopt returns 1
