@@ -127,7 +127,7 @@ def limit_malloc_arenas(arenas=2):
 
     Each thread that allocates a chunk can otherwise get an arena of its
     own, and the freed chunks left in them add up: a fit's peak memory grew
-    with the number of chunks read (282 → 362 MB from 10⁶ to 8·10⁶ rows in
+    with the number of chunks read (295 → 338 MB from 10⁶ to 8·10⁶ rows in
     one measurement, 251 → 278 MB with two arenas, at the same speed). Call
     it before threads start. A ``MALLOC_ARENA_MAX`` already in the
     environment wins; other C libraries are left alone.
