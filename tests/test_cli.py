@@ -9,7 +9,7 @@ import numpy as np
 import pytest
 import zarr
 
-from dist_relu.cli import EXIT_BAD_INPUT
+from dist_relu.cli import EXIT_BAD_INPUT, limit_malloc_arenas
 
 DIST_RELU = str(Path(sys.executable).with_name("dist-relu"))
 
@@ -106,10 +106,6 @@ def test_demo_prints_the_accuracy(tmp_path):
 
 
 def test_the_command_limits_malloc_arenas_unless_the_environment_says(monkeypatch):
-    import sys
-
-    from dist_relu.cli import limit_malloc_arenas
-
     monkeypatch.setenv("MALLOC_ARENA_MAX", "4")
     assert limit_malloc_arenas() is False  # the user's setting wins
     monkeypatch.delenv("MALLOC_ARENA_MAX")
