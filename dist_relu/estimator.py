@@ -335,6 +335,23 @@ def _stored_statistics(group, column_block):
     return da.stack(columns, axis=1).rechunk((column_block, 4))
 
 
+def _rechunk_by_tasks(function):
+    """Build ``function``'s graphs with dask's rechunks planned as tasks.
+
+    By default dask imports ``distributed`` (~0.3 s in a fresh process) at
+    every rechunk, to look for a client that could run a p2p rechunk. The
+    fit's rechunks (column blocks, small per-column arrays) are tasks anyway.
+    """
+
+    @functools.wraps(function)
+    def wrapper(*args, **kwargs):
+        with dask.config.set({"array.rechunk.method": "tasks"}):
+            return function(*args, **kwargs)
+
+    return wrapper
+
+
+@_rechunk_by_tasks
 def fit_to_zarr(source, out, *, array="samples", allow_missing_chunks=False, overwrite=False, progress=False,
                 checkpoint=None, update=None, **settings):
     """Fit the samples at ``source`` and write the fit as a Zarr group at ``out``; return its attributes.
@@ -371,6 +388,7 @@ def fit_to_zarr(source, out, *, array="samples", allow_missing_chunks=False, ove
         return _write_fit(partial, state, fit_settings, bases, timings, progress, label, parts, start)
 
 
+@_rechunk_by_tasks
 def merge_fits(fits, out, *, overwrite=False, progress=False):
     """Add the additive state of stored one-pass fits made at the same thresholds; write the fit of all their samples.
 
@@ -622,6 +640,7 @@ class ReLUGaussian:
         names = list(inspect.signature(type(self).__init__).parameters)[1:]
         return {name: getattr(self, name) for name in names}
 
+    @_rechunk_by_tasks
     def fit(self, X, array="samples", allow_missing_chunks=False, progress=False, checkpoint=None):
         """Fit the estimator on samples ``X`` and return ``self``.
 

@@ -232,3 +232,19 @@ def test_paper_settings_reproduce_the_papers_formula_exactly(simulated):
 def test_bad_settings_are_refused_by_name_before_any_work(relu_data, setting, value, message):
     with pytest.raises(ValueError, match=message):
         dist_relu.ReLUGaussian(**{setting: value}).fit(relu_data)
+
+
+def test_a_fit_on_local_threads_does_not_import_distributed(tmp_path):
+    """dask imports distributed (~0.3 s) to look for a client at compute and at rechunk; no client, no import."""
+    import subprocess
+    import sys
+
+    code = (
+        "import sys, numpy as np, dist_relu\n"
+        "x = np.maximum(0, 0.3 + np.random.default_rng(0).standard_normal((20_000, 6)))\n"
+        "dist_relu.ReLUGaussian(column_block=4).fit(x)\n"
+        f"dist_relu.fit_to_zarr(x, {str(tmp_path / 'fit.zarr')!r}, column_block=4)\n"
+        "assert 'distributed' not in sys.modules, 'distributed was imported'\n"
+    )
+    result = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr
