@@ -13,8 +13,8 @@ time is that step's own:
   the process's environment (a diagnostic: BLAS threads inside dask threads)
 - ``fit``: ``dist_relu.fit_to_zarr(store, out, overwrite=True)`` (default
   settings: one pass), with its stage timings (pass, with its pilot; inversion; write)
-- ``read-warm``, ``fit-warm``: the same read and fit, each timed the second
-  time in its process, as in a long-running worker, client or notebook:
+- ``read-warm``, ``xtx-warm``, ``fit-warm``: the same read, ``X.T @ X`` and
+  fit, each timed the second time in its process, as in a long-running worker, client or notebook:
   first-time costs are paid already (numba loading the compiled kernels,
   about 0.2 s; dask's and zarr's own). Their peaks are above the memory held
   after the first run.
@@ -48,11 +48,13 @@ STEPS = {
     "xtx-1blas": "import dask.array as da; x = da.from_zarr(STORE, component='samples'); (x.T @ x).compute()",
     "fit": "import dist_relu; RESULT = dist_relu.fit_to_zarr(STORE, OUT, overwrite=True)",
     "read-warm": "import dask.array as da; da.from_zarr(STORE, component='samples').sum().compute()",
+    "xtx-warm": "import dask.array as da; x = da.from_zarr(STORE, component='samples'); (x.T @ x).compute()",
     "fit-warm": "import dist_relu; RESULT = dist_relu.fit_to_zarr(STORE, OUT, overwrite=True)",
 }
-SETUP = {"read-warm": STEPS["read"], "fit-warm": STEPS["fit"]}  # the same step once, untimed
+SETUP = {"read-warm": STEPS["read"], "xtx-warm": STEPS["xtx"], "fit-warm": STEPS["fit"]}  # the same step once, untimed
 LABELS = {"read": "plain read (sum)", "xtx": "plain X.T @ X", "xtx-1blas": "X.T @ X, 1-thread BLAS",
-          "fit": "fit_to_zarr", "read-warm": "plain read, warm process", "fit-warm": "fit_to_zarr, warm process"}
+          "fit": "fit_to_zarr", "read-warm": "plain read, warm process",
+          "xtx-warm": "plain X.T @ X, warm process", "fit-warm": "fit_to_zarr, warm process"}
 # The same X.T @ X with BLAS limited to one thread per dask thread (set in the child's environment, before
 # numpy is imported): a diagnostic beside the plain one, whose 2-thread BLAS inside 2 dask threads can be slow.
 SINGLE_THREAD_BLAS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -145,6 +147,7 @@ def main():
             summary["xtx_over_read"] = summary["xtx"]["median_seconds"] / summary["read"]["median_seconds"]
             summary["fit_warm_over_read"] = (summary["fit-warm"]["median_seconds"]
                                              / summary["read-warm"]["median_seconds"])
+            summary["fit_warm_over_xtx"] = summary["fit-warm"]["median_seconds"] / summary["xtx-warm"]["median_seconds"]
             cases.append({"n": n, "d": d, "chunk_rows": chunk_rows, "chunk_mb": chunk_mb,
                           "n_chunks": -(-n // chunk_rows), "stored_mb": stored_bytes / 2**20,
                           "raw_mb": n * d * 4 / 2**20, "simulate_seconds": simulate_seconds,
@@ -183,13 +186,13 @@ def print_table(record):
                   f"{s['median_seconds']:>10.2f}{s['peak_above_baseline_mb']:>9.0f}{s['peak_in_chunks']:>8.1f}   "
                   + ", ".join(f"{r['seconds']:.2f}" for r in case["runs"][step]))
     print(f"\n{'d':>5}{'fit/read':>10}{'fit/xtx':>9}{'fit/xtx-1blas':>15}{'xtx/read':>10}{'xtx/xtx-1blas':>15}"
-          f"{'warm fit/read':>15}   fit stages (median s), count kernel")
+          f"{'warm fit/read':>15}{'warm fit/xtx':>14}   fit stages (median s), count kernel")
     for case in record["cases"]:
         s = case["summary"]
         stages = ", ".join(f"{k} {v:.2f}" for k, v in s["fit"]["median_stage_seconds"].items())
         print(f"{case['d']:>5}{s['fit_over_read']:>10.2f}{s['fit_over_xtx']:>9.2f}{s['fit_over_xtx_1blas']:>15.2f}"
               f"{s['xtx_over_read']:>10.2f}{s['xtx_over_xtx_1blas']:>15.2f}"
-              f"{s['fit_warm_over_read']:>15.2f}   "
+              f"{s['fit_warm_over_read']:>15.2f}{s['fit_warm_over_xtx']:>14.2f}   "
               f"{stages}; {s['fit'].get('count_kernel')}, column block {s['fit'].get('column_block')}")
 
 
@@ -202,15 +205,15 @@ def plot(record, path):
 
     cases = record["cases"]
     x = np.arange(len(cases))
-    width = 0.13
+    width = 0.11
     colours = {"read": "#888888", "xtx": "#ff7f0e", "xtx-1blas": "#ffbb78", "fit": "#1f77b4",
-               "read-warm": "#c5b0d5", "fit-warm": "#9467bd"}
+               "read-warm": "#c5b0d5", "xtx-warm": "#ffd8b1", "fit-warm": "#9467bd"}
     stage_colours = {"pass": "#1f77b4", "inversion": "#2ca02c", "write": "#98df8a"}
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 5))
     for k, step in enumerate(("read", "xtx", "xtx-1blas")):
         heights = [c["summary"][step]["median_seconds"] for c in cases]
         ax_t.bar(x + (k - 2) * width, heights, width, color=colours[step], label=LABELS[step])
-    for k, step in enumerate(("read-warm", "fit-warm")):
+    for k, step in enumerate(("read-warm", "xtx-warm", "fit-warm")):
         heights = [c["summary"][step]["median_seconds"] for c in cases]
         ax_t.bar(x + (2 + k) * width, heights, width, color=colours[step], label=LABELS[step])
     # The fit's bar stacked by its stages; the remainder is time outside the stages.
@@ -226,7 +229,8 @@ def plot(record, path):
     for k, c in enumerate(cases):
         ax_t.annotate(f"fit/read {c['summary']['fit_over_read']:.1f}×\nfit/XᵀX {c['summary']['fit_over_xtx']:.1f}×"
                       f"\nfit/XᵀX 1-BLAS {c['summary']['fit_over_xtx_1blas']:.1f}×"
-                      f"\nwarm: fit/read {c['summary']['fit_warm_over_read']:.2f}×",
+                      f"\nwarm: fit/read {c['summary']['fit_warm_over_read']:.2f}×"
+                      f"\nwarm: fit/XᵀX {c['summary']['fit_warm_over_xtx']:.2f}×",
                       (x[k] + width, totals[k]), ha="center", va="bottom", fontsize=7)
     ticks = [f"d = {c['d']}\nn = {c['n']:,}\n{c['chunk_rows']:,}-row chunks" for c in cases]
     ax_t.set_xticks(x, ticks, fontsize=8)

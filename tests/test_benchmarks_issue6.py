@@ -23,7 +23,7 @@ def test_fit_vs_read_quick(tmp_path):
     for case in record["cases"]:
         assert case["n"] == 100_000 and case["chunk_rows"] > 0 and case["n_chunks"] >= 1
         summary = case["summary"]
-        for step in ("read", "xtx", "xtx-1blas", "fit", "read-warm", "fit-warm"):
+        for step in ("read", "xtx", "xtx-1blas", "fit", "read-warm", "xtx-warm", "fit-warm"):
             assert summary[step]["median_seconds"] > 0
             assert summary[step]["peak_above_baseline_mb"] > 0
         assert set(summary["fit"]["median_stage_seconds"]) == {"pass", "inversion", "write"}
