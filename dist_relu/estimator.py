@@ -138,7 +138,7 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         row_bytes = d * samples.dtype.itemsize
         pilot_rows = min(n, kernels.default_pilot_rows(n, row_bytes) if pilot_rows is None else pilot_rows)
         pilot = samples[:pilot_rows]
-        pilot_passes = graph.chunk_passes(pilot, keep=graph.finite_row_mask(pilot) if drop_nonfinite else None)
+        pilot_passes = graph.chunk_passes(pilot, keep=None if keep is None else keep[:pilot_rows])
         pilot_statistics = graph.column_statistics(pilot_passes, split_every)
         whole = {0: d}
         thresholds = da.map_blocks(
