@@ -94,7 +94,15 @@ def _chunk_pass(x, thresholds, keep, statistics, problems, packed):
 
 
 def chunk_pass(x, thresholds, keep=None):
-    """Return the ``ChunkPass`` of a chunk ``x`` (rows, d) at ``thresholds`` (d,), over the rows ``keep`` keeps."""
+    """Return the ``ChunkPass`` of a chunk ``x`` (rows, d) at ``thresholds`` (d,), over the rows ``keep`` keeps.
+
+    ``x`` is copied first unless it is C-contiguous (a column block that dask
+    hands over as a view of its row chunk, or Fortran order): the kernel
+    vectorises across a row only when the row is contiguous, and the copy
+    costs less than the strided pass (0.9 + 0.6 against 3.5 ns per value,
+    measured on 8192 × 500 float32).
+    """
+    x = np.ascontiguousarray(x)
     rows, d = x.shape
     keep = np.ones(rows, dtype=np.bool_) if keep is None else np.asarray(keep, dtype=np.bool_)
     n_kept = int(keep.sum())
@@ -233,23 +241,34 @@ def _invert_pairs(a_i, a_j, p, out, rules, rule_limits, max_iter, tol):
             total = 0.0
             for m in range(nodes.size):
                 s = theta * 0.5 * (nodes[m] + 1.0)
-                c2 = math.cos(s) ** 2
+                sine = math.sin(s)
+                c2 = (1.0 - sine) * (1.0 + sine)  # cos² s, to full relative precision near |s| = π/2
                 if c2 > 0.0:
-                    total += weights[m] * math.exp(-(squares - product * math.sin(s)) / (2.0 * c2))
+                    total += weights[m] * math.exp(-(squares - product * sine) / (2.0 * c2))
             f = theta * total / (2.0 * two_pi) - q
             if f < 0.0:
                 lo = theta
             if f > 0.0:
                 hi = theta
-            c2 = math.cos(theta) ** 2
-            slope = math.exp(-(squares - product * math.sin(theta)) / (2.0 * c2)) / two_pi if c2 > 0.0 else 0.0
+            sine = math.sin(theta)
+            c2 = (1.0 - sine) * (1.0 + sine)
+            exponent = (squares - product * sine) / (2.0 * c2) if c2 > 0.0 else math.inf
+            slope = math.exp(-exponent) / two_pi
             new = theta - f / slope
-            if not (new > lo and new < hi):
+            newton = new > lo and new < hi
+            if not newton:
                 new = 0.5 * (lo + hi)
             change = abs(new - theta)
             theta = new
             if change < tol:
                 break
+            # Newton's next error is about |f''/2f'|·change² = |exponent'(θ)|/2·change². Where that is
+            # below tol, the step that would confirm it is skipped (a fifth of the steps). Only for
+            # |θ| < 1.2: nearer ±π/2 the exponent's derivatives grow too fast for the estimate.
+            if newton and abs(theta) < 1.2:
+                curvature = abs(2.0 * (squares - product * sine) * sine - product * c2) / (4.0 * c2 * math.sqrt(c2))
+                if curvature * change * change < 0.1 * tol:
+                    break
         out[k] = math.sin(theta)
 
 
@@ -257,7 +276,8 @@ def invert_orthant(a_i, a_j, p, max_iter=60, tol=1e-13):
     """Return ``ρ`` with ``Φ₂(a_i, a_j; ρ) = p``: ``kernels.invert_orthant``, compiled, pair by pair.
 
     The same Newton steps in ``θ = arcsin ρ`` inside a bracket, but each pair
-    stops when it has converged, no temporaries are held beyond the output,
+    stops when it has converged (for ``|θ| < 1.2``, as soon as Newton's error
+    estimate for its next step is below ``tol``), no temporaries are held beyond the output,
     and where the integrand is smooth a shorter Gauss–Legendre rule than the
     reference's 32 nodes is used (``_SHORT_RULES``). Broadcasts.
     """
