@@ -106,12 +106,13 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
     memory = None
     if column_block == "auto":
         share, threads = budget.memory_share(memory_per_worker, current_client())
-        stored_chunk_bytes = max(samples.chunks[0]) * max(samples.chunks[1]) * samples.dtype.itemsize
-        column_block = budget.column_block_for(d, max(samples.chunks[0]), stored_chunk_bytes, split_every, share,
-                                               threads)
+        row_chunk, stored_columns = max(samples.chunks[0]), max(samples.chunks[1])
+        stored_chunk_bytes = row_chunk * stored_columns * samples.dtype.itemsize
+        column_block = budget.column_block_for(d, row_chunk, stored_chunk_bytes, split_every, share, threads,
+                                               stored_columns)
         memory = {"share_per_thread": share, "threads": threads,
-                  "task_bytes": budget.task_bytes(column_block, max(samples.chunks[0]), stored_chunk_bytes,
-                                                  split_every)}
+                  "task_bytes": budget.task_bytes(column_block, row_chunk, stored_chunk_bytes, split_every,
+                                                  stored_columns)}
     if max(samples.chunks[1]) != min(column_block, d) or len(set(samples.chunks[1][:-1])) > 1:
         samples = samples.rechunk({1: column_block})
     if checkpoint is not None:

@@ -38,6 +38,19 @@ def test_the_model_bounds_what_the_inversion_and_the_count_tasks_hold(c):
         assert inversion > model / 4
 
 
+def test_the_model_bounds_the_pass_over_a_column_block_of_a_wider_chunk():
+    # dask hands the pass a view of its stored chunk's columns; the pass copies it to contiguous rows.
+    rows, stored_columns, c = 65_536, 300, 100
+    chunk = np.abs(np.random.default_rng(1).standard_normal((rows, stored_columns))).astype(np.float32)
+    block = chunk[:, :c]
+    compiled.chunk_pass(chunk[:64, :c], np.full(c, 0.5))  # numba's first call allocates for itself
+    passing = peak_bytes(compiled.chunk_pass, block, np.full(c, 0.5))
+    model = budget.task_bytes(c, rows, chunk.nbytes, 8, stored_columns)
+    small = 128 * c + 4096  # per-column sums and arguments, which the model leaves out
+    assert block.nbytes <= passing <= model - chunk.nbytes + small, (passing, model)
+    assert model == budget.task_bytes(c, rows, chunk.nbytes, 8) + block.nbytes
+
+
 def test_the_widest_block_that_fits_is_chosen_and_too_little_memory_is_refused():
     rows, stored = 65_536, 65_536 * 100 * 4
     share = budget.task_bytes(256, rows, stored, 8)
