@@ -169,9 +169,9 @@ def choose_count_kernel(d_i, d_j, rows, repeats=3):
     """Return ``"popcount"`` or ``"gemm"``, whichever counted a random block of this shape faster here.
 
     Both give the same integers, so the choice changes only the speed. Timed
-    on this process's machine (the client's, for a fit), best of
-    ``repeats``, on a block of at most 256 columns and 65,536 rows; cached
-    per shape.
+    where it runs (a worker thread, for a fit), best of ``repeats`` (GEMM
+    stops after one run when that took twice popcount's best), on a block
+    of at most 256 columns and 65,536 rows; cached per shape.
     """
     d_i, d_j, rows = min(d_i, _TIMING_COLUMNS), min(d_j, _TIMING_COLUMNS), min(rows, _TIMING_ROWS)
     rng = np.random.default_rng(0)
@@ -189,6 +189,8 @@ def choose_count_kernel(d_i, d_j, rows, repeats=3):
             start = time.perf_counter()
             count_block(packed_i, packed_j, rows, kernel)
             best = min(best, time.perf_counter() - start)
+            if best > 2 * seconds.get("popcount", float("inf")):
+                break  # twice the other's best after one run: its repeats would not change the choice
         seconds[kernel] = best
     return min(seconds, key=seconds.get)
 
