@@ -15,9 +15,12 @@ time is that step's own:
   settings: one pass), with its stage timings (pass, with its pilot; inversion; write)
 - ``read-warm``, ``xtx-warm``, ``fit-warm``: the same read, ``X.T @ X`` and
   fit, each timed the second time in its process, as in a long-running worker, client or notebook:
-  first-time costs are paid already (numba loading the compiled kernels,
-  about 0.2 s; dask's and zarr's own). Their peaks are above the memory held
+  first-time costs are paid already (numba's initialisation at its first
+  call, 0.25–0.45 s; dask's and zarr's own). Their peaks are above the memory held
   after the first run.
+- ``fit-numba-ready``: the fit in a fresh process where numba's
+  initialisation alone was paid beforehand, untimed (one call of the fused
+  pass on a 2 × 2 block): how much of the cold fit's gap to a read is numba's.
 
 Repeats are interleaved (read, xtx, xtx-1blas, fit, read, ...) after one
 untimed read that warms the page cache; the median of each step is reported,
@@ -50,11 +53,16 @@ STEPS = {
     "read-warm": "import dask.array as da; da.from_zarr(STORE, component='samples').sum().compute()",
     "xtx-warm": "import dask.array as da; x = da.from_zarr(STORE, component='samples'); (x.T @ x).compute()",
     "fit-warm": "import dist_relu; RESULT = dist_relu.fit_to_zarr(STORE, OUT, overwrite=True)",
+    "fit-numba-ready": "import dist_relu; RESULT = dist_relu.fit_to_zarr(STORE, OUT, overwrite=True)",
 }
-SETUP = {"read-warm": STEPS["read"], "xtx-warm": STEPS["xtx"], "fit-warm": STEPS["fit"]}  # the same step once, untimed
+# Run first, untimed: the same step once (warm), or numba's first call alone.
+SETUP = {"read-warm": STEPS["read"], "xtx-warm": STEPS["xtx"], "fit-warm": STEPS["fit"],
+         "fit-numba-ready": "import numpy as np; from dist_relu import compiled; "
+                            "compiled.chunk_pass(np.zeros((2, 2), np.float32), np.zeros(2))"}
 LABELS = {"read": "plain read (sum)", "xtx": "plain X.T @ X", "xtx-1blas": "X.T @ X, 1-thread BLAS",
           "fit": "fit_to_zarr", "read-warm": "plain read, warm process",
-          "xtx-warm": "plain X.T @ X, warm process", "fit-warm": "fit_to_zarr, warm process"}
+          "xtx-warm": "plain X.T @ X, warm process", "fit-warm": "fit_to_zarr, warm process",
+          "fit-numba-ready": "fit_to_zarr, numba initialised"}
 # The same X.T @ X with BLAS limited to one thread per dask thread (set in the child's environment, before
 # numpy is imported): a diagnostic beside the plain one, whose 2-thread BLAS inside 2 dask threads can be slow.
 SINGLE_THREAD_BLAS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
@@ -148,6 +156,8 @@ def main():
             summary["fit_warm_over_read"] = (summary["fit-warm"]["median_seconds"]
                                              / summary["read-warm"]["median_seconds"])
             summary["fit_warm_over_xtx"] = summary["fit-warm"]["median_seconds"] / summary["xtx-warm"]["median_seconds"]
+            summary["fit_numba_ready_over_read"] = (summary["fit-numba-ready"]["median_seconds"]
+                                                    / summary["read"]["median_seconds"])
             cases.append({"n": n, "d": d, "chunk_rows": chunk_rows, "chunk_mb": chunk_mb,
                           "n_chunks": -(-n // chunk_rows), "stored_mb": stored_bytes / 2**20,
                           "raw_mb": n * d * 4 / 2**20, "simulate_seconds": simulate_seconds,
@@ -186,13 +196,13 @@ def print_table(record):
                   f"{s['median_seconds']:>10.2f}{s['peak_above_baseline_mb']:>9.0f}{s['peak_in_chunks']:>8.1f}   "
                   + ", ".join(f"{r['seconds']:.2f}" for r in case["runs"][step]))
     print(f"\n{'d':>5}{'fit/read':>10}{'fit/xtx':>9}{'fit/xtx-1blas':>15}{'xtx/read':>10}{'xtx/xtx-1blas':>15}"
-          f"{'warm fit/read':>15}{'warm fit/xtx':>14}   fit stages (median s), count kernel")
+          f"{'warm fit/read':>15}{'warm fit/xtx':>14}{'numba-ready fit/read':>22}   fit stages (median s), count kernel")
     for case in record["cases"]:
         s = case["summary"]
         stages = ", ".join(f"{k} {v:.2f}" for k, v in s["fit"]["median_stage_seconds"].items())
         print(f"{case['d']:>5}{s['fit_over_read']:>10.2f}{s['fit_over_xtx']:>9.2f}{s['fit_over_xtx_1blas']:>15.2f}"
               f"{s['xtx_over_read']:>10.2f}{s['xtx_over_xtx_1blas']:>15.2f}"
-              f"{s['fit_warm_over_read']:>15.2f}{s['fit_warm_over_xtx']:>14.2f}   "
+              f"{s['fit_warm_over_read']:>15.2f}{s['fit_warm_over_xtx']:>14.2f}{s['fit_numba_ready_over_read']:>22.2f}   "
               f"{stages}; {s['fit'].get('count_kernel')}, column block {s['fit'].get('column_block')}")
 
 
@@ -207,13 +217,13 @@ def plot(record, path):
     x = np.arange(len(cases))
     width = 0.11
     colours = {"read": "#888888", "xtx": "#ff7f0e", "xtx-1blas": "#ffbb78", "fit": "#1f77b4",
-               "read-warm": "#c5b0d5", "xtx-warm": "#ffd8b1", "fit-warm": "#9467bd"}
+               "read-warm": "#c5b0d5", "xtx-warm": "#ffd8b1", "fit-warm": "#9467bd", "fit-numba-ready": "#17becf"}
     stage_colours = {"pass": "#1f77b4", "inversion": "#2ca02c", "write": "#98df8a"}
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 5))
     for k, step in enumerate(("read", "xtx", "xtx-1blas")):
         heights = [c["summary"][step]["median_seconds"] for c in cases]
         ax_t.bar(x + (k - 2) * width, heights, width, color=colours[step], label=LABELS[step])
-    for k, step in enumerate(("read-warm", "xtx-warm", "fit-warm")):
+    for k, step in enumerate(("read-warm", "xtx-warm", "fit-warm", "fit-numba-ready")):
         heights = [c["summary"][step]["median_seconds"] for c in cases]
         ax_t.bar(x + (2 + k) * width, heights, width, color=colours[step], label=LABELS[step])
     # The fit's bar stacked by its stages; the remainder is time outside the stages.
@@ -230,7 +240,8 @@ def plot(record, path):
         ax_t.annotate(f"fit/read {c['summary']['fit_over_read']:.1f}×\nfit/XᵀX {c['summary']['fit_over_xtx']:.1f}×"
                       f"\nfit/XᵀX 1-BLAS {c['summary']['fit_over_xtx_1blas']:.1f}×"
                       f"\nwarm: fit/read {c['summary']['fit_warm_over_read']:.2f}×"
-                      f"\nwarm: fit/XᵀX {c['summary']['fit_warm_over_xtx']:.2f}×",
+                      f"\nwarm: fit/XᵀX {c['summary']['fit_warm_over_xtx']:.2f}×"
+                      f"\nnumba ready: fit/read {c['summary']['fit_numba_ready_over_read']:.2f}×",
                       (x[k] + width, totals[k]), ha="center", va="bottom", fontsize=7)
     ticks = [f"d = {c['d']}\nn = {c['n']:,}\n{c['chunk_rows']:,}-row chunks" for c in cases]
     ax_t.set_xticks(x, ticks, fontsize=8)

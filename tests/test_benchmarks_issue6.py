@@ -23,13 +23,15 @@ def test_fit_vs_read_quick(tmp_path):
     for case in record["cases"]:
         assert case["n"] == 100_000 and case["chunk_rows"] > 0 and case["n_chunks"] >= 1
         summary = case["summary"]
-        for step in ("read", "xtx", "xtx-1blas", "fit", "read-warm", "xtx-warm", "fit-warm"):
+        for step in ("read", "xtx", "xtx-1blas", "fit", "read-warm", "xtx-warm", "fit-warm", "fit-numba-ready"):
             assert summary[step]["median_seconds"] > 0
             assert summary[step]["peak_above_baseline_mb"] > 0
         assert set(summary["fit"]["median_stage_seconds"]) == {"pass", "inversion", "write"}
         assert summary["fit_over_read"] > 0 and summary["fit_over_xtx"] > 0 and summary["fit_over_xtx_1blas"] > 0
         assert summary["fit_warm_over_read"] == pytest.approx(
             summary["fit-warm"]["median_seconds"] / summary["read-warm"]["median_seconds"])
+        assert summary["fit_numba_ready_over_read"] == pytest.approx(
+            summary["fit-numba-ready"]["median_seconds"] / summary["read"]["median_seconds"])
     assert (tmp_path / "fit_vs_read_quick.png").stat().st_size > 10_000
 
 
