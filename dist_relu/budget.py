@@ -3,9 +3,10 @@
 Per task, with ``c`` columns per block, ``r`` rows per chunk, ``k`` =
 ``split_every`` and a stored chunk of ``S`` bytes (all in bytes):
 
-- read and fused pass: ``S + S·c/C + c·r/8 + r`` (the chunk; a contiguous
-  copy of its block of ``c`` of its ``C`` columns, when ``c < C``; the block's
-  bit-packed indicators; the row mask);
+- read and fused pass: ``S + c·r/8 + r`` (the chunk, the block's bit-packed
+  indicators, the row mask) when chunks hold whole rows, as the pass then
+  reads each block's columns in place; ``S + S·c/C + c·r/8 + r`` when the
+  stored chunks have ``C < d`` columns, for the block a rechunk makes;
 - count: ``2·c·r/8 + 8c²`` (two packed blocks, one int64 count block);
 - reduction: ``8k·c²`` (``k`` count blocks);
 - inversion: ``48c² + P·B`` (counts, ρ and Σ̂ of the block, pair indices, and
@@ -28,14 +29,14 @@ from . import kernels
 _SMALL_BLOCK = 512
 
 
-def task_bytes(column_block, row_chunk, stored_chunk_bytes, split_every, stored_columns=None):
+def task_bytes(column_block, row_chunk, stored_chunk_bytes, split_every, rechunked_from=None):
     """Return the bytes the largest task of a fit holds, by the model above.
 
-    ``stored_columns`` is ``C``, the columns of a stored chunk (default: ``c``, no copy).
+    ``rechunked_from`` is ``C``, the columns of a stored chunk, when column
+    blocks are made by a rechunk; ``None`` when chunks hold whole rows.
     """
     c, r = int(column_block), int(row_chunk)
-    stored_columns = c if stored_columns is None else int(stored_columns)
-    block_copy = stored_chunk_bytes * c / stored_columns if c < stored_columns else 0
+    block_copy = 0 if rechunked_from is None else stored_chunk_bytes * c / int(rechunked_from)
     passing = stored_chunk_bytes + block_copy + c * r / 8 + r
     counting = 2 * c * r / 8 + 8 * c * c
     reducing = 8 * split_every * c * c
@@ -43,7 +44,7 @@ def task_bytes(column_block, row_chunk, stored_chunk_bytes, split_every, stored_
     return int(max(passing, counting, reducing, inverting))
 
 
-def column_block_for(d, row_chunk, stored_chunk_bytes, split_every, share_bytes, threads, stored_columns=None):
+def column_block_for(d, row_chunk, stored_chunk_bytes, split_every, share_bytes, threads, rechunked_from=None):
     """Return the widest column block whose tasks fit ``share_bytes`` (see the module's notes).
 
     Raises ``ValueError`` when even the narrowest block does not fit.
@@ -54,10 +55,10 @@ def column_block_for(d, row_chunk, stored_chunk_bytes, split_every, share_bytes,
     for c in candidates:
         n_blocks = -(-d // c)
         parallel = c <= _SMALL_BLOCK or n_blocks * (n_blocks + 1) // 2 >= 4 * threads
-        if task_bytes(c, row_chunk, stored_chunk_bytes, split_every, stored_columns) <= share_bytes and parallel:
+        if task_bytes(c, row_chunk, stored_chunk_bytes, split_every, rechunked_from) <= share_bytes and parallel:
             chosen = c
     if chosen is None:
-        need = task_bytes(candidates[0], row_chunk, stored_chunk_bytes, split_every, stored_columns)
+        need = task_bytes(candidates[0], row_chunk, stored_chunk_bytes, split_every, rechunked_from)
         raise ValueError(
             f"even {candidates[0]}-column blocks need {need / 2**20:,.0f} MiB per task, more than the "
             f"{share_bytes / 2**20:,.0f} MiB share of each worker thread; give the workers more memory "

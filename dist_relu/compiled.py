@@ -50,8 +50,9 @@ class ChunkPass(NamedTuple):
 
 
 @numba.njit(nogil=True, cache=True)
-def _chunk_pass(x, thresholds, keep, statistics, problems, packed):
-    rows, d = x.shape
+def _chunk_pass(x, first_column, thresholds, keep, statistics, problems, packed):
+    rows = x.shape[0]
+    d = thresholds.size  # the block: columns first_column ... first_column + d - 1 of x
     # One contiguous accumulator per quantity, and no branch on the values in
     # the inner loop, so that it vectorises across the columns.
     n_positive = np.zeros(d, dtype=np.int64)
@@ -66,7 +67,7 @@ def _chunk_pass(x, thresholds, keep, statistics, problems, packed):
             continue
         bit = np.uint64(1) << np.uint64(kept & 63)
         for j in range(d):
-            value = np.float64(x[r, j])
+            value = np.float64(x[r, first_column + j])
             positive = value if value > 0.0 else 0.0
             n_positive[j] += value > 0.0
             sums[j] += positive
@@ -93,23 +94,30 @@ def _chunk_pass(x, thresholds, keep, statistics, problems, packed):
     return kept
 
 
-def chunk_pass(x, thresholds, keep=None):
-    """Return the ``ChunkPass`` of a chunk ``x`` (rows, d) at ``thresholds`` (d,), over the rows ``keep`` keeps.
+def chunk_pass(x, thresholds, keep=None, first_column=0):
+    """Return the ``ChunkPass`` of a chunk ``x`` at ``thresholds`` (d,), over the rows ``keep`` keeps.
 
-    ``x`` is copied first unless it is C-contiguous (a column block that dask
-    hands over as a view of its row chunk, or Fortran order): the kernel
+    The block is columns ``first_column`` to ``first_column + d - 1`` of
+    ``x`` (all of them by default), so a row chunk of all columns is passed
+    block by block without copying it. ``x`` is copied first only if it is
+    not C-contiguous (a view of a wider chunk, or Fortran order): the kernel
     vectorises across a row only when the row is contiguous, and the copy
     costs less than the strided pass (0.9 + 0.6 against 3.5 ns per value,
     measured on 8192 × 500 float32).
     """
-    x = np.ascontiguousarray(x)
-    rows, d = x.shape
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    d = thresholds.size
+    if x.ndim != 2 or not 0 <= first_column <= x.shape[1] - d:
+        raise ValueError(f"columns {first_column}..{first_column + d - 1} are not in a chunk of shape {x.shape}")
+    if not x.flags.c_contiguous:
+        x, first_column = np.ascontiguousarray(x[:, first_column:first_column + d]), 0
+    rows = x.shape[0]
     keep = np.ones(rows, dtype=np.bool_) if keep is None else np.asarray(keep, dtype=np.bool_)
     n_kept = int(keep.sum())
     statistics = np.zeros((d, 4), dtype=np.float64)
     problems = np.zeros((d, 2), dtype=np.int64)
     packed = np.zeros((d, -(-n_kept // 64)), dtype=np.uint64)
-    _chunk_pass(x, np.asarray(thresholds, dtype=np.float64), keep, statistics, problems, packed)
+    _chunk_pass(x, first_column, thresholds, keep, statistics, problems, packed)
     return ChunkPass(statistics, problems, packed, n_kept)
 
 

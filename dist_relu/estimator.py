@@ -108,13 +108,19 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         share, threads = budget.memory_share(memory_per_worker, current_client())
         row_chunk, stored_columns = max(samples.chunks[0]), max(samples.chunks[1])
         stored_chunk_bytes = row_chunk * stored_columns * samples.dtype.itemsize
+        rechunked_from = None if samples.numblocks[1] == 1 else stored_columns
         column_block = budget.column_block_for(d, row_chunk, stored_chunk_bytes, split_every, share, threads,
-                                               stored_columns)
+                                               rechunked_from)
         memory = {"share_per_thread": share, "threads": threads,
                   "task_bytes": budget.task_bytes(column_block, row_chunk, stored_chunk_bytes, split_every,
-                                                  stored_columns)}
+                                                  rechunked_from)}
+    # The fused passes take a row chunk of all columns block by block (graph.chunk_passes); other
+    # chunkings, and the SGD chains, go through a rechunk to column blocks.
+    whole_rows = samples if samples.numblocks[1] == 1 else None
     if max(samples.chunks[1]) != min(column_block, d) or len(set(samples.chunks[1][:-1])) > 1:
         samples = samples.rechunk({1: column_block})
+    passed = samples if whole_rows is None else whole_rows
+    column_chunks = samples.chunks[1]
     if checkpoint is not None:
         checkpoint = Checkpoint.open(checkpoint, _checkpoint_fingerprint(samples, source, split_every, drop_nonfinite))
 
@@ -123,7 +129,7 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
     # The likelihood that finds degenerate coordinates, and the pilot's thresholds.
     likelihood = "censored" if method == "sgd" else method
     # With drop_nonfinite, rows holding NaN or ±inf are left out of every kernel.
-    keep = graph.finite_row_mask(samples) if drop_nonfinite else None
+    keep = graph.finite_row_mask(passed) if drop_nonfinite else None
     state = {}
     if thresholds is not None:
         if passes != 1 or method == "sgd":
@@ -138,22 +144,22 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         # chunks are read once for both, and no chunk is counted before the thresholds are known.
         row_bytes = d * samples.dtype.itemsize
         pilot_rows = min(n, kernels.default_pilot_rows(n, row_bytes) if pilot_rows is None else pilot_rows)
-        pilot = samples[:pilot_rows]
-        pilot_passes = graph.chunk_passes(pilot, keep=None if keep is None else keep[:pilot_rows])
+        pilot_passes = graph.chunk_passes(passed[:pilot_rows], keep=None if keep is None else keep[:pilot_rows],
+                                          column_chunks=column_chunks)
         pilot_statistics = graph.column_statistics(pilot_passes, split_every)
         whole = {0: d}
         thresholds = da.map_blocks(
             _pilot_thresholds, pilot_statistics.rechunk(whole),
             graph.value_problems(pilot_passes, split_every).rechunk(whole), likelihood, pilot_rows,
             drop_axis=1, dtype=np.float64, meta=np.empty(0, dtype=np.float64),
-        ).rechunk({0: samples.chunks[1]})
+        ).rechunk({0: column_chunks})
         scope = f"pilot-{pilot_rows}-{likelihood}"  # the thresholds it makes of the fingerprinted data
         sgd_statistics = pilot_statistics  # they standardise the SGD's positives
     else:
         # The paper's order: Step 1 on all the data first. The second pass
         # recomputes the (bit-identical) statistics in its fused pass.
         first = None if checkpoint is None else checkpoint.child("pass-1")
-        first_passes = graph.chunk_passes(samples, keep=keep)
+        first_passes = graph.chunk_passes(passed, keep=keep, column_chunks=column_chunks)
         with _stage(timings, "pass 1"):
             first_pass, first_problems = compute(graph.column_statistics(first_passes, split_every, first),
                                                  graph.value_problems(first_passes, split_every, first),
@@ -171,7 +177,7 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
 
     # The main pass: its partial sums are checkpointed under the thresholds they were counted at.
     main = None if checkpoint is None else checkpoint.child(f"thresholds-{scope}")
-    main_passes = graph.chunk_passes(samples, thresholds, keep)
+    main_passes = graph.chunk_passes(passed, thresholds, keep, column_chunks)
     if count_kernel == "auto":
         # Chosen by a task of the pass; the settings say which once it has run (_measured_settings).
         state["count_kernel"] = graph.count_kernel_choice(main_passes)

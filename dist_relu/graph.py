@@ -109,25 +109,49 @@ def sum_over_rows(partials, split_every, name, checkpoint=None):
     return summed.sum(axis=0, split_every=split_every)
 
 
-def chunk_passes(samples, thresholds=None, keep=None):
-    """Return one lazy ``compiled.ChunkPass`` per block of ``samples``: the fused pass at ``thresholds``.
+def chunk_passes(samples, thresholds=None, keep=None, column_chunks=None):
+    """Return one lazy ``compiled.ChunkPass`` per (row chunk, column block): the fused pass at ``thresholds``.
 
-    ``thresholds`` (``(d,)``, numpy, or dask chunked as the columns) default
-    to ``+inf`` (no indicator set), for the statistics alone. With ``keep``
-    (a row mask), only the kept rows count. The blocks are not arrays: only ``column_statistics``,
-    ``value_problems`` and ``coexceedance_counts`` take them. Build them once
-    and give them to each: a read then feeds one fused task per block, which
-    dask keeps apart (it has several consumers) rather than repeating it in
-    every count task.
+    The column blocks are ``column_chunks`` (default: ``samples``' own). When
+    ``samples`` is stored in chunks of whole rows, each block's task takes
+    its columns straight from the row chunk: no rechunk, no copy.
+    ``thresholds`` (``(d,)``, numpy, or dask chunked as the column blocks)
+    default to ``+inf`` (no indicator set), for the statistics alone. With
+    ``keep`` (a row mask), only the kept rows count. The blocks are not
+    arrays: only ``column_statistics``, ``value_problems`` and
+    ``coexceedance_counts`` take them. Build them once and give them to
+    each: a read then feeds one fused task per block, which dask keeps apart
+    (it has several consumers) rather than repeating it in every count task.
     """
+    column_chunks = samples.chunks[1] if column_chunks is None else tuple(column_chunks)
     if not isinstance(thresholds, da.Array):
         d = samples.shape[1]
         thresholds = np.full(d, np.inf) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
-        thresholds = da.from_array(thresholds, chunks=(samples.chunks[1],))
+        thresholds = da.from_array(thresholds, chunks=(column_chunks,))
+    elif thresholds.chunks[0] != column_chunks:
+        thresholds = thresholds.rechunk({0: column_chunks})
+    if samples.numblocks[1] == 1 and len(column_chunks) > 1:
+        return _column_block_passes(samples, thresholds, keep, column_chunks)
+    if column_chunks != samples.chunks[1]:
+        samples = samples.rechunk({1: column_chunks})
     return da.blockwise(
         compiled.chunk_pass, "ri", samples, "ri", thresholds, "i", *_with_rows(keep),
         dtype=object, token="chunk-pass", meta=np.empty((0, 0), dtype=object),
     )
+
+
+def _column_block_passes(samples, thresholds, keep, column_chunks):
+    """``chunk_passes`` of ``samples`` in whole-row chunks: task ``(r, i)`` passes block ``i``'s columns of chunk ``r``."""
+    name = f"chunk-pass-{tokenize(samples.name, thresholds.name, None if keep is None else keep.name, column_chunks)}"
+    first_columns = np.cumsum((0,) + column_chunks[:-1])
+    layer = {
+        (name, r, i): (compiled.chunk_pass, (samples.name, r, 0), (thresholds.name, i),
+                       None if keep is None else (keep.name, r), int(first))
+        for r in range(samples.numblocks[0]) for i, first in enumerate(first_columns)
+    }
+    dependencies = [samples, thresholds] + ([] if keep is None else [keep])
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=dependencies)
+    return da.Array(graph, name, chunks=(samples.chunks[0], column_chunks), meta=np.empty((0, 0), dtype=object))
 
 
 def _per_column_sums(passes, partial, width, dtype, name, split_every, checkpoint=None):

@@ -39,16 +39,18 @@ def test_the_model_bounds_what_the_inversion_and_the_count_tasks_hold(c):
 
 
 def test_the_model_bounds_the_pass_over_a_column_block_of_a_wider_chunk():
-    # dask hands the pass a view of its stored chunk's columns; the pass copies it to contiguous rows.
     rows, stored_columns, c = 65_536, 300, 100
     chunk = np.abs(np.random.default_rng(1).standard_normal((rows, stored_columns))).astype(np.float32)
-    block = chunk[:, :c]
-    compiled.chunk_pass(chunk[:64, :c], np.full(c, 0.5))  # numba's first call allocates for itself
-    passing = peak_bytes(compiled.chunk_pass, block, np.full(c, 0.5))
-    model = budget.task_bytes(c, rows, chunk.nbytes, 8, stored_columns)
+    compiled.chunk_pass(chunk[:64], np.full(c, 0.5))  # numba's first call allocates for itself
     small = 128 * c + 4096  # per-column sums and arguments, which the model leaves out
-    assert block.nbytes <= passing <= model - chunk.nbytes + small, (passing, model)
-    assert model == budget.task_bytes(c, rows, chunk.nbytes, 8) + block.nbytes
+    # A chunk of whole rows: the block's columns are read in place, nothing is copied.
+    in_place = peak_bytes(compiled.chunk_pass, chunk, np.full(c, 0.5), None, 2 * c)
+    model = budget.task_bytes(c, rows, chunk.nbytes, 8)
+    assert in_place <= model - chunk.nbytes + small < chunk[:, :c].nbytes, (in_place, model)
+    # A view of the block (as a rechunk may hand it over) is copied to contiguous rows, and the model counts it.
+    copied = peak_bytes(compiled.chunk_pass, chunk[:, :c], np.full(c, 0.5))
+    model = budget.task_bytes(c, rows, chunk.nbytes, 8, rechunked_from=stored_columns)
+    assert chunk[:, :c].nbytes <= copied <= model - chunk.nbytes + small, (copied, model)
 
 
 def test_the_widest_block_that_fits_is_chosen_and_too_little_memory_is_refused():

@@ -88,6 +88,21 @@ def test_a_column_slice_of_a_chunk_is_read_as_it_is_laid_out():
         np.testing.assert_allclose(result.statistics, kernels.chunk_statistics(view), rtol=1e-12)
 
 
+def test_a_block_of_columns_is_passed_in_place_as_its_copy_would_be():
+    rng = np.random.default_rng(4)
+    x = np.maximum(0, rng.standard_normal((1000, 10))).astype(np.float32)
+    keep = rng.random(1000) < 0.9
+    thresholds = np.linspace(0.1, 1.0, 4)
+    for layout in (x, np.asfortranarray(x)):
+        for first in (0, 3, 6):
+            got = compiled.chunk_pass(layout, thresholds, keep, first_column=first)
+            expected = compiled.chunk_pass(np.ascontiguousarray(x[:, first:first + 4]), thresholds, keep)
+            for name in ("statistics", "problems", "indicators"):
+                np.testing.assert_array_equal(getattr(got, name), getattr(expected, name))
+    with pytest.raises(ValueError, match="not in a chunk"):
+        compiled.chunk_pass(x, thresholds, first_column=7)
+
+
 def test_the_automatic_choice_names_a_kernel_and_is_cached():
     choice = compiled.choose_count_kernel(16, 16, 4096)
     assert choice in ("popcount", "gemm")

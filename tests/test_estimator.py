@@ -107,22 +107,24 @@ class CountingStore(zarr.storage.LocalStore):
 
 @pytest.mark.parametrize("entry", ["estimator", "fit_to_zarr"])
 @pytest.mark.parametrize("passes, method", [(1, "censored"), (2, "censored"), (1, "sgd")])
-def test_each_chunk_is_read_once_per_pass(tmp_path, passes, method, entry):
+@pytest.mark.parametrize("column_block", ["auto", 2])  # 2: two blocks, each read in place from the row chunk
+def test_each_chunk_is_read_once_per_pass(tmp_path, passes, method, entry, column_block):
     weights, b = dist_relu.figure1_truth(4, seed=0)
     path = tmp_path / "s.zarr"
     dist_relu.simulate_to_zarr(path, weights, b, 160_000, chunk_rows=10_000)
     CountingStore.reads.clear()
     array = zarr.open_array(store=CountingStore(path / "samples", read_only=True), mode="r")
     if entry == "estimator":
-        dist_relu.ReLUGaussian(passes=passes, method=method, pilot_rows=800).fit(array)
+        dist_relu.ReLUGaussian(passes=passes, method=method, pilot_rows=800, column_block=column_block).fit(array)
     else:
         # Stored in stages; the main pass must still read each chunk once (found reading twice, then fixed).
-        dist_relu.fit_to_zarr(array, tmp_path / "fit.zarr", passes=passes, method=method, pilot_rows=800)
+        dist_relu.fit_to_zarr(array, tmp_path / "fit.zarr", passes=passes, method=method, pilot_rows=800,
+                              column_block=column_block)
     chunk_reads = [count for key, count in CountingStore.reads.items() if key.startswith("c/")]
     assert len(chunk_reads) == 16
-    # One pass with SGD: its sequential chains read on their own, so that no
+    # One pass with SGD: its sequential chains, one per column block, read on their own, so that no
     # chunk waits in memory for a chain to reach it.
-    reads_per_pass = 2 if (passes, method) == (1, "sgd") else 1
+    reads_per_pass = 1 + (4 // (4 if column_block == "auto" else column_block)) if method == "sgd" else 1
     if passes == 1:
         # The pilot (rows 0-799, in chunk 0) is part of the main pass's graph: chunk 0 is read once for both.
         assert chunk_reads == [reads_per_pass] * 16
