@@ -114,12 +114,12 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         memory = {"share_per_thread": share, "threads": threads,
                   "task_bytes": budget.task_bytes(column_block, row_chunk, stored_chunk_bytes, split_every,
                                                   rechunked_from)}
-    # The fused passes take a row chunk of all columns block by block (graph.chunk_passes); other
-    # chunkings, and the SGD chains, go through a rechunk to column blocks.
-    whole_rows = samples if samples.numblocks[1] == 1 else None
+    stored = samples
     if max(samples.chunks[1]) != min(column_block, d) or len(set(samples.chunks[1][:-1])) > 1:
         samples = samples.rechunk({1: column_block})
-    passed = samples if whole_rows is None else whole_rows
+    # The fused passes read chunks of whole rows block by block, in place (graph.chunk_passes); other
+    # chunkings, and the SGD chains, go through the rechunk to column blocks.
+    passed = stored if stored.numblocks[1] == 1 else samples
     column_chunks = samples.chunks[1]
     if checkpoint is not None:
         checkpoint = Checkpoint.open(checkpoint, _checkpoint_fingerprint(samples, source, split_every, drop_nonfinite))

@@ -71,9 +71,10 @@ def test_one_pass_and_two_passes_agree_within_sampling_noise(simulated):
 def test_results_do_not_depend_on_chunking(simulated):
     path, _, _ = simulated(200_000, 7, seed=4)
     reference = dist_relu.ReLUGaussian().fit(samples_of(path).rechunk((50_000, 7)))
-    for row_chunk, column_block in [(13_001, 7), (200_000, 3), (40_000, 1)]:
+    # (row chunk, stored columns, column block); (40_000, 7, 3): blocks read in place from whole rows.
+    for row_chunk, stored_columns, column_block in [(13_001, 7, 7), (200_000, 3, 3), (40_000, 1, 1), (40_000, 7, 3)]:
         fit = dist_relu.ReLUGaussian(column_block=column_block).fit(
-            samples_of(path).rechunk((row_chunk, column_block))
+            samples_of(path).rechunk((row_chunk, stored_columns))
         )
         np.testing.assert_array_equal(fit.counts_, reference.counts_)
         np.testing.assert_array_equal(fit.statistics_[:, :2], reference.statistics_[:, :2])
