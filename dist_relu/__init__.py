@@ -6,9 +6,23 @@ NeurIPS 2019, and beyond). See ``ReLUGaussian``.
 
 __version__ = "0.1.0"
 
-from .estimator import ReLUGaussian, fit_to_zarr, merge_fits, open_fit  # noqa: E402
-from .model import RectifiedGaussian  # noqa: E402
-from .simulate import figure1_truth, simulate_to_zarr  # noqa: E402
+# Imported on first use, so that the command line's entry point (dist_relu.entry)
+# handles interrupts before numpy, dask and numba are loaded.
+_EXPORTS = {"ReLUGaussian": "estimator", "fit_to_zarr": "estimator", "merge_fits": "estimator",
+            "open_fit": "estimator", "RectifiedGaussian": "model", "figure1_truth": "simulate",
+            "simulate_to_zarr": "simulate"}
+__all__ = sorted(_EXPORTS)
 
-__all__ = ["ReLUGaussian", "RectifiedGaussian", "figure1_truth", "fit_to_zarr", "merge_fits", "open_fit",
-           "simulate_to_zarr"]
+
+def __getattr__(name):
+    if name not in _EXPORTS:
+        raise AttributeError(f"module 'dist_relu' has no attribute {name!r}")
+    import importlib
+
+    value = getattr(importlib.import_module(f".{_EXPORTS[name]}", __name__), name)
+    globals()[name] = value
+    return value
+
+
+def __dir__():
+    return sorted(list(globals()) + __all__)

@@ -6,8 +6,11 @@ can reach) holding one ``.npy`` file per finished block of a partial sum:
 consecutive row chunks) of the block ``(I, J)``. Each file is written whole
 under a temporary name and then renamed, so a file that exists is complete.
 ``manifest.json`` records what the partial sums are of (the source, its shape,
-dtype and chunking, the segment size): a checkpoint made for other data or
-another chunking is refused rather than mixed in.
+dtype and chunking, the segment size, and the data's identity: the sizes and
+modification times, or ETags, of its stored objects; see
+``io.data_identity``), and ``thresholds.npy`` beside the sums the thresholds
+they were counted at. A checkpoint made for other data or another chunking
+is refused rather than mixed in.
 """
 
 import io as _bytes_io
@@ -17,7 +20,7 @@ import uuid
 import fsspec
 import numpy as np
 
-from .io import InputError
+from .errors import InputError
 
 FORMAT = "dist_relu.checkpoint"
 FORMAT_VERSION = 1
@@ -40,13 +43,21 @@ class Checkpoint:
         manifest = f"{checkpoint.root}/manifest.json"
         expected = {"format": FORMAT, "format_version": FORMAT_VERSION, **fingerprint}
         if checkpoint.fs.exists(manifest):
-            found = json.loads(checkpoint.fs.cat_file(manifest))
+            try:
+                found = json.loads(checkpoint.fs.cat_file(manifest))
+            except ValueError as error:
+                raise InputError(f"checkpoint {url}: its manifest.json cannot be read ({error}); give a new "
+                                 "checkpoint directory") from None
             differ = sorted(key for key in expected.keys() | found.keys() if found.get(key) != expected.get(key))
             if differ:
+                what = "other data" if "data" in differ or "source" in differ else "another fit"
                 raise InputError(
-                    f"checkpoint {url} was made for another fit (it differs in: {', '.join(differ)}); "
+                    f"checkpoint {url} was made for {what} (it differs in: {', '.join(differ)}); "
                     "give a new checkpoint directory, or remove this one to start over"
                 )
+        elif checkpoint.fs.exists(checkpoint.root) and checkpoint.fs.ls(checkpoint.root, detail=False):
+            raise InputError(f"checkpoint {url} exists and is not a dist_relu checkpoint (no manifest.json); "
+                             "give a new or empty directory")
         else:
             checkpoint.fs.makedirs(checkpoint.root, exist_ok=True)
             checkpoint._write_whole(manifest, json.dumps(expected, indent=2).encode())
@@ -72,6 +83,20 @@ class Checkpoint:
                 done.add(tuple(int(k) for k in stem[:-4].split(".")))
         self.resumed[0] += len(done)
         return done
+
+    def bind_thresholds(self, thresholds):
+        """Record the thresholds the sums here are counted at; raise ``InputError`` if others were recorded."""
+        path = self._path("thresholds.npy")
+        if self.fs.exists(path):
+            saved = np.load(_bytes_io.BytesIO(self.fs.cat_file(path)), allow_pickle=False)
+            if not np.array_equal(saved, thresholds):
+                raise InputError(
+                    f"checkpoint {self.url} holds sums counted at other thresholds: the data's first rows have "
+                    "changed since it was made; give a new checkpoint directory, or remove this one to start over")
+            return
+        buffer = _bytes_io.BytesIO()
+        np.save(buffer, np.asarray(thresholds), allow_pickle=False)
+        self._write_whole(path, buffer.getvalue())
 
     def load(self, name, index):
         """Return the saved block ``index`` of ``name``."""

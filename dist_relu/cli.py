@@ -1,8 +1,10 @@
 """The ``dist-relu`` command line: simulate, fit, evaluate, demo."""
 
 import ctypes
+import errno
 import functools
 import json
+import logging
 import os
 import shutil
 import sys
@@ -14,16 +16,22 @@ import click
 import numpy as np
 import zarr
 
-from . import __version__, io, kernels
+from . import __version__, io, kernels, storage
+from .entry import interrupted_exit
+from .errors import EnvironmentProblem
 from .convert import FORMATS
 from .compiled import COUNT_KERNELS
 from .convert import convert as convert_file
-from .estimator import INVERSIONS, METHODS, fit_to_zarr, merge_fits, open_fit, open_fit_group
+from .estimator import INVERSIONS, METHODS, fit_to_zarr, merge_fits, open_fit
 from .scheduler import scheduler
 from .simulate import BIAS_KINDS, figure1_truth, open_truth, simulate_to_zarr
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 3
+EXIT_ENVIRONMENT = 4
+# OS errors the user can act on: the machine, not the input or dist_relu, stands in the way.
+_ENVIRONMENT_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EMFILE,
+                       errno.ENFILE}
 
 
 class ColumnBlock(click.ParamType):
@@ -65,20 +73,33 @@ def _log(message):
 
 
 def _handle_errors(command):
-    """Print one line on stderr for a failure: exit 2 for bad input, 3 for an internal error."""
+    """Print one line on stderr for a failure and exit with its code (README: "Exit codes")."""
 
     @functools.wraps(command)
     def wrapper(*args, debug=False, **kwargs):
         try:
             return command(*args, **kwargs)
+        except KeyboardInterrupt as interrupt:  # SIGINT, SIGTERM or SIGHUP (dist_relu.entry)
+            interrupted_exit(interrupt, "no output was written; an earlier output is unchanged")
         except (io.InputError, FileExistsError, ValueError) as error:
             if debug:
                 raise
             _log(f"error: {error}")
             sys.exit(EXIT_BAD_INPUT)
-        except KeyboardInterrupt:
-            _log("interrupted: no output was written")
-            sys.exit(130)
+        except EnvironmentProblem as error:
+            if debug:
+                raise
+            _log(f"error: {error}")
+            sys.exit(EXIT_ENVIRONMENT)
+        except OSError as error:
+            if debug:
+                raise
+            if error.errno not in _ENVIRONMENT_ERRNOS:
+                _log(f"internal error: {type(error).__name__}: {error} (run with --debug for the traceback)")
+                sys.exit(EXIT_INTERNAL)
+            where = f"{error.filename}: " if error.filename else ""
+            _log(f"error: {where}{error.strerror or error}")
+            sys.exit(EXIT_ENVIRONMENT)
         except Exception as error:
             if debug:
                 raise
@@ -157,6 +178,18 @@ def main():
       dist-relu evaluate fit.zarr --truth sim.zarr
     """
     limit_malloc_arenas()  # before any thread starts
+    _log_to_stderr()
+
+
+def _log_to_stderr():
+    """Show dist_relu's notes (a stale lock taken over, leftovers cleaned) on stderr, once."""
+    logger = logging.getLogger("dist_relu")
+    if not logger.handlers:
+        handler = logging.StreamHandler(sys.stderr)
+        handler.setFormatter(logging.Formatter("%(message)s"))
+        logger.addHandler(handler)
+        logger.setLevel(logging.INFO)
+        logger.propagate = False
 
 
 @main.command()
@@ -272,13 +305,8 @@ def fit(samples, out, array, allow_missing_chunks, drop_nonfinite, method, passe
       dist-relu fit sim.zarr --out paper.zarr --method sgd --passes 2 --inversion model --clip-bias
       dist-relu fit new.zarr --update fit.zarr --out fit-with-new.zarr
     """
-    if io.exists(out) and not overwrite:
-        raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
     if update and thresholds_from:
         raise ValueError("--update already counts at the thresholds of the fit it adds to; drop --thresholds-from")
-    given = {}
-    if thresholds_from:
-        given["thresholds"] = open_fit_group(thresholds_from)["thresholds"][:]
     with scheduler(address, workers, log=_log, **tls):
         attributes = fit_to_zarr(
             samples, out, array=array, allow_missing_chunks=allow_missing_chunks, overwrite=overwrite,
@@ -287,13 +315,13 @@ def fit(samples, out, array, allow_missing_chunks, drop_nonfinite, method, passe
             column_block=column_block, memory_per_worker=memory_per_worker, split_every=split_every,
             count_kernel=count_kernel, seed=seed, sgd_batches=sgd_batches,
             sgd_radius=sgd_radius, sgd_lambda=sgd_lambda, sgd_minibatch=sgd_minibatch,
-            drop_nonfinite=drop_nonfinite, checkpoint=checkpoint, update=update, **given,
+            drop_nonfinite=drop_nonfinite, checkpoint=checkpoint, update=update, thresholds_from=thresholds_from,
         )
     _print_summary(out, attributes, as_json)
 
 
 def _print_summary(out, attributes, as_json):
-    group = zarr.open_group(str(out), mode="r")  # the per-coordinate arrays only: Σ̂ may be large
+    group = zarr.open_group(storage.location(out).url, mode="r")  # the per-coordinate arrays only: Σ̂ may be large
     status = group["status"][:]
     summary = {
         "out": str(out),
@@ -350,16 +378,14 @@ def merge(fits, out, overwrite, as_json, address, workers, progress, **tls):
       dist-relu fit part2.zarr --thresholds-from fit1.zarr --out fit2.zarr
       dist-relu merge fit1.zarr fit2.zarr --out fit.zarr
     """
-    if io.exists(out) and not overwrite:
-        raise FileExistsError(f"{out} exists; choose another --out or pass --overwrite")
     with scheduler(address, workers, log=_log, **tls):
         attributes = merge_fits(list(fits), out, overwrite=overwrite, progress=_want_progress(progress))
     _print_summary(out, attributes, as_json)
 
 
 @main.command()
-@click.argument("source", type=click.Path(path_type=Path))
-@click.option("--out", type=click.Path(path_type=Path), required=True, help="Zarr group to create.")
+@click.argument("source")
+@click.option("--out", required=True, help="Zarr group to create (a path or fsspec URL).")
 @click.option("--format", "file_format", type=click.Choice(sorted(set(FORMATS.values()))), default=None,
               help="Input format. Default: from the file's suffix.")
 @click.option("--dataset", default=None, help="The array inside an .npz or HDF5 file that holds several.")
@@ -416,12 +442,15 @@ def evaluate(fit_path, truth, as_json):
 @click.option("--n", "n_samples", type=click.IntRange(min=2), default=1_000_000, show_default=True)
 @click.option("--d", "dimension", type=click.IntRange(min=1), default=50, show_default=True)
 @click.option("--seed", type=int, default=0, show_default=True)
-@click.option("--workdir", type=click.Path(path_type=Path), default=None,
-              help="Keep the simulated data and the fit here (default: a temporary directory, removed).")
+@click.option("--workdir", type=click.Path(path_type=Path, file_okay=False), default=None,
+              help="Keep the simulated data and the fit here, as samples.zarr and fit.zarr (default: a temporary "
+              "directory, removed).")
+@click.option("--overwrite", is_flag=True,
+              help="Replace samples.zarr and fit.zarr in --workdir if an earlier demo wrote them.")
 @_scheduler_options
 @_progress_option
 @_handle_errors
-def demo(n_samples, dimension, seed, workdir, address, workers, progress, **tls):
+def demo(n_samples, dimension, seed, workdir, overwrite, address, workers, progress, **tls):
     """Simulate a data set, fit it, and print how close the fit is to the truth.
 
     \b
@@ -433,12 +462,15 @@ def demo(n_samples, dimension, seed, workdir, address, workers, progress, **tls)
     samples, fit_out = workdir / "samples.zarr", workdir / "fit.zarr"
     show = _want_progress(progress)
     try:
+        # Both outputs are checked before either is written: a refusal leaves the directory as it was.
+        storage.check_output(samples, storage.SAMPLES_FORMAT, (), overwrite)
+        storage.check_output(fit_out, storage.FIT_FORMAT, (), overwrite)
         weights, bias = figure1_truth(dimension, seed=seed)
         with scheduler(address, workers, log=_log, **tls):
             start = time.perf_counter()
-            simulate_to_zarr(samples, weights, bias, n_samples, seed=seed, overwrite=True, progress=show)
+            simulate_to_zarr(samples, weights, bias, n_samples, seed=seed, overwrite=overwrite, progress=show)
             simulated = time.perf_counter() - start
-            attributes = fit_to_zarr(samples, fit_out, overwrite=True, progress=show)
+            attributes = fit_to_zarr(samples, fit_out, overwrite=overwrite, progress=show)
         model, _ = open_fit(fit_out)
         metrics = model.errors(*open_truth(samples))
     finally:

@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import zarr
 
-from . import io
+from . import io, storage
 
 FORMATS = {
     ".npy": "npy", ".npz": "npz", ".csv": "csv", ".tsv": "tsv", ".txt": "csv",
@@ -209,7 +209,7 @@ def convert(source, out, *, format=None, dataset=None, chunk_rows=None, overwrit
         raise io.InputError(f"{source}: samples must be 2-D (n × d); got shape {shape}")
     d = shape[1]
     rows = chunk_rows or default_chunk_rows(d, np.dtype(dtype).itemsize)
-    with io.atomic_store(out, overwrite=overwrite) as partial:
+    with storage.atomic_output(out, storage.SAMPLES_FORMAT, [source], overwrite) as partial:
         group = zarr.open_group(str(partial), mode="w-")
         samples = group.create_array("samples", shape=(0, d), chunks=(rows, d), dtype=dtype, config=io.WRITE_ALL_CHUNKS)
         n = 0
@@ -220,5 +220,5 @@ def convert(source, out, *, format=None, dataset=None, chunk_rows=None, overwrit
             raise io.InputError(f"{source} holds no rows")
         summary = {"source": str(source), "format": format, "n_samples": n, "n_coordinates": d,
                    "dtype": str(np.dtype(dtype)), "chunk_rows": rows}
-        group.attrs.update({"converted_by": "dist_relu.convert", **summary})
+        group.attrs.update({"format": storage.SAMPLES_FORMAT, "converted_by": "dist_relu.convert", **summary})
     return summary

@@ -7,6 +7,7 @@ import inspect
 import operator
 import os
 import time
+import uuid
 
 import dask
 import dask.array as da
@@ -14,12 +15,12 @@ import numpy as np
 import zarr
 from dask.base import tokenize
 
-from . import __version__, budget, graph, io, kernels, compiled, sgd
+from . import __version__, budget, graph, io, kernels, compiled, sgd, storage
 from .checkpoint import Checkpoint
 from .model import RectifiedGaussian
 from .scheduler import compute, current_client
 
-FORMAT = "dist_relu.fit"
+FORMAT = storage.FIT_FORMAT
 FORMAT_VERSION = 1
 
 METHODS = ("censored", "truncated", "sgd")
@@ -56,7 +57,7 @@ def check_settings(method, passes, inversion, pilot_rows, column_block, split_ev
 def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", pilot_rows=None,
              clip_bias=False, column_block="auto", memory_per_worker=None, split_every=8, seed=0, sgd_batches=1,
              sgd_radius=3.0, sgd_lambda=0.1, sgd_minibatch=10, drop_nonfinite=False, count_kernel="auto",
-             progress=False, checkpoint=None, source=None, timings=None, thresholds=None):
+             progress=False, checkpoint=None, source=None, identity=None, timings=None, thresholds=None):
     """Return ``(state, settings)``: the main pass as lazy dask arrays, and how the fit is made.
 
     With one pass, the pilot that sets the thresholds (the first
@@ -76,8 +77,10 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
         ``split_every`` row chunks are saved as they finish; sums saved there
         by an earlier run of the same fit are loaded instead of recomputed.
     source : str, optional
-        What the samples are (a path or URL), recorded in the checkpoint so
-        that it is never used for other data.
+        Where the samples are (a path or URL), recorded in the checkpoint.
+    identity : str, optional
+        What the samples are (``io.data_identity``), recorded in the
+        checkpoint so that it is never used for other data.
     timings : dict, optional
         Filled with the seconds of the stages computed here (two passes:
         ``pass 1`` and, with ``method="sgd"``, ``sgd``).
@@ -122,7 +125,8 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
     passed = stored if stored.numblocks[1] == 1 else samples
     column_chunks = samples.chunks[1]
     if checkpoint is not None:
-        checkpoint = Checkpoint.open(checkpoint, _checkpoint_fingerprint(samples, source, split_every, drop_nonfinite))
+        checkpoint = Checkpoint.open(checkpoint, _checkpoint_fingerprint(samples, source, identity, split_every,
+                                                                         drop_nonfinite))
 
     sgd_settings = {"seed": seed, "n_batches": sgd_batches, "radius": sgd_radius, "step_scale": sgd_lambda,
                     "minibatch": sgd_minibatch}
@@ -148,12 +152,13 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
                                           column_chunks=column_chunks)
         pilot_statistics = graph.column_statistics(pilot_passes, split_every)
         whole = {0: d}
+        scope = f"pilot-{pilot_rows}-{likelihood}"  # the thresholds it makes of the fingerprinted data
         thresholds = da.map_blocks(
             _pilot_thresholds, pilot_statistics.rechunk(whole),
             graph.value_problems(pilot_passes, split_every).rechunk(whole), likelihood, pilot_rows,
+            None if checkpoint is None else checkpoint.child(f"thresholds-{scope}"),
             drop_axis=1, dtype=np.float64, meta=np.empty(0, dtype=np.float64),
         ).rechunk({0: column_chunks})
-        scope = f"pilot-{pilot_rows}-{likelihood}"  # the thresholds it makes of the fingerprinted data
         sgd_statistics = pilot_statistics  # they standardise the SGD's positives
     else:
         # The paper's order: Step 1 on all the data first. The second pass
@@ -213,10 +218,17 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
     return state, settings
 
 
-def _pilot_thresholds(statistics, problems, likelihood, pilot_rows):
-    """Return the pilot's thresholds ``max(0, b̂)``, once its values pass the checks (bad data stops here)."""
+def _pilot_thresholds(statistics, problems, likelihood, pilot_rows, checkpoint):
+    """Return the pilot's thresholds ``max(0, b̂)``, once its values pass the checks (bad data stops here).
+
+    With a ``checkpoint``, the thresholds must equal those its partial sums
+    were counted at: a resumed fit never mixes counts of other data.
+    """
     io.check_values(problems, where=f" among the pilot's {pilot_rows:,} rows")
-    return np.maximum(0.0, kernels.fit_coordinates(statistics, likelihood)[0])
+    thresholds = np.maximum(0.0, kernels.fit_coordinates(statistics, likelihood)[0])
+    if checkpoint is not None:
+        checkpoint.bind_thresholds(thresholds)
+    return thresholds
 
 
 def finish_fit(statistics, counts, n_samples, thresholds, settings, sgd_estimates=None):
@@ -248,10 +260,11 @@ def finish_fit(statistics, counts, n_samples, thresholds, settings, sgd_estimate
     }
 
 
-def _checkpoint_fingerprint(samples, source, split_every, drop_nonfinite):
+def _checkpoint_fingerprint(samples, source, identity, split_every, drop_nonfinite):
     """What a checkpoint's partial sums are of: they are valid only for the same data, chunking and segments."""
     return {
         "source": str(source) if source is not None else samples.name,
+        "data": identity,
         "shape": list(samples.shape),
         "dtype": str(samples.dtype),
         "row_chunks": tokenize(samples.chunks[0]),
@@ -297,10 +310,12 @@ def _measured_settings(settings, values, stored_states=()):
     return settings, kept
 
 
-def _provenance(settings, seconds, timings, source=None):
+def _provenance(settings, seconds, timings, source=None, data=None):
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
+        "fit_id": uuid.uuid4().hex,  # what merge and update know this fit by
+        "data": data,  # io.data_identity of the samples, when known
         "dist_relu_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),
@@ -360,7 +375,7 @@ def _rechunk_by_tasks(function):
 
 @_rechunk_by_tasks
 def fit_to_zarr(source, out, *, array="samples", allow_missing_chunks=False, overwrite=False, progress=False,
-                checkpoint=None, update=None, **settings):
+                checkpoint=None, update=None, thresholds_from=None, **settings):
     """Fit the samples at ``source`` and write the fit as a Zarr group at ``out``; return its attributes.
 
     The output appears only when complete (see ``io.atomic_store``). Stages:
@@ -374,25 +389,46 @@ def fit_to_zarr(source, out, *, array="samples", allow_missing_chunks=False, ove
     With ``update`` (a stored one-pass fit), the samples are counted at that
     fit's thresholds, with its settings, and its additive state (statistics,
     counts, value checks, rows) is added: the result is the fit of both sets
-    of samples together, without reading the old ones again. With
-    ``thresholds=`` another fit's thresholds, the fit can later be merged with
+    of samples together, without reading the old ones again; samples that
+    the fit holds already are refused. With ``thresholds_from=`` another fit
+    (or ``thresholds=`` its thresholds), the fit can later be merged with
     that one (``merge_fits``).
     """
-    samples = io.open_samples(source, array=array, allow_missing_chunks=allow_missing_chunks)
     label = None if hasattr(source, "shape") else source
+    inputs = [label, update, thresholds_from]
+    storage.check_output(out, FORMAT, inputs, overwrite)  # before any work; again under the output's lock
+    samples = io.open_samples(source, array=array, allow_missing_chunks=allow_missing_chunks)
+    identity = io.data_identity(source, samples, array)
     bases = [] if update is None else [open_fit_group(update)]
     thresholds = settings.pop("thresholds", None)
+    if thresholds_from is not None:
+        if thresholds is not None:
+            raise ValueError("give thresholds or thresholds_from, not both")
+        thresholds = open_fit_group(thresholds_from)["thresholds"][:]
     if bases:
+        if thresholds is not None:
+            raise ValueError("update already counts at the thresholds of the fit it adds to; drop the thresholds")
         _check_additive(bases, samples.shape[1])
         settings = {**settings, **_additive_settings(bases[0])}
         thresholds = bases[0]["thresholds"][:]
+    if checkpoint is not None:
+        _check_checkpoint_location(checkpoint, out, inputs)
     start = time.perf_counter()
     timings = {}
-    with io.atomic_store(out, overwrite=overwrite) as partial:
+    with storage.atomic_output(out, FORMAT, inputs, overwrite) as partial:
         state, fit_settings = plan_fit(samples, progress=progress, checkpoint=checkpoint, source=label,
-                                       timings=timings, thresholds=thresholds, **settings)
-        parts = _parts(bases, {"source": None if label is None else str(label), "n_samples": None}) if bases else None
-        return _write_fit(partial, state, fit_settings, bases, timings, progress, label, parts, start)
+                                       identity=identity, timings=timings, thresholds=thresholds, **settings)
+        new_part = _part(label, None, None, identity)
+        parts = _parts(bases, new_part) if bases else None
+        return _write_fit(partial, state, fit_settings, bases, timings, progress, label, parts, start, identity)
+
+
+def _check_checkpoint_location(checkpoint, out, inputs):
+    """Raise ``InputError`` if the checkpoint directory would be written over an input or the output."""
+    where = storage.location(checkpoint)
+    for other in [out, *inputs]:
+        if other is not None and (where.within(storage.location(other)) or storage.location(other).within(where)):
+            raise io.InputError(f"checkpoint {checkpoint} overlaps {other}: give the checkpoint a directory of its own")
 
 
 @_rechunk_by_tasks
@@ -406,8 +442,10 @@ def merge_fits(fits, out, *, overwrite=False, progress=False):
     """
     if len(fits) < 2:
         raise ValueError("give at least two fits to merge")
+    storage.check_output(out, FORMAT, fits, overwrite)
     bases = [open_fit_group(fit) for fit in fits]
     _check_additive(bases, bases[0]["thresholds"].shape[0])
+    parts = _parts(bases)
     start = time.perf_counter()
     timings = {}
     first = bases[0].attrs
@@ -416,16 +454,17 @@ def merge_fits(fits, out, *, overwrite=False, progress=False):
                                             "split_every", "count_kernel")}
     settings.update(n_samples=0, checkpoint=None, memory=None)
     state = {"thresholds": bases[0]["thresholds"][:]}
-    with io.atomic_store(out, overwrite=overwrite) as partial:
-        return _write_fit(partial, state, settings, bases, timings, progress, None, _parts(bases), start)
+    with storage.atomic_output(out, FORMAT, fits, overwrite) as partial:
+        return _write_fit(partial, state, settings, bases, timings, progress, None, parts, start)
 
 
 def open_fit_group(path):
     """Return the Zarr group of a stored fit, refusing anything else."""
-    if not io.exists(path):
+    where = storage.location(path)
+    if not where.exists():
         raise io.InputError(f"{path}: no such file or directory")
     try:
-        group = zarr.open_group(str(path), mode="r")
+        group = zarr.open_group(where.url, mode="r")
     except Exception as error:
         raise io.InputError(f"{path}: not a Zarr group ({error})") from error
     if group.attrs.get("format") != FORMAT:
@@ -462,17 +501,43 @@ def _additive_settings(group):
                                               "column_block")}
 
 
+def _part(source, n_samples, created, data, fit_id=None):
+    """Return the record of one piece of samples that a fit holds."""
+    return {"source": None if source is None else str(source), "n_samples": n_samples, "created": created,
+            "data": data, "fit_id": fit_id}
+
+
 def _parts(bases, new=None):
-    """Return the list of pieces a merged fit is made of: each stored fit's (or its own pieces), then ``new``."""
-    parts = []
+    """Return the pieces a merged fit is made of: each stored fit's (or its own pieces), then ``new``.
+
+    Raises ``InputError`` when a piece would be counted twice: the same
+    stored fit, or samples with the same identity (``io.data_identity``).
+    """
+    parts, holders = [], []
     for group in bases:
-        parts.extend(group.attrs.get("parts") or [{"source": group.attrs.get("source"),
-                                                   "n_samples": group.attrs["n_samples"],
-                                                   "created": group.attrs.get("created")}])
-    return parts + ([new] if new else [])
+        attrs = group.attrs
+        own = attrs.get("parts") or [_part(attrs.get("source"), attrs["n_samples"], attrs.get("created"),
+                                           attrs.get("data"), attrs.get("fit_id"))]
+        parts.extend(own)
+        holders.extend([group.store_path] * len(own))
+    if new:
+        parts.append(new)
+        holders.append("the new samples")
+    seen = {}
+    for part, holder in zip(parts, holders):
+        # Fits written before fits had identities are known by their source and creation time.
+        keys = [("fit", part.get("fit_id") or f"{part['source']}@{part['created']}")] if part is not new else []
+        keys += [("data", part["data"])] if part.get("data") else []
+        for key in keys:
+            if key in seen and seen[key][1] is not holder:
+                raise io.InputError(
+                    f"the samples of {part['source'] or 'an in-memory array'} would be counted twice: they are in "
+                    f"{seen[key][1]} and in {holder}; merge and update take each piece once")
+            seen[key] = (part, holder)
+    return parts
 
 
-def _write_fit(partial, state, settings, bases, timings, progress, label, parts, start):
+def _write_fit(partial, state, settings, bases, timings, progress, label, parts, start, identity=None):
     """Write a fit into the new group at ``partial`` from the lazy main-pass ``state`` plus stored ``bases``.
 
     Returns the attributes (also written), ``seconds`` counted from ``start``.
@@ -508,12 +573,13 @@ def _write_fit(partial, state, settings, bases, timings, progress, label, parts,
         if settings["drop_nonfinite"]:
             per_coordinate["rows_dropped"] = np.int64(settings["rows_dropped"])
         store_arrays(group, per_coordinate)
-    attributes = _provenance(settings, time.perf_counter() - start, timings, label)
+    attributes = _provenance(settings, time.perf_counter() - start, timings, label, identity)
     if parts:
         # The new piece's rows are what the fit holds beyond the stored ones.
         new_rows = n_fitted - sum(s["rows_kept"] for s in stored_states)
-        attributes["parts"] = [part if part["n_samples"] is not None else {**part, "n_samples": new_rows,
-                                                                            "created": attributes["created"]}
+        attributes["parts"] = [part if part["n_samples"] is not None else
+                               {**part, "n_samples": new_rows, "created": attributes["created"],
+                                "fit_id": attributes["fit_id"]}
                                for part in parts]
     group.update_attributes(attributes)  # one metadata write, not one per key
     return attributes
@@ -659,10 +725,13 @@ class ReLUGaussian:
         """
         samples = io.open_samples(X, array=array, allow_missing_chunks=allow_missing_chunks)
         label = X if isinstance(X, (str, os.PathLike)) else None
+        identity = io.data_identity(X, samples, array)
+        if checkpoint is not None:
+            _check_checkpoint_location(checkpoint, None, [label])
         start = time.perf_counter()
         timings = {}
         state, settings = plan_fit(samples, progress=progress, checkpoint=checkpoint, source=label, timings=timings,
-                                   **self.get_params())
+                                   identity=identity, **self.get_params())
         with _stage(timings, _main_pass_name(settings)):
             lazy = {name: value for name, value in state.items() if isinstance(value, da.Array)}
             values = {**state, **dict(zip(lazy, compute(*lazy.values(), progress=progress)))}
@@ -673,7 +742,7 @@ class ReLUGaussian:
                                    da.from_array(values["counts"], chunks=column_block), n_fitted,
                                    values["thresholds"], settings, values.get("sgd"))
             estimates = dict(zip(estimates, compute(*estimates.values(), progress=progress)))
-        self.settings_ = _provenance(settings, time.perf_counter() - start, timings)
+        self.settings_ = _provenance(settings, time.perf_counter() - start, timings, label, identity)
         self.covariance_ = estimates["covariance"]
         self.bias_ = estimates["bias"]
         self.scale_ = estimates["scale"]
@@ -694,7 +763,7 @@ class ReLUGaussian:
             "positive_fraction": self.positive_fraction_, "counts": self.counts_,
         }
         arrays.update({name: self.statistics_[:, k] for k, name in enumerate(kernels.STATISTICS)})
-        with io.atomic_store(path, overwrite=overwrite) as partial:
+        with storage.atomic_output(path, FORMAT, [self.settings_["source"]], overwrite) as partial:
             write_group(partial, arrays, self.settings_)
 
 

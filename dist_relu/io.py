@@ -1,25 +1,19 @@
-"""Reading samples and writing Zarr groups: every input becomes a dask array here.
+"""Reading samples and the arrays of Zarr groups: every input becomes a dask array here.
 
-Outputs are written into a temporary sibling directory and renamed into place
-only when complete, so a store exists whole or not at all, and an existing one
-is replaced only when the caller asks (``overwrite=True``).
+Where outputs go, and how they appear whole, is ``storage``'s job.
 """
 
-import contextlib
+import hashlib
 import itertools
+import json
 import os
-import signal
-import threading
-import time
-import uuid
-from pathlib import Path
 
 import dask.array as da
-import fsspec
-from fsspec.implementations.local import LocalFileSystem
 import numpy as np
 import zarr
 from dask.base import tokenize
+from fsspec.implementations.local import LocalFileSystem
+from zarr.storage import LocalStore
 from zarr.core.sync import sync
 
 # Bytes of one row chunk made from an in-memory array when no chunking is given.
@@ -30,8 +24,8 @@ _TARGET_CHUNK_BYTES = 64 * 2**20
 WRITE_ALL_CHUNKS = {"write_empty_chunks": True}
 
 
-class InputError(ValueError):
-    """The input cannot be fitted: the message says what is wrong and what to do."""
+from .errors import InputError  # noqa: F401 (re-exported: io.InputError is used throughout)
+from .storage import location
 
 
 def open_samples(source, array="samples", allow_missing_chunks=False):
@@ -58,18 +52,20 @@ def open_samples(source, array="samples", allow_missing_chunks=False):
         has fewer than 2 rows, or (Zarr) has chunks missing.
     """
     if isinstance(source, (str, os.PathLike)):
-        location = str(source)
-        if not exists(location):
-            raise InputError(f"{location}: no such file or directory")
+        where = location(source)
+        if not where.exists():
+            raise InputError(f"{source}: no such file or directory")
         try:
-            source = zarr.open(store=location, mode="r")
+            source = zarr.open(store=where.url, mode="r")
         except Exception as error:  # zarr raises several types for a non-store
-            raise InputError(f"{location}: not a Zarr store ({error}); `dist-relu convert` makes one") from error
+            raise InputError(f"{source}: not a Zarr store ({error}); `dist-relu convert` makes one") from error
     if isinstance(source, zarr.Group):
-        if array not in source:
-            names = ", ".join(sorted(source.array_keys())) or "none"
-            raise InputError(f"the group has no array {array!r} (arrays: {names}); name one with array=/--array")
-        source = source[array]
+        member = source.get(array)
+        if not isinstance(member, zarr.Array):
+            arrays = ", ".join(sorted(source.array_keys())) or "none"
+            what = f"{array!r} is a group, not an array" if member is not None else f"no array {array!r}"
+            raise InputError(f"the group holds {what} (arrays: {arrays}); name an array with array=/--array")
+        source = member
     if isinstance(source, zarr.Array):
         check_dtype(source.dtype)
         if not allow_missing_chunks:
@@ -91,6 +87,35 @@ def open_samples(source, array="samples", allow_missing_chunks=False):
         # Integers and booleans are accepted as real numbers (exact up to 2**53).
         samples = samples.astype(np.float64)
     return samples
+
+
+def data_identity(source, samples, array="samples"):
+    """Return a short digest that changes when the stored samples change, or the dask name of in-memory ones.
+
+    For a Zarr store: the digest of the names, sizes and modification times
+    (ETags, on object stores that give them) of the array's stored objects,
+    metadata included. It costs one listing, no read. Data rewritten with
+    the same sizes and modification times (``cp -p``, a restored backup) is
+    not told apart; a copy of the same data elsewhere is (new times).
+    """
+    if isinstance(source, (str, os.PathLike)):
+        where = location(source)
+        fs, root = where.fs, where.path
+        if isinstance(zarr.open(store=where.url, mode="r"), zarr.Group):
+            root = f"{root}/{array}"
+    elif isinstance(source, zarr.Array) and isinstance(source.store_path.store, LocalStore):
+        fs, root = LocalFileSystem(), f"{source.store_path.store.root}/{source.store_path.path}".rstrip("/")
+    elif isinstance(source, (zarr.Array, zarr.Group)):
+        return None  # opened by the caller on a store without a cheap listing here
+    else:
+        return samples.name  # numpy: a hash of the values; dask: of the graph
+    entries = fs.find(root, detail=True)
+    described = sorted(
+        (name[len(root):], info.get("size"),
+         str(info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""))
+        for name, info in entries.items()
+    )
+    return hashlib.sha256(json.dumps(described, default=str).encode()).hexdigest()[:32]
 
 
 def check_samples(samples):
@@ -169,92 +194,6 @@ def check_values(problems, where=""):
                 f"{problems[:, k].sum():,} {what}{where} in {columns.size} column(s): {named}{more} "
                 f"[column (count)]; {advice}"
             )
-
-
-def exists(location):
-    """Return whether a file or directory exists at a path or fsspec URL."""
-    fs, root = fsspec.core.url_to_fs(str(location))
-    return fs.exists(root)
-
-
-@contextlib.contextmanager
-def atomic_store(location, overwrite=False):
-    """Yield a temporary location to write a store into; move it to ``location`` on success.
-
-    ``location`` is a local path or an fsspec URL. On an exception the
-    temporary store is removed and whatever was at ``location`` before is left
-    untouched. With ``overwrite`` an existing store is moved aside first and
-    deleted only after the new one is in place. On a file system the moves
-    are renames; on an object store (no renames) they copy, so the new store
-    appears object by object, but only after it is complete.
-    """
-    fs, root = fsspec.core.url_to_fs(str(location))
-    if fs.exists(root) and not overwrite:
-        raise FileExistsError(f"{location} exists; choose another path or pass overwrite=True (--overwrite)")
-    if "/" not in root.strip("/"):
-        raise InputError(f"{location}: give a path inside a directory or bucket, not a bucket itself")
-    parent, name = root.rstrip("/").rsplit("/", 1)
-    fs.makedirs(parent or "/", exist_ok=True)
-    token = uuid.uuid4().hex[:8]
-    partial, old = f"{parent}/.{name}.partial-{token}", f"{parent}/.{name}.old-{token}"
-    try:
-        # A local file:// URL is written as a path: zarr's fsspec store would not create its directories.
-        yield Path(partial) if isinstance(fs, LocalFileSystem) else fs.unstrip_protocol(partial)
-    except BaseException:
-        _remove_partial(fs, partial)
-        raise
-    with _interrupts_held():
-        if fs.exists(root):
-            fs.mv(root, old, recursive=True)
-        fs.mv(partial, root, recursive=True)
-    if fs.exists(old):
-        fs.rm(old, recursive=True)
-
-
-@contextlib.contextmanager
-def _interrupts_held():
-    """Let no Ctrl-C (SIGINT) cut the block short: an interrupt received during it is dropped.
-
-    It guards the commit of a finished store, whose two moves must not be
-    separated (the old store would be left aside and the new one hidden);
-    once the commit has begun, the work is done. Only the main thread can
-    set signal handlers; elsewhere the block runs unguarded.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = signal.signal(signal.SIGINT, signal.SIG_IGN)
-    try:
-        yield
-    finally:
-        signal.signal(signal.SIGINT, previous)
-
-
-def _remove_partial(fs, path, settle=2.0, quiet=0.5):
-    """Remove a partial store, and again while tasks still in flight recreate it.
-
-    After an interruption, threads (or workers) finish the block they were
-    writing, which can recreate the directory just removed; keep removing it
-    until it has stayed away for ``quiet`` seconds, or ``settle`` have passed.
-    """
-    if not fs.exists(path):
-        return  # nothing was written, so nothing is being written
-    start = last_seen = time.monotonic()
-    while time.monotonic() - start < settle:
-        if fs.exists(path):
-            _remove_quietly(fs, path)
-            last_seen = time.monotonic()
-        elif time.monotonic() - last_seen > quiet:
-            return
-        time.sleep(0.05)
-    _remove_quietly(fs, path)
-
-
-def _remove_quietly(fs, path):
-    try:
-        fs.rm(path, recursive=True)
-    except (FileNotFoundError, OSError):
-        pass  # removed meanwhile, or a file recreated during the walk: the next round removes it
 
 
 def create_arrays(group, arrays):

@@ -1,12 +1,15 @@
 """Which scheduler runs the graph, and computing with a progress bar on any of them."""
 
 import contextlib
+import logging
 import os
 import sys
 
 import dask
 from dask.base import named_schedulers
 from dask.diagnostics import ProgressBar
+
+from .errors import EnvironmentProblem
 
 
 @contextlib.contextmanager
@@ -40,9 +43,13 @@ def scheduler(address=None, workers=None, log=None, tls_ca_file=None, tls_cert=N
     from distributed.security import Security
 
     with contextlib.ExitStack() as stack:
+        stack.enter_context(_quiet_when_interrupted())
         if address:
             security = _security(address, tls_files, Security)
-            client = stack.enter_context(Client(address, security=security))
+            try:
+                client = stack.enter_context(Client(address, security=security))
+            except (OSError, TimeoutError) as error:
+                raise EnvironmentProblem(f"cannot reach the dask scheduler at {address}: {error}") from None
         else:
             # One thread per worker: BLAS under two threads per process was
             # erratic here, and workers pin BLAS to one thread anyway.
@@ -56,6 +63,20 @@ def scheduler(address=None, workers=None, log=None, tls_ca_file=None, tls_cert=N
         if log:
             log(f"scheduler {client.scheduler.address}, dashboard {client.dashboard_link}")
         yield client
+
+
+@contextlib.contextmanager
+def _quiet_when_interrupted():
+    """On an interrupt, silence distributed's logging while the client and cluster close.
+
+    Closing a cluster whose tasks were cut short logs errors and tracebacks
+    that say nothing to the user beyond "interrupted".
+    """
+    try:
+        yield
+    except KeyboardInterrupt:
+        logging.getLogger("distributed").setLevel(logging.CRITICAL)
+        raise
 
 
 def _security(address, tls_files, Security):

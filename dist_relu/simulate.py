@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from . import graph, io
+from . import graph, io, storage
 from .estimator import write_group
 
 BIAS_KINDS = ("clipped", "gaussian")
@@ -47,10 +47,10 @@ def simulate_to_zarr(out, weights, bias, n_samples, chunk_rows=65_536, seed=0, d
         raise ValueError("n_samples and chunk_rows must be positive")
     samples = graph.simulated_samples(n_samples, weights, bias, chunk_rows, seed, dtype)
     attributes = {
-        "generator": "dist_relu.simulate", "model": "x = ReLU(W z + b), z ~ N(0, I)",
+        "format": storage.SAMPLES_FORMAT, "generator": "dist_relu.simulate", "model": "x = ReLU(W z + b), z ~ N(0, I)",
         "n_samples": int(n_samples), "seed": int(seed), "chunk_rows": int(chunk_rows),
     }
-    with io.atomic_store(out, overwrite=overwrite) as partial:
+    with storage.atomic_output(out, storage.SAMPLES_FORMAT, (), overwrite) as partial:
         write_group(partial, {"samples": samples}, attributes, progress=progress)
         truth = {"weights": weights, "covariance": weights @ weights.T, "bias": bias}
         write_group(f"{partial}/truth", truth, {"note": "the parameters the samples were drawn from"})
@@ -61,8 +61,11 @@ def open_truth(path):
     """Return ``(covariance, bias)`` stored beside simulated samples at ``path``."""
     import zarr
 
+    where = storage.location(path)
+    if not where.exists():
+        raise io.InputError(f"{path}: no such file or directory")
     try:
-        truth = zarr.open_group(str(path), mode="r")["truth"]
-    except (KeyError, FileNotFoundError) as error:
+        truth = zarr.open_group(where.url, mode="r")["truth"]
+    except (KeyError, FileNotFoundError, zarr.errors.GroupNotFoundError) as error:
         raise io.InputError(f"{path} holds no truth/ group: it was not written by dist-relu simulate") from error
     return truth["covariance"][:], truth["bias"][:]

@@ -9,7 +9,7 @@ import zarr
 from click.testing import CliRunner
 
 import dist_relu
-from dist_relu import io
+from dist_relu import io, storage
 from dist_relu.cli import main
 
 
@@ -64,7 +64,7 @@ def test_a_ctrl_c_during_the_commit_cannot_separate_its_two_moves(tmp_path, monk
     from fsspec.implementations.local import LocalFileSystem
 
     out = tmp_path / "out.zarr"
-    zarr.create_group(str(out)).attrs["which"] = "old"
+    zarr.create_group(str(out)).attrs.update({"which": "old", "format": storage.FIT_FORMAT})
     move = LocalFileSystem.mv
     moves = []
 
@@ -74,7 +74,7 @@ def test_a_ctrl_c_during_the_commit_cannot_separate_its_two_moves(tmp_path, monk
         return move(self, source, target, **kwargs)
 
     monkeypatch.setattr(LocalFileSystem, "mv", move_and_interrupt)
-    with io.atomic_store(out, overwrite=True) as partial:
+    with storage.atomic_output(out, storage.FIT_FORMAT, overwrite=True) as partial:
         zarr.create_group(str(partial)).attrs["which"] = "new"
     assert len(moves) == 2  # the old store moved aside, then the new one into place
     assert zarr.open_group(str(out), mode="r").attrs["which"] == "new"

@@ -1,0 +1,41 @@
+"""The ``dist-relu`` program's entry point: interrupts are handled before anything heavy is imported.
+
+SIGINT (Ctrl-C), SIGTERM (what SLURM and Kubernetes send at a time limit) and
+SIGHUP raise ``errors.Interrupted`` in the main thread from the first moment,
+so that an interrupt at any time, start-up included, ends in one line on
+stderr and the exit code 128 + the signal's number, never a traceback.
+"""
+
+import signal
+import sys
+
+from .errors import Interrupted
+
+INTERRUPTS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+def _interrupt(signal_number, frame):
+    raise Interrupted(signal_number)
+
+
+def install_interrupt_handlers():
+    """Make SIGINT, SIGTERM and SIGHUP raise ``Interrupted`` in the main thread."""
+    for number in INTERRUPTS:
+        signal.signal(number, _interrupt)
+
+
+def interrupted_exit(interrupt, what="no output was written"):
+    """Print the one line of an interrupted command and exit with 128 + the signal's number."""
+    number = getattr(interrupt, "signal", signal.SIGINT)
+    print(f"interrupted by {signal.Signals(number).name}: {what}", file=sys.stderr)
+    sys.exit(128 + number)
+
+
+def run():
+    """Run the command line, with interrupts handled from the start."""
+    install_interrupt_handlers()
+    try:
+        from .cli import main
+    except KeyboardInterrupt as interrupt:
+        interrupted_exit(interrupt)
+    main()

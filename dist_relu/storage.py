@@ -1,0 +1,387 @@
+"""Where dist_relu reads and writes: locations, and outputs that appear whole, one writer at a time.
+
+The rule for deleting: dist_relu removes only what it wrote itself. An
+existing output is replaced only when asked (``overwrite``) and only when it
+is a previous output of the same kind, recognised by its ``format``
+attribute; never the input (a location that is, contains or lies inside an
+input), never anything else, never the working directory.
+
+Every output is written by ``atomic_output``:
+
+- it takes the output's lock, ``.NAME.lock`` beside it, created exclusively.
+  The lock says who writes (host, process, its start time) and until when (a
+  lease renewed while the writer lives). A second writer of the same path is
+  refused while the first lives; a lock whose writer is dead (same host) or
+  whose lease has run out (another host) is taken over;
+- holding the lock, it cleans what a hard-killed writer left (its hidden
+  ``.NAME.partial-*`` store, or the previous output moved aside in a commit
+  cut short, which is put back);
+- the output is written into ``.NAME.partial-TOKEN`` and renamed into place
+  only once complete (copied, on object stores, which cannot rename).
+"""
+
+import contextlib
+import json
+import logging
+import os
+import signal
+import socket
+import threading
+import time
+import uuid
+from dataclasses import dataclass
+from pathlib import Path
+
+import fsspec
+from fsspec.implementations.local import LocalFileSystem
+
+from .errors import InputError, OutputBusy
+
+log = logging.getLogger("dist_relu")
+
+FIT_FORMAT = "dist_relu.fit"
+SAMPLES_FORMAT = "dist_relu.samples"
+CHECKPOINT_FORMAT = "dist_relu.checkpoint"
+# Stores written before outputs carried a format attribute name their writer instead.
+_LEGACY_FORMATS = {("generator", "dist_relu.simulate"): SAMPLES_FORMAT,
+                   ("converted_by", "dist_relu.convert"): SAMPLES_FORMAT}
+_KIND_NAMES = {FIT_FORMAT: "dist_relu fit", SAMPLES_FORMAT: "dist_relu samples store"}
+
+# A lock's lease: renewed every LEASE/4 while its writer lives; a lock from another
+# host whose lease ran out LEASE ago is stale.
+LEASE_SECONDS = 120.0
+INTERRUPTS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
+
+
+@dataclass(frozen=True)
+class Location:
+    """A local path or fsspec URL, parsed once: its file system and the path on it."""
+
+    text: str  # as the user gave it
+    fs: fsspec.AbstractFileSystem
+    path: str  # absolute, without a trailing slash; symlinks resolved on a local disk
+
+    @property
+    def is_local(self):
+        return isinstance(self.fs, LocalFileSystem)
+
+    @property
+    def protocol(self):
+        protocol = self.fs.protocol
+        return protocol if isinstance(protocol, str) else protocol[0]
+
+    @property
+    def url(self):
+        """What zarr and fsspec open: the path on a local disk, else the full URL."""
+        return self.path if self.is_local else self.fs.unstrip_protocol(self.path)
+
+    @property
+    def name(self):
+        return self.path.rsplit("/", 1)[-1]
+
+    @property
+    def parent(self):
+        return self.path.rsplit("/", 1)[0] or "/"
+
+    def sibling(self, name):
+        """Return the path (on ``fs``) of ``name`` beside this location."""
+        return f"{self.parent.rstrip('/')}/{name}"
+
+    def exists(self):
+        return self.fs.exists(self.path)
+
+    def within(self, other):
+        """Return whether this location is ``other`` or lies inside it."""
+        return self.protocol == other.protocol and (self.path == other.path or
+                                                    self.path.startswith(other.path.rstrip("/") + "/"))
+
+    def __str__(self):
+        return self.text
+
+
+def location(text):
+    """Return the ``Location`` of a local path or an fsspec URL (``file://``, ``memory://``, ``s3://``, ``gs://``)."""
+    if isinstance(text, Location):
+        return text
+    text = os.fspath(text)
+    if not text:
+        raise InputError("an empty path was given")
+    try:
+        fs, path = fsspec.core.url_to_fs(text)
+    except ImportError as error:
+        scheme = text.split("://", 1)[0]
+        raise InputError(f"{text}: {scheme}:// needs a library that is not installed ({error})") from None
+    except ValueError as error:
+        raise InputError(f"{text}: not a path or URL dist_relu can open ({error})") from None
+    if isinstance(fs, LocalFileSystem):
+        path = os.path.realpath(path)
+    return Location(text, fs, path.rstrip("/") or "/")
+
+
+def output_format(where):
+    """Return the format of the dist_relu output at ``where`` (a ``Location``), or None if it is none."""
+    for metadata in ("zarr.json", ".zattrs"):
+        try:
+            document = json.loads(where.fs.cat_file(f"{where.path}/{metadata}"))
+        except (FileNotFoundError, IsADirectoryError, NotADirectoryError, ValueError):
+            continue
+        attributes = document.get("attributes", {}) if metadata == "zarr.json" else document
+        if not isinstance(attributes, dict):
+            return None
+        if attributes.get("format") in (FIT_FORMAT, SAMPLES_FORMAT):
+            return attributes["format"]
+        for (key, value), kind in _LEGACY_FORMATS.items():
+            if attributes.get(key) == value:
+                return kind
+        return None
+    return None
+
+
+def check_output(out, kind, inputs=(), overwrite=False):
+    """Raise ``InputError`` unless dist_relu may write an output of ``kind`` at ``out``.
+
+    ``out`` must not be, contain or lie inside any of ``inputs`` (the
+    locations this command reads, or None), nor hold the working directory.
+    An existing ``out`` is replaced only with ``overwrite`` and only if it is
+    a dist_relu output of the same ``kind``.
+    """
+    out = location(out)
+    for given in inputs:
+        if given is None:
+            continue
+        given = location(given)
+        if out.within(given) or given.within(out):
+            how = "is" if out.path == given.path else "lies inside" if out.within(given) else "contains"
+            raise InputError(f"the output {out} {how} the input {given}: dist_relu never writes over what it "
+                             "reads; choose another output")
+    if out.is_local:
+        working = location(os.getcwd())
+        if working.within(out):
+            raise InputError(f"the output {out} holds the working directory: choose a new path for the output")
+    if out.path == "/" or "/" not in out.path.strip("/") and not out.is_local:
+        raise InputError(f"{out}: give a path inside a directory or bucket, not a bucket or the root itself")
+    if out.exists():
+        if not overwrite:
+            raise InputError(f"{out} exists; choose another --out or pass --overwrite")
+        found = output_format(out)
+        if found != kind:
+            what = f"a {_KIND_NAMES[found]}" if found else "not an output of dist_relu"
+            raise InputError(f"{out} exists and is {what}; --overwrite replaces only a previous "
+                             f"{_KIND_NAMES[kind]} (dist_relu never deletes what it did not write): choose another "
+                             "output")
+
+
+@contextlib.contextmanager
+def atomic_output(out, kind, inputs=(), overwrite=False):
+    """Yield where to write a new output of ``kind``; move it to ``out`` once the block completes.
+
+    Checks ``out`` with ``check_output``, takes its lock (``OutputBusy`` if
+    another live process holds it) and cleans what an earlier, killed writer
+    left. On an exception or a signal the partial output is removed and
+    whatever was at ``out`` is untouched. The yielded location is a local
+    ``Path`` on a disk, else a URL.
+    """
+    out = location(out)
+    check_output(out, kind, inputs, overwrite)
+    out.fs.makedirs(out.parent, exist_ok=True)
+    with _output_lock(out) as token:
+        _clean_leftovers(out)
+        check_output(out, kind, inputs, overwrite)  # again, now that no other writer can act
+        partial = out.sibling(f".{out.name}.partial-{token}")
+        try:
+            yield Path(partial) if out.is_local else out.fs.unstrip_protocol(partial)
+        except BaseException:
+            _remove_partial(out.fs, partial)
+            raise
+        aside = out.sibling(f".{out.name}.old-{token}")
+        with interrupts_held():
+            if out.exists():
+                out.fs.mv(out.path, aside, recursive=True)
+            out.fs.mv(partial, out.path, recursive=True)
+        if out.fs.exists(aside):
+            out.fs.rm(aside, recursive=True)
+
+
+def _lock_record(token):
+    import psutil
+
+    return {"format": "dist_relu.lock", "host": socket.gethostname(), "pid": os.getpid(),
+            "pid_started": psutil.Process().create_time(), "token": token,
+            "expires": time.time() + LEASE_SECONDS}
+
+
+def _writer_alive(record):
+    """Return whether the writer a lock names may still be writing."""
+    if record.get("host") != socket.gethostname():
+        return time.time() < float(record.get("expires", 0))
+    import psutil
+
+    try:
+        return abs(psutil.Process(int(record["pid"])).create_time() - float(record["pid_started"])) < 1.0
+    except (psutil.NoSuchProcess, KeyError, ValueError, TypeError):
+        return False
+    except psutil.AccessDenied:
+        return True
+
+
+def _read_lock(fs, path):
+    try:
+        return json.loads(fs.cat_file(path))
+    except FileNotFoundError:
+        return None
+    except ValueError:
+        return {}  # being written, or damaged: judged by its age below
+
+
+@contextlib.contextmanager
+def _output_lock(out):
+    """Hold the lock of ``out`` for the block; yield the writer's token."""
+    fs, lock = out.fs, out.sibling(f".{out.name}.lock")
+    token = uuid.uuid4().hex[:12]
+    record = _lock_record(token)
+    for _attempt in range(20):
+        if _create_exclusively(fs, lock, json.dumps(record).encode()):
+            break
+        found = _read_lock(fs, lock)
+        if found is None:
+            continue  # released meanwhile
+        if not found and _age(fs, lock) < 10:
+            time.sleep(0.05)  # a lock being written by its writer
+            continue
+        if found and _writer_alive(found):
+            since = time.strftime("%Y-%m-%d %H:%M:%S", time.localtime(found["pid_started"]))
+            raise OutputBusy(f"{out} is being written by another dist-relu (process {found['pid']} on "
+                             f"{found['host']}, started {since}); wait for it, or choose another output")
+        stale = out.sibling(f".{out.name}.lock.stale-{token}")
+        try:
+            fs.mv(lock, stale)  # of several takers, one moves it
+        except (FileNotFoundError, OSError):
+            continue
+        fs.rm(stale)
+        log.info(f"took over the lock of {out} left by a process that is gone ({lock})")
+    else:
+        raise OutputBusy(f"could not take the lock of {out} ({lock}); remove it if no dist-relu is writing there")
+    stop = threading.Event()
+    renewer = threading.Thread(target=_renew_lease, args=(fs, lock, record, stop), daemon=True)
+    renewer.start()
+    try:
+        yield token
+    finally:
+        stop.set()
+        renewer.join()
+        if (_read_lock(fs, lock) or {}).get("token") == token:
+            fs.rm(lock)
+
+
+def _renew_lease(fs, lock, record, stop):
+    while not stop.wait(LEASE_SECONDS / 4):
+        try:
+            _replace_whole(fs, lock, json.dumps({**record, "expires": time.time() + LEASE_SECONDS}).encode())
+        except OSError:
+            pass  # the next renewal tries again; the lease is long
+
+
+def _create_exclusively(fs, path, data):
+    """Create ``path`` holding ``data``; return False if it exists (atomic on a disk, checked after on stores)."""
+    if isinstance(fs, LocalFileSystem):
+        try:
+            descriptor = os.open(path, os.O_CREAT | os.O_EXCL | os.O_WRONLY, 0o644)
+        except FileExistsError:
+            return False
+        with os.fdopen(descriptor, "wb") as handle:
+            handle.write(data)
+        return True
+    # Object stores have no exclusive create: write, then read back whose lock stands.
+    if fs.exists(path):
+        return False
+    fs.pipe_file(path, data)
+    return fs.cat_file(path) == data
+
+
+def _replace_whole(fs, path, data):
+    if isinstance(fs, LocalFileSystem):
+        temporary = f"{path}.{uuid.uuid4().hex[:8]}"
+        with open(temporary, "wb") as handle:
+            handle.write(data)
+        os.replace(temporary, path)
+    else:
+        fs.pipe_file(path, data)
+
+
+def _age(fs, path):
+    try:
+        modified = fs.modified(path)
+    except (FileNotFoundError, NotImplementedError, OSError):
+        return 0.0
+    return time.time() - modified.timestamp()
+
+
+def _clean_leftovers(out):
+    """Under the lock: remove the partial stores of dead writers, and finish or undo a commit cut short."""
+    fs = out.fs
+    prefix = f".{out.name}."
+    try:
+        names = [path.rstrip("/").rsplit("/", 1)[-1] for path in fs.ls(out.parent, detail=False)]
+    except FileNotFoundError:
+        return
+    for name in sorted(names):
+        path = out.sibling(name)
+        if not name.startswith(prefix):
+            continue
+        if name.startswith(prefix + "old-"):
+            if out.exists():
+                log.info(f"removed the previous output of {out} left aside by an interrupted commit ({path})")
+                _remove_quietly(fs, path)
+            else:
+                log.info(f"restored the previous output of {out} from an interrupted commit ({path})")
+                fs.mv(path, out.path, recursive=True)
+        elif name.startswith(prefix + "partial-"):
+            log.info(f"removed a partial output left by an interrupted run ({path})")
+            _remove_quietly(fs, path)
+
+
+@contextlib.contextmanager
+def interrupts_held():
+    """Let no interrupt (SIGINT, SIGTERM, SIGHUP) cut the block short: one received during it is dropped.
+
+    It guards the commit of a finished store, whose two moves must not be
+    separated (the old store would be left aside and the new one hidden);
+    once the commit has begun, the work is done. Only the main thread can
+    set signal handlers; elsewhere the block runs unguarded.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.signal(number, signal.SIG_IGN) for number in INTERRUPTS}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
+
+
+def _remove_partial(fs, path, settle=2.0, quiet=0.5):
+    """Remove a partial store, and again while tasks still in flight recreate it.
+
+    After an interruption, threads (or workers) finish the block they were
+    writing, which can recreate the directory just removed; keep removing it
+    until it has stayed away for ``quiet`` seconds, or ``settle`` have passed.
+    """
+    if not fs.exists(path):
+        return  # nothing was written, so nothing is being written
+    start = last_seen = time.monotonic()
+    while time.monotonic() - start < settle:
+        if fs.exists(path):
+            _remove_quietly(fs, path)
+            last_seen = time.monotonic()
+        elif time.monotonic() - last_seen > quiet:
+            return
+        time.sleep(0.05)
+    _remove_quietly(fs, path)
+
+
+def _remove_quietly(fs, path):
+    try:
+        fs.rm(path, recursive=True)
+    except (FileNotFoundError, OSError):
+        pass  # removed meanwhile, or a file recreated during the walk: the next round removes it
