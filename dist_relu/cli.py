@@ -1,7 +1,6 @@
 """The ``dist-relu`` command line: simulate, fit, evaluate, demo."""
 
 import ctypes
-import errno
 import functools
 import json
 import logging
@@ -18,7 +17,7 @@ import zarr
 
 from . import __version__, io, kernels, storage
 from .entry import interrupted_exit
-from .errors import EnvironmentProblem
+from .errors import ENVIRONMENT_ERRNOS, EnvironmentProblem
 from .convert import FORMATS
 from .compiled import COUNT_KERNELS
 from .convert import convert as convert_file
@@ -29,9 +28,6 @@ from .simulate import BIAS_KINDS, figure1_truth, open_truth, simulate_to_zarr
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 3
 EXIT_ENVIRONMENT = 4
-# OS errors the user can act on: the machine, not the input or dist_relu, stands in the way.
-_ENVIRONMENT_ERRNOS = {errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EMFILE,
-                       errno.ENFILE}
 
 
 class ColumnBlock(click.ParamType):
@@ -94,7 +90,7 @@ def _handle_errors(command):
         except OSError as error:
             if debug:
                 raise
-            if error.errno not in _ENVIRONMENT_ERRNOS:
+            if error.errno not in ENVIRONMENT_ERRNOS:
                 _log(f"internal error: {type(error).__name__}: {error} (run with --debug for the traceback)")
                 sys.exit(EXIT_INTERNAL)
             where = f"{error.filename}: " if error.filename else ""
@@ -430,7 +426,10 @@ def evaluate(fit_path, truth, as_json):
       dist-relu evaluate fit.zarr --truth sim.zarr
     """
     model, _ = open_fit(fit_path)
-    metrics = model.errors(*open_truth(truth))
+    try:
+        metrics = model.errors(*open_truth(truth))
+    except ValueError as error:
+        raise io.InputError(f"{truth} does not match the fit {fit_path}: {error}") from None
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
     else:

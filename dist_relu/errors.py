@@ -8,6 +8,13 @@ address. Anything else is an internal error (exit 3).
 """
 
 
+import errno
+
+# OS errors the user can act on: the machine, not the input or dist_relu, stands in the way.
+ENVIRONMENT_ERRNOS = frozenset({errno.EROFS, errno.ENOSPC, errno.EACCES, errno.EPERM, errno.EDQUOT, errno.EMFILE,
+                                errno.ENFILE})
+
+
 class InputError(ValueError):
     """The input cannot be fitted: the message says what is wrong and what to do."""
 

@@ -81,6 +81,10 @@ class RectifiedGaussian:
         """Return the paper's metrics against a truth: ``err_sigma``, ``err_b``, ``tv_bound``."""
         truth_covariance = np.asarray(truth_covariance, dtype=np.float64)
         truth_bias = np.asarray(truth_bias, dtype=np.float64)
+        d = self.bias.shape[0]
+        if truth_covariance.shape != (d, d) or truth_bias.shape != (d,):
+            raise ValueError(f"the truth has {truth_bias.shape[0] if truth_bias.ndim else 0} coordinates "
+                             f"(covariance {truth_covariance.shape}); the fit has {d}")
         return {
             "err_sigma": covariance_error(self.covariance, truth_covariance),
             "err_b": bias_error(self.bias, truth_bias, truth_covariance),

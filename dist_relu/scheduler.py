@@ -3,12 +3,15 @@
 import contextlib
 import logging
 import os
+import signal
 import sys
+import threading
 
 import dask
 from dask.base import named_schedulers
 from dask.diagnostics import ProgressBar
 
+from .entry import INTERRUPTS
 from .errors import EnvironmentProblem
 
 
@@ -43,7 +46,6 @@ def scheduler(address=None, workers=None, log=None, tls_ca_file=None, tls_cert=N
     from distributed.security import Security
 
     with contextlib.ExitStack() as stack:
-        stack.enter_context(_quiet_when_interrupted())
         if address:
             security = _security(address, tls_files, Security)
             try:
@@ -53,16 +55,41 @@ def scheduler(address=None, workers=None, log=None, tls_ca_file=None, tls_cert=N
         else:
             # One thread per worker: BLAS under two threads per process was
             # erratic here, and workers pin BLAS to one thread anyway.
-            cluster = stack.enter_context(
-                LocalCluster(
-                    n_workers=workers, threads_per_worker=1, processes=True,
-                    host="127.0.0.1", dashboard_address="127.0.0.1:0",
+            with _workers_deaf_to_interrupts():
+                cluster = stack.enter_context(
+                    LocalCluster(
+                        n_workers=workers, threads_per_worker=1, processes=True,
+                        host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                    )
                 )
-            )
             client = stack.enter_context(Client(cluster))
         if log:
             log(f"scheduler {client.scheduler.address}, dashboard {client.dashboard_link}")
+        stack.enter_context(_quiet_when_interrupted())  # left first: before the client and cluster close
         yield client
+
+
+@contextlib.contextmanager
+def _workers_deaf_to_interrupts():
+    """Start the local cluster's processes with SIGINT, SIGTERM and SIGHUP ignored; this process answers them.
+
+    A terminal's Ctrl-C, a batch system's SIGTERM and a closed terminal's
+    SIGHUP reach every process of the group: each worker would print its
+    own traceback, or die and be restarted, with warnings, before this
+    process closes the cluster. An ignored signal stays ignored in the
+    processes started meanwhile (POSIX keeps it across exec, and Python then
+    installs no handler of its own); the cluster stops them when it closes.
+    An interrupt during the cluster's start (a second or two) is ignored.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.signal(number, signal.SIG_IGN) for number in INTERRUPTS}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 @contextlib.contextmanager
@@ -75,7 +102,8 @@ def _quiet_when_interrupted():
     try:
         yield
     except KeyboardInterrupt:
-        logging.getLogger("distributed").setLevel(logging.CRITICAL)
+        for name in ("distributed", "asyncio"):  # asyncio: the client's gathers, cut short, are never retrieved
+            logging.getLogger(name).setLevel(logging.CRITICAL)
         raise
 
 

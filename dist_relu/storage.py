@@ -35,7 +35,8 @@ from pathlib import Path
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .errors import InputError, OutputBusy
+from .entry import INTERRUPTS
+from .errors import ENVIRONMENT_ERRNOS, EnvironmentProblem, InputError, OutputBusy
 
 log = logging.getLogger("dist_relu")
 
@@ -50,7 +51,6 @@ _KIND_NAMES = {FIT_FORMAT: "dist_relu fit", SAMPLES_FORMAT: "dist_relu samples s
 # A lock's lease: renewed every LEASE/4 while its writer lives; a lock from another
 # host whose lease ran out LEASE ago is stale.
 LEASE_SECONDS = 120.0
-INTERRUPTS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGHUP") if hasattr(signal, name))
 
 
 @dataclass(frozen=True)
@@ -190,8 +190,10 @@ def atomic_output(out, kind, inputs=(), overwrite=False):
         partial = out.sibling(f".{out.name}.partial-{token}")
         try:
             yield Path(partial) if out.is_local else out.fs.unstrip_protocol(partial)
-        except BaseException:
+        except BaseException as error:
             _remove_partial(out.fs, partial)
+            if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS and not error.filename:
+                raise EnvironmentProblem(f"cannot write {out}: {error.strerror}") from error
             raise
         aside = out.sibling(f".{out.name}.old-{token}")
         with interrupts_held():

@@ -180,7 +180,7 @@ def test_fit_to_zarr_writes_a_complete_group_and_never_a_partial_one(tmp_path, r
     assert set(group.array_keys()) >= {"covariance", "bias", "scale", "status", "thresholds", "counts",
                                        "n_zero", "n_positive", "sum_positive", "sum_sq_positive"}
 
-    with pytest.raises(FileExistsError, match="exists"):
+    with pytest.raises(io.InputError, match="exists"):
         dist_relu.fit_to_zarr(relu_data, out)
 
     def fail_on_third_chunk(block, block_info=None):
