@@ -388,15 +388,24 @@ def merge(fits, out, overwrite, as_json, address, workers, progress, **tls):
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=None,
               help="Rows per Zarr chunk. Default: about 32 MB per chunk (printed).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
+@click.option("--header/--no-header", default=None,
+              help="CSV/TSV: the first line is a header to skip, whatever it holds (--header), or data "
+                   "(--no-header). Default: a header when it is not numbers, every cell is filled and some "
+                   "cell is a word.")
 @_handle_errors
-def convert(source, out, file_format, dataset, chunk_rows, overwrite):
+def convert(source, out, file_format, dataset, chunk_rows, overwrite, header):
     """Convert .npy, .npz, CSV/TSV, HDF5 or Parquet samples into a Zarr group for `fit`.
 
     Streams the input in blocks of rows (it is never loaded whole) into the
     array `samples` of a new Zarr group, chunked by rows. Rows are samples,
-    columns coordinates. A CSV/TSV header line is detected and skipped.
-    Objects are never unpickled. HDF5 and Parquet need `pip install
-    dist_relu[convert]`.
+    columns coordinates. Objects are never unpickled. HDF5 and Parquet need
+    `pip install dist_relu[convert]`.
+
+    CSV/TSV files are UTF-8 (a byte-order mark is fine) with `,` or tab
+    between cells and a point as decimal mark: decimal commas (1,5) and
+    empty cells are errors that name the line. A header line is detected
+    (see --header), lines starting with # are skipped as comments, blank
+    lines are skipped; what was skipped is printed.
 
     \b
     Example:
@@ -404,9 +413,16 @@ def convert(source, out, file_format, dataset, chunk_rows, overwrite):
       dist-relu convert run.h5 --dataset activations --out data.zarr --chunk-rows 100000
     """
     summary = convert_file(source, out, format=file_format, dataset=dataset, chunk_rows=chunk_rows,
-                           overwrite=overwrite)
+                           overwrite=overwrite, header=header)
+    skipped = []
+    if summary["header"] is not None:
+        line = summary["header"]
+        skipped.append(f"a header line {line if len(line) <= 80 else line[:77] + '...'!r}")
+    if summary["comment_lines"]:
+        skipped.append(f"{summary['comment_lines']:,} comment line{'s' * (summary['comment_lines'] != 1)}")
     click.echo(f"converted {summary['n_samples']:,} rows × {summary['n_coordinates']} columns of {source} "
-               f"({summary['format']}) to {out}/samples, {summary['dtype']}, chunks of {summary['chunk_rows']:,} rows")
+               f"({summary['format']}) to {out}/samples, {summary['dtype']}, chunks of {summary['chunk_rows']:,} rows"
+               + (f"; skipped {' and '.join(skipped)}" if skipped else ""))
 
 
 @main.command()

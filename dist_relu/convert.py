@@ -6,8 +6,12 @@ input is never in memory; blocks are appended to a Zarr array whose chunks are
 ``dist-relu fit`` reads by default), written atomically like every output.
 """
 
+import contextlib
+import csv
 import itertools
+import re
 import zipfile
+import zlib
 from pathlib import Path
 
 import numpy as np
@@ -54,11 +58,19 @@ def _blocks_of_array(array):
     return blocks
 
 
+def _read_npy_header(handle):
+    """Return (shape, fortran_order, dtype) from the header of an .npy stream."""
+    version = np.lib.format.read_magic(handle)
+    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+    return read_header(handle)
+
+
 def _open_npy(path, dataset):
-    try:
-        array = np.load(path, mmap_mode="r", allow_pickle=False)
-    except ValueError as error:  # object arrays need pickle, which is never allowed
-        raise io.InputError(f"{path}: {error}; dist_relu never unpickles data") from None
+    with open(path, "rb") as handle:
+        dtype = _read_npy_header(handle)[2]
+    if dtype.hasobject:
+        raise io.InputError(f"{path} holds Python objects; dist_relu never unpickles data")
+    array = np.load(path, mmap_mode="r", allow_pickle=False)
     _check_numeric(array.dtype, path)
     return array.shape, array.dtype, _blocks_of_array(array)
 
@@ -68,9 +80,7 @@ def _open_npz(path, dataset):
     names = [n[:-4] for n in archive.namelist() if n.endswith(".npy")]
     name = _choose(names, dataset, path)
     handle = archive.open(name + ".npy")
-    version = np.lib.format.read_magic(handle)
-    read_header = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
-    shape, fortran, dtype = read_header(handle)
+    shape, fortran, dtype = _read_npy_header(handle)
     _check_numeric(dtype, f"{path}[{name}]")
     if fortran and len(shape) > 1:
         raise io.InputError(f"{path}[{name}] is stored column-major, which cannot be streamed by rows; "
@@ -85,45 +95,128 @@ def _open_npz(path, dataset):
     return shape, dtype, blocks
 
 
-def _open_text(path, dataset, delimiter):
-    handle = open(path)
-    numbered = ((number, line) for number, line in enumerate(handle, 1) if line.strip())
+# A number written with a decimal comma, such as 1,5 or "-0,25".
+_DECIMAL_COMMA = re.compile(r'\s*"?[-+]?\d*,\d+([eE][-+]?\d+)?"?\s*')
 
-    def parse(entries, columns=None):
-        """Parse (line number, text) pairs; name the first line that is not a row of ``columns`` numbers."""
+
+def _cells(line, delimiter):
+    try:
+        return next(csv.reader([line], delimiter=delimiter), [])
+    except csv.Error:  # a NUL character, say; such a line is refused anyway
+        return line.split(delimiter)
+
+
+def _is_number(cell):
+    try:
+        float(cell)
+    except ValueError:
+        return False
+    return "_" not in cell  # float() accepts 1_000, np.loadtxt does not
+
+
+def _looks_like_header(cells):
+    """Every cell filled and some cell a word, such as ``a,b,c`` or ``"x1","x2"``."""
+    return all(c.strip() for c in cells) and any(not _is_number(c) and any(ch.isalpha() for ch in c) for c in cells)
+
+
+def _bad_line(path, number, line, delimiter, error):
+    """The error for a line that np.loadtxt refused, saying why in the user's terms."""
+    cells = _cells(line, delimiter)
+    name = "tab" if delimiter == "\t" else repr(delimiter)
+    other = next((c for c in ",;\t| " if c != delimiter and c in line.strip()), None)
+    empty = [column for column, cell in enumerate(cells, 1) if not cell.strip()]
+    words = [(column, cell.strip()) for column, cell in enumerate(cells, 1) if cell.strip() and not _is_number(cell)]
+    if "\ufffd" in line or "\x00" in line:
+        why = "not UTF-8 text"
+    elif any(_DECIMAL_COMMA.fullmatch(p) for p in cells + (line.split(";") if ";" in line else [])):
+        why = f"decimal commas are not supported (write 1.5, not 1,5); the delimiter is {name}"
+    elif delimiter not in line and other:
+        why = f"the delimiter is {name}, but this line seems separated by {other!r}"
+    elif empty:
+        why = f"column {empty[0]} is empty"
+    elif words:
+        why = f"column {words[0][0]} is not a number: {words[0][1]!r}"
+    else:
+        why = str(error)  # numpy's own words
+    shown = line.rstrip("\r\n")[:80]
+    return io.InputError(f"{path}, line {number}: {why} ({shown!r})")
+
+
+def _open_text(path, dataset, delimiter, header=None, notes=None):
+    """Read CSV/TSV rows of numbers by blocks of lines.
+
+    ``header`` None detects a header line (see ``_looks_like_header``), True
+    skips the first line whatever it holds, False reads it as data. Lines whose
+    first non-blank character is ``#`` are skipped and counted, blank lines are
+    skipped; ``notes`` receives ``header`` (the skipped line) and
+    ``comment_lines``. Line numbers in errors are the file's own.
+    """
+    notes = {} if notes is None else notes
+    notes.update(header=None, comment_lines=0)
+    options = {"delimiter": delimiter, "ndmin": 2, "dtype": np.float64, "comments": None, "quotechar": '"'}
+    # Bytes that are not UTF-8 read as U+FFFD, which no number holds: a data
+    # line with them is refused by its number rather than the whole file by a byte offset.
+    handle = open(path, encoding="utf-8-sig", errors="replace")
+
+    def numbered():
+        for number, line in enumerate(handle, 1):
+            text = line.strip()
+            if text.startswith("#"):
+                notes["comment_lines"] += 1
+            # A TSV line of tabs alone is a row of empty cells, not a blank line.
+            elif text or delimiter in line:
+                yield number, line
+
+    def parse_line(number, line):
         try:
-            block = np.loadtxt([line for _, line in entries], delimiter=delimiter, ndmin=2, dtype=np.float64)
-            if columns is None or block.shape[1] == columns:
+            return np.loadtxt([line], **options)
+        except ValueError as error:
+            raise _bad_line(path, number, line, delimiter, error) from None
+
+    def parse(entries, columns):
+        try:
+            block = np.loadtxt([line for _, line in entries], **options)
+            if block.shape[1] == columns:
                 return block
         except ValueError:
             pass
+        # Slow path: find the first bad line of the block.
         for number, line in entries:
-            try:
-                width = np.loadtxt([line], delimiter=delimiter, ndmin=2).shape[1]
-            except ValueError as error:
-                raise io.InputError(f"{path}, line {number}: {error} ({line.strip()[:80]!r})") from None
-            columns = columns or width
+            width = parse_line(number, line).shape[1]
             if width != columns:
                 raise io.InputError(f"{path}, line {number}: {width} columns where the file has {columns}")
         raise AssertionError("unreachable: some line must have failed")
 
-    first = next(numbered, None)
-    if first is None:
-        raise io.InputError(f"{path} is empty")
+    lines = numbered()
     try:
-        d = np.loadtxt([first[1]], delimiter=delimiter, ndmin=2).shape[1]
+        first = next(lines, None)
+        if first is None:
+            comments = notes["comment_lines"]
+            raise io.InputError(f"{path} holds only comment lines ({comments})" if comments else f"{path} is empty")
         head = [first]
-    except ValueError:  # a header line
-        head = list(itertools.islice(numbered, 1))
-        if not head:
-            raise io.InputError(f"{path} has a header but no rows") from None
-        d = parse(head).shape[1]
+        if header is None:
+            try:
+                np.loadtxt([first[1]], **options)
+                header = False
+            except ValueError:
+                header = _looks_like_header(_cells(first[1], delimiter))
+        if header:
+            notes["header"] = first[1].strip()
+            head = list(itertools.islice(lines, 1))
+            if not head:
+                raise io.InputError(f"{path} has a header but no rows")
+        d = parse_line(*head[0]).shape[1]
+        if header and (width := len(_cells(first[1], delimiter))) != d:
+            raise io.InputError(f"{path}, line {first[0]}: the header has {width} cells but the data have {d} columns")
+    except BaseException:
+        handle.close()
+        raise
 
     def blocks(rows):
-        rest = itertools.chain(head, numbered)
-        while batch := list(itertools.islice(rest, rows)):
-            yield parse(batch, d)
-        handle.close()
+        with handle:
+            rest = itertools.chain(head, lines)
+            while batch := list(itertools.islice(rest, rows)):
+                yield parse(batch, d)
 
     return (None, d), np.dtype(np.float64), blocks
 
@@ -177,24 +270,47 @@ def _choose(names, wanted, path):
 
 READERS = {
     "npy": _open_npy, "npz": _open_npz, "hdf5": _open_hdf5, "parquet": _open_parquet,
-    "csv": lambda path, dataset: _open_text(path, dataset, ","),
-    "tsv": lambda path, dataset: _open_text(path, dataset, "\t"),
+    "csv": lambda path, dataset, **text: _open_text(path, dataset, ",", **text),
+    "tsv": lambda path, dataset, **text: _open_text(path, dataset, "\t", **text),
 }
 
 
-def convert(source, out, *, format=None, dataset=None, chunk_rows=None, overwrite=False):
+@contextlib.contextmanager
+def _reading(source, format):
+    """Name ``source`` in the errors that numpy, zipfile, h5py or pyarrow raise about it."""
+    try:
+        yield
+    except io.InputError as error:
+        if str(source) in str(error):
+            raise
+        raise io.InputError(f"{source}: {error}") from None
+    except (OSError, ValueError, EOFError, zipfile.BadZipFile, zlib.error) as error:
+        raise io.InputError(f"{source}: not a readable {format} file ({error})") from error
+
+
+def convert(source, out, *, format=None, dataset=None, chunk_rows=None, overwrite=False, header=None):
     """Stream ``source`` into a Zarr group at ``out`` holding ``samples``; return a summary dict.
 
     Parameters
     ----------
     source : path
-        A .npy, .npz, CSV/TSV (header line optional), HDF5 or Parquet file.
+        A .npy, .npz, CSV/TSV, HDF5 or Parquet file. CSV/TSV files are UTF-8
+        (a byte-order mark is allowed), with ``,`` or tab between cells and a
+        point as decimal mark. Lines starting with ``#`` are skipped and
+        counted (``comment_lines`` in the summary), blank lines skipped; an
+        empty cell is an error.
     format : str, optional
         One of ``npy, npz, csv, tsv, hdf5, parquet``; by default from the suffix.
     dataset : str, optional
         The array inside an .npz or HDF5 file holding several.
     chunk_rows : int, optional
         Rows per Zarr chunk; by default about 32 MB per chunk.
+    header : bool, optional
+        CSV/TSV only. True: the first line is a header, skipped whatever it
+        holds. False: the first line is data. None (default): the first line
+        is a header when it is not numbers, every cell is filled and some cell
+        is a word. The skipped line is ``header`` in the summary; its number
+        of cells must equal the data's number of columns.
     """
     source = Path(source)
     if not source.is_file():
@@ -204,7 +320,12 @@ def convert(source, out, *, format=None, dataset=None, chunk_rows=None, overwrit
         raise io.InputError(f"unknown format {format!r} (known: {', '.join(READERS)})")
     if chunk_rows is not None and chunk_rows < 1:
         raise ValueError(f"chunk_rows must be positive; got {chunk_rows}")
-    shape, dtype, blocks = READERS[format](source, dataset)
+    notes = {"header": None, "comment_lines": 0}
+    text = {"header": header, "notes": notes} if format in ("csv", "tsv") else {}
+    if header is not None and not text:
+        raise io.InputError(f"{source}: a header option applies to CSV and TSV files, not {format}")
+    with _reading(source, format):
+        shape, dtype, blocks = READERS[format](source, dataset, **text)
     if len(shape) != 2:
         raise io.InputError(f"{source}: samples must be 2-D (n × d); got shape {shape}")
     d = shape[1]
@@ -213,12 +334,20 @@ def convert(source, out, *, format=None, dataset=None, chunk_rows=None, overwrit
         group = zarr.open_group(str(partial), mode="w-")
         samples = group.create_array("samples", shape=(0, d), chunks=(rows, d), dtype=dtype, config=io.WRITE_ALL_CHUNKS)
         n = 0
-        for block in blocks(rows):
+        read = blocks(rows)
+        while True:
+            # Only the reading is named after the source: a failing write is about the output.
+            with _reading(source, format):
+                block = next(read, None)
+            if block is None:
+                break
             samples.append(block.astype(dtype, copy=False), axis=0)
             n += block.shape[0]
         if n == 0:
             raise io.InputError(f"{source} holds no rows")
         summary = {"source": str(source), "format": format, "n_samples": n, "n_coordinates": d,
-                   "dtype": str(np.dtype(dtype)), "chunk_rows": rows}
-        group.attrs.update({"format": storage.SAMPLES_FORMAT, "converted_by": "dist_relu.convert", **summary})
+                   "dtype": str(np.dtype(dtype)), "chunk_rows": rows, **notes}
+        # "format" names this store's kind (storage); the file's format is kept as input_format.
+        group.attrs.update({"converted_by": "dist_relu.convert", **summary, "input_format": format,
+                            "format": storage.SAMPLES_FORMAT})
     return summary

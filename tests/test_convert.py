@@ -1,5 +1,6 @@
 """dist-relu convert: every format in, the same samples out, bad files refused clearly."""
 
+import re
 import subprocess
 import sys
 import zipfile
@@ -86,6 +87,31 @@ def write_text_parquet(tmp):
     return tmp / "x.parquet"
 
 
+def write_text(name, text):
+    """A maker for BAD: write ``text`` (UTF-8) to ``name``."""
+
+    def make(tmp):
+        (tmp / name).write_text(text, encoding="utf-8")
+        return tmp / name
+
+    return make
+
+
+def write_truncated(name, save):
+    def make(tmp):
+        save(tmp / name)
+        data = (tmp / name).read_bytes()
+        (tmp / name).write_bytes(data[:len(data) // 2])
+        return tmp / name
+
+    return make
+
+
+def save_h5(path):
+    with h5py.File(path, "w") as f:
+        f["x"] = X
+
+
 BAD = {
     "object npy": (write_object_npy, r"never unpickles"),
     "fortran npz": (write_fortran_npz, r"column-major"),
@@ -96,6 +122,33 @@ BAD = {
     "unknown suffix": (lambda tmp: (tmp / "x.bin").write_bytes(b"1") and tmp / "x.bin", r"cannot tell the format"),
     "empty csv": (lambda tmp: (tmp / "x.csv").write_text("") or tmp / "x.csv", r"is empty"),
     "missing": (lambda tmp: tmp / "nothing.npy", r"no such file"),
+    "empty cell on line 1": (write_text("x.csv", "1.0,,3.0\n4,5,6\n"), r"x.csv, line 1: column 2 is empty"),
+    "empty cell on line 2": (write_text("x.csv", "1.0,2,3.0\n4,,6\n"), r"x.csv, line 2: column 2 is empty"),
+    "empty last cell": (write_text("x.csv", "1,2,3\n4,5,\n"), r"x.csv, line 2: column 3 is empty"),
+    "tsv row of tabs": (write_text("x.tsv", "1\t2\n\t\n3\t4\n"), r"x.tsv, line 2: column 1 is empty"),
+    "blank lines before": (write_text("x.csv", "1,2,3\n\n\n# note\n" + "4,5,6\n\n" * 10 + "7,,9\n"),
+                           r"x.csv, line 25: column 2 is empty \('7,,9'\)"),
+    "decimal comma, ;": (write_text("x.csv", "1,5;2,0\n3,5;4,0\n"),
+                         r"x.csv, line 1: decimal commas are not supported .* the delimiter is ','"),
+    "decimal comma, quoted": (write_text("x.csv", 'a,b\n"1.5","2"\n"1,5","2,0"\n'),
+                              r"x.csv, line 3: decimal commas are not supported .* the delimiter is ','"),
+    "decimal comma in tsv": (write_text("x.tsv", "1.5\t2\n1,5\t2\n"),
+                             r"x.tsv, line 2: decimal commas are not supported .* the delimiter is tab"),
+    "; delimiter": (write_text("x.csv", "a;b;c\n1.5;2;3\n"),
+                    r"x.csv, line 2: the delimiter is ',', but this line seems separated by ';'"),
+    "header longer than rows": (write_text("x.csv", "a,b,c\n1,2\n3,4\n"),
+                                r"x.csv, line 1: the header has 3 cells but the data have 2 columns"),
+    "header shorter than rows": (write_text("x.csv", "# made by hand\na,b\n1,2,3\n"),
+                                 r"x.csv, line 2: the header has 2 cells but the data have 3 columns"),
+    "not utf-8": (lambda tmp: (tmp / "x.csv").write_bytes("1,2\n3,\xe9\n".encode("latin-1")) and tmp / "x.csv",
+                  r"x.csv, line 2: not UTF-8 text"),
+    "only comments": (write_text("x.csv", "# a,b\n\n# c\n"), r"x.csv holds only comment lines \(2\)"),
+    "truncated npy": (write_truncated("x.npy", lambda path: np.save(path, X)), r"x.npy: not a readable npy file"),
+    "truncated npz": (write_truncated("x.npz", lambda path: np.savez(path, samples=X)),
+                      r"x.npz: not a readable npz file \(File is not a zip file\)"),
+    "truncated hdf5": (write_truncated("x.h5", save_h5), r"x.h5: not a readable hdf5 file"),
+    "truncated parquet": (write_truncated("x.parquet", lambda path: pq.write_table(pa.table({"a": X[:, 0]}), path)),
+                          r"x.parquet: not a readable parquet file"),
 }
 
 
@@ -109,6 +162,7 @@ def test_bad_files_are_refused_clearly_and_leave_nothing(tmp_path, case):
     result = subprocess.run([DIST_RELU, "convert", str(source), "--out", str(tmp_path / "out.zarr")],
                             capture_output=True, text=True, timeout=120)
     assert result.returncode == EXIT_BAD_INPUT and len(result.stderr.strip().splitlines()) == 1, result.stderr
+    assert re.search(message, result.stderr), result.stderr
     assert not (tmp_path / "out.zarr").exists()
     assert [p.name for p in tmp_path.iterdir() if p.name.startswith(".")] == []
 
@@ -144,3 +198,73 @@ def test_all_zero_chunks_are_stored_so_the_fit_needs_no_flag(tmp_path):
     assert samples.nchunks_initialized == samples.nchunks == 3
     fit = dist_relu.ReLUGaussian().fit(tmp_path / "z.zarr")
     assert list(fit.status_[1:]) == [2, 2]  # all zero, named, not refused
+
+
+def convert_cli(source, out, *options):
+    return subprocess.run([DIST_RELU, "convert", str(source), "--out", str(out), *options],
+                          capture_output=True, text=True, timeout=120)
+
+
+def read_samples(out):
+    return zarr.open_group(str(out), mode="r")["samples"][:]
+
+
+def test_a_byte_order_mark_is_not_a_header(tmp_path):
+    (tmp_path / "x.csv").write_text("\ufeff1.0,2.0\n3.0,4.5\n", encoding="utf-8")
+    summary = convert(tmp_path / "x.csv", tmp_path / "out.zarr")
+    assert summary["n_samples"] == 2 and summary["header"] is None
+    np.testing.assert_array_equal(read_samples(tmp_path / "out.zarr"), [[1.0, 2.0], [3.0, 4.5]])
+    result = convert_cli(tmp_path / "x.csv", tmp_path / "cli.zarr")
+    assert result.returncode == 0 and "converted 2 rows × 2 columns" in result.stdout, result.stderr
+    assert "skipped" not in result.stdout
+    (tmp_path / "h.csv").write_text("\ufeffa,b\n1,2\n", encoding="utf-8")
+    assert convert(tmp_path / "h.csv", tmp_path / "h.zarr")["header"] == "a,b"
+
+
+@pytest.mark.parametrize("header", ["a,b,c", '"x1","x2","x3"'])
+def test_a_detected_header_is_reported(tmp_path, header):
+    (tmp_path / "x.csv").write_text(f"{header}\n1,2,3\n4,5,nan\n")
+    summary = convert(tmp_path / "x.csv", tmp_path / "out.zarr")
+    assert summary["header"] == header and summary["n_samples"] == 2 and summary["comment_lines"] == 0
+    np.testing.assert_array_equal(read_samples(tmp_path / "out.zarr"), [[1, 2, 3], [4, 5, np.nan]])
+    result = convert_cli(tmp_path / "x.csv", tmp_path / "cli.zarr")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith(f"rows; skipped a header line {header!r}"), result.stdout
+
+
+def test_no_header_refuses_a_word_header(tmp_path):
+    (tmp_path / "x.csv").write_text("a,b\n1,2\n")
+    with pytest.raises(io.InputError, match=r"x.csv, line 1: column 1 is not a number: 'a'"):
+        convert(tmp_path / "x.csv", tmp_path / "out.zarr", header=False)
+    result = convert_cli(tmp_path / "x.csv", tmp_path / "out.zarr", "--no-header")
+    assert result.returncode == EXIT_BAD_INPUT and "x.csv, line 1: column 1 is not a number" in result.stderr
+    assert not (tmp_path / "out.zarr").exists()
+
+
+def test_header_skips_a_first_line_of_numbers(tmp_path):
+    (tmp_path / "x.csv").write_text("\n0,1\n3,4\n5,6\n")
+    summary = convert(tmp_path / "x.csv", tmp_path / "out.zarr", header=True)
+    assert summary["header"] == "0,1" and summary["n_samples"] == 2
+    np.testing.assert_array_equal(read_samples(tmp_path / "out.zarr"), [[3, 4], [5, 6]])
+    result = convert_cli(tmp_path / "x.csv", tmp_path / "cli.zarr", "--header")
+    assert result.returncode == 0 and "converted 2 rows" in result.stdout and "header line '0,1'" in result.stdout
+    assert convert(tmp_path / "x.csv", tmp_path / "detect.zarr")["n_samples"] == 3  # detected: numbers are data
+    np.save(tmp_path / "x.npy", X)
+    with pytest.raises(io.InputError, match="applies to CSV and TSV files, not npy"):
+        convert(tmp_path / "x.npy", tmp_path / "npy.zarr", header=True)
+
+
+def test_comment_lines_are_skipped_and_counted(tmp_path):
+    np.savetxt(tmp_path / "x.csv", X, delimiter=",", header="a,b,c,d")  # writes '# a,b,c,d'
+    summary = convert(tmp_path / "x.csv", tmp_path / "out.zarr", chunk_rows=1000)
+    assert summary["n_samples"] == 5003 and summary["comment_lines"] == 1 and summary["header"] is None
+    np.testing.assert_array_equal(read_samples(tmp_path / "out.zarr"), X.astype(np.float64))
+    (tmp_path / "y.tsv").write_text("# made by hand\nx\ty\n1\t2\n\n  # indented\n3\t4\n")
+    summary = convert(tmp_path / "y.tsv", tmp_path / "y.zarr")
+    assert (summary["comment_lines"], summary["header"], summary["n_samples"]) == (2, "x\ty", 2)
+    np.testing.assert_array_equal(read_samples(tmp_path / "y.zarr"), [[1, 2], [3, 4]])
+    result = convert_cli(tmp_path / "y.tsv", tmp_path / "cli.zarr")
+    assert result.returncode == 0, result.stderr
+    assert result.stdout.strip().endswith("; skipped a header line 'x\\ty' and 2 comment lines"), result.stdout
+    result = convert_cli(tmp_path / "x.csv", tmp_path / "cli_x.zarr")
+    assert result.stdout.strip().endswith("; skipped 1 comment line"), result.stdout
