@@ -17,10 +17,10 @@ import io as _bytes_io
 import json
 import uuid
 
-import fsspec
 import numpy as np
 
 from .errors import InputError
+from .storage import location
 
 FORMAT = "dist_relu.checkpoint"
 FORMAT_VERSION = 1
@@ -32,7 +32,8 @@ class Checkpoint:
     def __init__(self, url, scope="", resumed=None):
         self.url = str(url)
         self.scope = scope
-        self.fs, self.root = fsspec.core.url_to_fs(self.url)
+        where = location(self.url)
+        self.fs, self.root = where.fs, where.path
         # Blocks found already saved, over this checkpoint and its children.
         self.resumed = [0] if resumed is None else resumed
 

@@ -312,7 +312,11 @@ def convert(source, out, *, format=None, dataset=None, chunk_rows=None, overwrit
         is a word. The skipped line is ``header`` in the summary; its number
         of cells must equal the data's number of columns.
     """
-    source = Path(source)
+    where = storage.location(source)
+    if not where.is_local:
+        raise io.InputError(f"{source}: convert reads files on this machine; copy it here first")
+    source = Path(where.path) if str(source).startswith("file://") else Path(source)
+    storage.check_output(out, storage.SAMPLES_FORMAT, [source], overwrite)  # before reading a large file
     if not source.is_file():
         raise io.InputError(f"{source}: no such file")
     format = format or detect_format(source)
