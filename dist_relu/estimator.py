@@ -378,7 +378,7 @@ def fit_to_zarr(source, out, *, array="samples", allow_missing_chunks=False, ove
                 checkpoint=None, update=None, thresholds_from=None, **settings):
     """Fit the samples at ``source`` and write the fit as a Zarr group at ``out``; return its attributes.
 
-    The output appears only when complete (see ``io.atomic_store``). Stages:
+    The output appears only when complete (see ``storage.atomic_output``). Stages:
     the pilot (or the first pass), the main pass (counts and statistics
     written to the output), the inversion (Σ̂ from the stored counts, written
     block by block) and the write of the rest; their seconds are in the
@@ -411,6 +411,7 @@ def fit_to_zarr(source, out, *, array="samples", allow_missing_chunks=False, ove
         _check_additive(bases, samples.shape[1])
         settings = {**settings, **_additive_settings(bases[0])}
         thresholds = bases[0]["thresholds"][:]
+    parts = _parts(bases, _part(label, None, None, identity)) if bases else None
     if checkpoint is not None:
         _check_checkpoint_location(checkpoint, out, inputs)
     start = time.perf_counter()
@@ -418,8 +419,6 @@ def fit_to_zarr(source, out, *, array="samples", allow_missing_chunks=False, ove
     with storage.atomic_output(out, FORMAT, inputs, overwrite) as partial:
         state, fit_settings = plan_fit(samples, progress=progress, checkpoint=checkpoint, source=label,
                                        identity=identity, timings=timings, thresholds=thresholds, **settings)
-        new_part = _part(label, None, None, identity)
-        parts = _parts(bases, new_part) if bases else None
         return _write_fit(partial, state, fit_settings, bases, timings, progress, label, parts, start, identity)
 
 
