@@ -92,8 +92,10 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
     Returns
     -------
     state : dict
-        Lazy: ``statistics`` (d, 4), the sufficient statistics; ``counts``
-        (d, d); ``rows_kept`` (0-d) with ``drop_nonfinite``; with one pass
+        Lazy: ``statistics`` (d, 4), the sufficient statistics, whose sums
+        are in units ``2**statistics_exponent`` (d,) (computed already after
+        two passes); ``counts`` (d, d); ``rows_kept`` (0-d) with
+        ``drop_nonfinite``; with one pass
         ``value_problems`` (d, 2), for ``io.check_values`` once computed;
         with ``method="sgd"`` the SGD's ``(µ̂, σ̂)`` as ``sgd`` (d, 2).
         ``thresholds`` (d,): lazy with a pilot, else computed already;
@@ -135,6 +137,11 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
     # With drop_nonfinite, rows holding NaN or ±inf are left out of every kernel.
     keep = graph.finite_row_mask(passed) if drop_nonfinite else None
     state = {}
+    # The first rows (with one pass, the pilot's) set the units 2**e of the statistics' sums, so that
+    # no sum of squares overflows or underflows (kernels.statistics_exponents); e = 0 for ordinary data.
+    row_bytes = d * samples.dtype.itemsize
+    first_rows = min(n, kernels.default_pilot_rows(n, row_bytes) if pilot_rows is None else pilot_rows)
+    exponents = graph.column_exponents(passed[:first_rows]).rechunk({0: column_chunks})
     if thresholds is not None:
         if passes != 1 or method == "sgd":
             raise ValueError("given thresholds are for one-pass fits with the censored or truncated likelihood")
@@ -146,51 +153,53 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
     elif passes == 1:
         # Thresholds from a pilot, the first pilot_rows rows, in the main pass's own graph: the pilot's
         # chunks are read once for both, and no chunk is counted before the thresholds are known.
-        row_bytes = d * samples.dtype.itemsize
-        pilot_rows = min(n, kernels.default_pilot_rows(n, row_bytes) if pilot_rows is None else pilot_rows)
+        pilot_rows = first_rows
         pilot_passes = graph.chunk_passes(passed[:pilot_rows], keep=None if keep is None else keep[:pilot_rows],
-                                          column_chunks=column_chunks)
+                                          column_chunks=column_chunks, exponents=exponents)
         pilot_statistics = graph.column_statistics(pilot_passes, split_every)
         whole = {0: d}
         scope = f"pilot-{pilot_rows}-{likelihood}"  # the thresholds it makes of the fingerprinted data
-        thresholds = da.map_blocks(
-            _pilot_thresholds, pilot_statistics.rechunk(whole),
-            graph.value_problems(pilot_passes, split_every).rechunk(whole), likelihood, pilot_rows,
-            None if checkpoint is None else checkpoint.child(f"thresholds-{scope}"),
-            drop_axis=1, dtype=np.float64, meta=np.empty(0, dtype=np.float64),
+        thresholds = da.blockwise(
+            _pilot_thresholds, "i", pilot_statistics.rechunk(whole), "ia",
+            graph.value_problems(pilot_passes, split_every).rechunk(whole), "ib", exponents.rechunk(whole), "i",
+            likelihood, None, pilot_rows, None,
+            None if checkpoint is None else checkpoint.child(f"thresholds-{scope}"), None,
+            concatenate=True, dtype=np.float64, meta=np.empty(0, dtype=np.float64),
         ).rechunk({0: column_chunks})
         sgd_statistics = pilot_statistics  # they standardise the SGD's positives
     else:
         # The paper's order: Step 1 on all the data first. The second pass
         # recomputes the (bit-identical) statistics in its fused pass.
         first = None if checkpoint is None else checkpoint.child("pass-1")
-        first_passes = graph.chunk_passes(passed, keep=keep, column_chunks=column_chunks)
+        first_passes = graph.chunk_passes(passed, keep=keep, column_chunks=column_chunks, exponents=exponents)
         with _stage(timings, "pass 1"):
-            first_pass, first_problems = compute(graph.column_statistics(first_passes, split_every, first),
-                                                 graph.value_problems(first_passes, split_every, first),
-                                                 progress=progress)
+            first_pass, first_problems, exponents = compute(
+                graph.column_statistics(first_passes, split_every, first),
+                graph.value_problems(first_passes, split_every, first), exponents, progress=progress)
         io.check_values(first_problems)
-        first_bias = kernels.fit_coordinates(first_pass, likelihood)[0]
+        first_estimates = kernels.fit_coordinates(first_pass, likelihood, exponents)
+        first_bias = first_estimates[0]
         sgd_statistics = first_pass
         if method == "sgd":
             with _stage(timings, "sgd"):
-                (state["sgd"],) = compute(graph.sgd_estimates(samples, sgd_statistics, keep=keep, **sgd_settings),
-                                          progress=progress)
-            first_bias = sgd.with_degenerate(state["sgd"], *kernels.fit_coordinates(first_pass, likelihood))[0]
+                (state["sgd"],) = compute(graph.sgd_estimates(samples, sgd_statistics, keep=keep, exponents=exponents,
+                                                              **sgd_settings), progress=progress)
+            first_bias = sgd.with_degenerate(state["sgd"], *first_estimates)[0]
         thresholds = np.maximum(0.0, first_bias)
         scope = tokenize(thresholds)
 
     # The main pass: its partial sums are checkpointed under the thresholds they were counted at.
     main = None if checkpoint is None else checkpoint.child(f"thresholds-{scope}")
-    main_passes = graph.chunk_passes(passed, thresholds, keep, column_chunks)
+    main_passes = graph.chunk_passes(passed, thresholds, keep, column_chunks, exponents)
     if count_kernel == "auto":
         # Chosen by a task of the pass; the settings say which once it has run (_measured_settings).
         state["count_kernel"] = graph.count_kernel_choice(main_passes)
     state["thresholds"] = thresholds
     state["statistics"] = graph.column_statistics(main_passes, split_every, main)
+    state["statistics_exponent"] = exponents
     state["counts"] = graph.coexceedance_counts(main_passes, split_every, main, state.get("count_kernel", count_kernel))
     if method == "sgd" and "sgd" not in state:
-        state["sgd"] = graph.sgd_estimates(samples, sgd_statistics, keep=keep, **sgd_settings)
+        state["sgd"] = graph.sgd_estimates(samples, sgd_statistics, keep=keep, exponents=exponents, **sgd_settings)
     if passes == 1:
         # Checked after the main pass (io.check_values): the pilot saw only some rows.
         state["value_problems"] = graph.value_problems(main_passes, split_every, main)
@@ -218,29 +227,32 @@ def plan_fit(samples, *, method="censored", passes=1, inversion="tetrachoric", p
     return state, settings
 
 
-def _pilot_thresholds(statistics, problems, likelihood, pilot_rows, checkpoint):
+def _pilot_thresholds(statistics, problems, exponents, likelihood, pilot_rows, checkpoint):
     """Return the pilot's thresholds ``max(0, b̂)``, once its values pass the checks (bad data stops here).
 
     With a ``checkpoint``, the thresholds must equal those its partial sums
     were counted at: a resumed fit never mixes counts of other data.
     """
     io.check_values(problems, where=f" among the pilot's {pilot_rows:,} rows")
-    thresholds = np.maximum(0.0, kernels.fit_coordinates(statistics, likelihood)[0])
+    thresholds = np.maximum(0.0, kernels.fit_coordinates(statistics, likelihood, exponents)[0])
     if checkpoint is not None:
         checkpoint.bind_thresholds(thresholds)
     return thresholds
 
 
-def finish_fit(statistics, counts, n_samples, thresholds, settings, sgd_estimates=None):
+def finish_fit(statistics, counts, n_samples, thresholds, settings, sgd_estimates=None, exponents=None):
     """Return the lazy estimates from the main pass's state: Σ̂ and the per-coordinate arrays.
 
     ``statistics`` (d, 4) and ``counts`` (d, d) are dask arrays chunked in
     column blocks (computed, or read from a stored fit); ``n_samples`` is the
-    number of rows they summarise. Returns ``covariance``, ``bias``,
-    ``scale``, ``status`` and ``positive_fraction``.
+    number of rows they summarise; the statistics' sums are in units
+    ``2**exponents`` (d,) (0 by default). Returns ``covariance``, ``bias``,
+    ``scale``, ``status`` and ``positive_fraction``. Compute the
+    per-coordinate arrays first and ``check_estimates`` them: ``Σ̂`` may
+    not be representable.
     """
     likelihood = "censored" if settings["method"] == "sgd" else settings["method"]
-    bias, scale, status = graph.coordinate_estimates(statistics, likelihood)
+    bias, scale, status = graph.coordinate_estimates(statistics, likelihood, exponents)
     if sgd_estimates is not None:
         bias, scale = graph.with_degenerate(da.asarray(sgd_estimates), bias, scale, status)
     if settings["clip_bias"]:
@@ -258,6 +270,62 @@ def finish_fit(statistics, counts, n_samples, thresholds, settings, sgd_estimate
         "status": status,
         "positive_fraction": statistics[:, 1] / n_samples,
     }
+
+
+def check_estimates(bias, scale, status, statistics=None, covariance_nonfinite=None):
+    """Return nothing; raise unless the estimates may be returned (every path of a fit calls it, before any output).
+
+    Every coordinate whose status is ok must have finite ``b̂``, ``σ̂`` and
+    row of ``Σ̂``, and ``Σ̂ = σ̂_i σ̂_j ρ_ij`` must lie in float64's normal
+    range. ``statistics`` (d, 4) are the sufficient statistics, and
+    ``covariance_nonfinite`` (d,) counts the NaN or ±inf in each row of
+    ``Σ̂``, once it is computed.
+
+    Raises
+    ------
+    io.InputError
+        When the data's scale is the cause: sums, estimates or ``Σ̂`` beyond
+        float64's range. The message says to rescale the data.
+    RuntimeError
+        For any other non-finite estimate of an ok coordinate, naming the
+        columns.
+    """
+    rescale = "rescale the data (multiply it by a power of two) and fit again"
+    if statistics is not None:
+        overflowed = _columns(~np.isfinite(np.asarray(statistics)[:, 2:]).all(axis=1))
+        if overflowed:
+            raise io.InputError(
+                f"the sums of the positive values or of their squares overflow float64 in column(s) {overflowed}: "
+                f"those columns hold values far larger than the first rows', which set the sums' units; {rescale}")
+    sigma = np.asarray(scale)[np.isfinite(scale) & (np.asarray(scale) > 0)]
+    if sigma.size:
+        largest, smallest = sigma.max(), sigma.min()
+        with np.errstate(over="ignore", under="ignore"):
+            if not np.isfinite(largest * largest):
+                raise io.InputError(
+                    f"Σ̂ = σ̂_i σ̂_j ρ_ij would overflow float64 (σ̂ up to {largest:.3g}): {rescale}, "
+                    f"e.g. by 2**{-np.frexp(largest)[1]}")
+            if smallest * smallest < np.finfo(np.float64).tiny:
+                raise io.InputError(
+                    f"Σ̂ = σ̂_i σ̂_j ρ_ij would underflow float64's normal range (σ̂ down to {smallest:.3g}): "
+                    f"{rescale}, e.g. by 2**{-np.frexp(smallest)[1]}")
+    ok = np.asarray(status) == kernels.STATUS_OK
+    overflowed = _columns(ok & (np.isinf(bias) | np.isinf(scale)))
+    if overflowed:
+        raise io.InputError(f"b̂ or σ̂ overflow float64 in column(s) {overflowed}: {rescale}")
+    bad = ok & ~(np.isfinite(bias) & np.isfinite(scale))
+    if covariance_nonfinite is not None:
+        bad |= ok & (np.asarray(covariance_nonfinite) > 0)
+    if bad.any():
+        raise RuntimeError(f"the fit gave NaN or ±inf estimates (b̂, σ̂ or Σ̂) for column(s) {_columns(bad)}, "
+                           "whose status is ok")
+
+
+def _columns(mask, shown=10):
+    """Return the columns where ``mask`` is set, listed for a message ("" if none)."""
+    columns = np.flatnonzero(mask)
+    more = f" and {columns.size - shown} more" if columns.size > shown else ""
+    return ", ".join(map(str, columns[:shown])) + more
 
 
 def _checkpoint_fingerprint(samples, source, identity, split_every, drop_nonfinite):
@@ -326,17 +394,19 @@ def _provenance(settings, seconds, timings, source=None, data=None):
     }
 
 
-def store_arrays(group, arrays, progress=False):
-    """Write ``arrays`` (dask or numpy) into ``group``.
+def store_arrays(group, arrays, progress=False, also=()):
+    """Write ``arrays`` (dask or numpy) into ``group``; return the computed values of the lazy arrays ``also``.
 
     Dask arrays are stored block by block by the tasks that compute them, so a
     ``d × d`` result is never assembled in one process, and all of them in one
-    graph, so inputs they share are computed once.
+    graph, so inputs they share are computed once; ``also`` are computed in
+    the same graph.
     """
     targets = io.create_arrays(group, arrays)
-    if targets:
-        sources, stores = zip(*targets.values())
-        compute(da.store(list(sources), list(stores), lock=False, compute=False), progress=progress)
+    if not targets:
+        return compute(*also, progress=progress) if also else ()
+    sources, stores = zip(*targets.values())
+    return compute(da.store(list(sources), list(stores), lock=False, compute=False), *also, progress=progress)[1:]
 
 
 def write_group(path, arrays, attributes, progress=False):
@@ -355,6 +425,13 @@ def _stored_statistics(group, column_block):
     """Return the stored sufficient statistics as one lazy ``(d, 4)`` array in column blocks."""
     columns = [io.lazy_array(group[name]).rechunk(column_block) for name in kernels.STATISTICS]
     return da.stack(columns, axis=1).rechunk((column_block, 4))
+
+
+def _stored_exponents(group, column_block):
+    """Return the lazy ``(d,)`` units ``2**e`` of a stored fit's sums: 0 in fits stored before they were kept."""
+    if "statistics_exponent" in group:
+        return io.lazy_array(group["statistics_exponent"]).rechunk(column_block)
+    return da.zeros(group["sum_positive"].shape, chunks=column_block, dtype=np.int64)
 
 
 def _rechunk_by_tasks(function):
@@ -550,8 +627,9 @@ def _write_fit(partial, state, settings, bases, timings, progress, label, parts,
         # each array would be optimised apart, and dask would fuse a second
         # read of the samples into the smaller ones.
         additive = [state] * ("counts" in state) + stored_states
+        exponents, statistics = _total_statistics(additive)
         stored = {"counts": _total(additive, "counts"), "thresholds": state["thresholds"],
-                  **_statistics_arrays(_total(additive, "statistics"))}
+                  "statistics_exponent": exponents, **_statistics_arrays(statistics)}
         small = {name: state[name] for name in ("rows_kept", "sgd", "count_kernel") if name in state}
         if all("value_problems" in s for s in additive):
             small["value_problems"] = _total(additive, "value_problems")
@@ -564,10 +642,15 @@ def _write_fit(partial, state, settings, bases, timings, progress, label, parts,
     with _stage(timings, "inversion"):
         estimates = finish_fit(_stored_statistics(group, column_block),
                                io.lazy_array(group["counts"]).rechunk(column_block), n_fitted,
-                               group["thresholds"][...], settings, values.get("sgd", state.get("sgd")))
+                               group["thresholds"][...], settings, values.get("sgd", state.get("sgd")),
+                               _stored_exponents(group, column_block))
         covariance = estimates.pop("covariance")
         per_coordinate = dict(zip(estimates, compute(*estimates.values())))
-        store_arrays(group, {"covariance": covariance}, progress=progress)
+        checked = per_coordinate["bias"], per_coordinate["scale"], per_coordinate["status"]
+        check_estimates(*checked, np.stack([group[name][...] for name in kernels.STATISTICS], axis=1))
+        (nonfinite,) = store_arrays(group, {"covariance": covariance}, progress=progress,
+                                    also=[graph.nonfinite_per_row(covariance)])
+        check_estimates(*checked, covariance_nonfinite=nonfinite)
     with _stage(timings, "write"):
         if settings["drop_nonfinite"]:
             per_coordinate["rows_dropped"] = np.int64(settings["rows_dropped"])
@@ -589,9 +672,24 @@ def _total(states, name):
     return functools.reduce(operator.add, [state[name] for state in states])
 
 
+def _total_statistics(states):
+    """Return ``(exponents, statistics)``: the sum of the states' statistics, in the largest units of any per column.
+
+    Each state's sums are in its own units ``2**statistics_exponent``; they
+    are brought to the common units by exact powers of two before adding.
+    """
+    if len(states) == 1:
+        return states[0]["statistics_exponent"], states[0]["statistics"]
+    exponents = functools.reduce(da.maximum, [da.asarray(state["statistics_exponent"]) for state in states])
+    rescaled = [graph.rescaled_statistics(state["statistics"], state["statistics_exponent"], exponents)
+                for state in states]
+    return exponents, functools.reduce(operator.add, rescaled)
+
+
 def _stored_state(group, column_block):
     """Return the additive state of a stored fit: lazy statistics, counts and value checks, and its rows."""
     state = {"statistics": _stored_statistics(group, column_block),
+             "statistics_exponent": _stored_exponents(group, column_block),
              "counts": io.lazy_array(group["counts"]).rechunk(column_block),
              "rows_kept": int(group.attrs["n_samples"]),
              "rows_read": int(group.attrs["n_samples"]) + int(group.attrs.get("rows_dropped") or 0)}
@@ -669,7 +767,12 @@ class ReLUGaussian:
     counts_ : ndarray (d, d) of int64
         Co-exceedance counts ``C_ij = #{m : x_mi > t_i, x_mj > t_j}``.
     statistics_ : ndarray (d, 4)
-        ``(n0, n1, S1, S2)`` per coordinate.
+        ``(n0, n1, S1, S2)`` per coordinate, the sums in units
+        ``2**statistics_exponent_``.
+    statistics_exponent_ : ndarray (d,) of int64
+        The units of the sums: ``S1`` sums ``x·2**-e``, ``S2`` its square
+        (``kernels.statistics_exponents``); 0 unless the data lie beyond
+        ``2**±256``, where the squares could overflow or underflow.
     n_samples_ : int
     model_ : RectifiedGaussian
         The fitted distribution: ``sample``, ``factor``, ``errors``.
@@ -739,8 +842,13 @@ class ReLUGaussian:
             column_block = settings["column_block"]
             estimates = finish_fit(da.from_array(values["statistics"], chunks=(column_block, 4)),
                                    da.from_array(values["counts"], chunks=column_block), n_fitted,
-                                   values["thresholds"], settings, values.get("sgd"))
+                                   values["thresholds"], settings, values.get("sgd"), values["statistics_exponent"])
+            covariance = estimates.pop("covariance")
             estimates = dict(zip(estimates, compute(*estimates.values(), progress=progress)))
+            checked = estimates["bias"], estimates["scale"], estimates["status"]
+            check_estimates(*checked, values["statistics"])
+            (estimates["covariance"],) = compute(covariance, progress=progress)
+            check_estimates(*checked, covariance_nonfinite=kernels.nonfinite_per_row(estimates["covariance"]))
         self.settings_ = _provenance(settings, time.perf_counter() - start, timings, label, identity)
         self.covariance_ = estimates["covariance"]
         self.bias_ = estimates["bias"]
@@ -750,6 +858,7 @@ class ReLUGaussian:
         self.thresholds_ = values["thresholds"]
         self.counts_ = values["counts"]
         self.statistics_ = values["statistics"]
+        self.statistics_exponent_ = np.asarray(values["statistics_exponent"], dtype=np.int64)
         self.n_samples_ = self.settings_["n_samples"]
         self.model_ = RectifiedGaussian(self.covariance_, self.bias_)
         return self
@@ -762,6 +871,7 @@ class ReLUGaussian:
             "positive_fraction": self.positive_fraction_, "counts": self.counts_,
         }
         arrays.update({name: self.statistics_[:, k] for k, name in enumerate(kernels.STATISTICS)})
+        arrays["statistics_exponent"] = self.statistics_exponent_
         with storage.atomic_output(path, FORMAT, [self.settings_["source"]], overwrite) as partial:
             write_group(partial, arrays, self.settings_)
 

@@ -43,9 +43,17 @@ def _count_kernel_index(first_pass, rows):
     return np.int64(compiled.COUNT_KERNELS.index(compiled.choose_count_kernel(d_i, d_i, rows)))
 
 
-def _estimates_block(statistics, method):
-    bias, scale, status = kernels.fit_coordinates(statistics, method)
+def _estimates_block(statistics, exponents, method):
+    bias, scale, status = kernels.fit_coordinates(statistics, method, exponents)
     return np.stack([bias, scale, status], axis=1)
+
+
+def _largest_values_partial(chunk):
+    return kernels.chunk_largest_values(chunk)[None]
+
+
+def _nonfinite_partial(block):
+    return kernels.nonfinite_per_row(block)[:, None]
 
 
 def _with_rows(keep):
@@ -109,7 +117,15 @@ def sum_over_rows(partials, split_every, name, checkpoint=None):
     return summed.sum(axis=0, split_every=split_every)
 
 
-def chunk_passes(samples, thresholds=None, keep=None, column_chunks=None):
+def _per_column(values, column_chunks, default, dtype):
+    """Return ``values`` (d,), numpy or dask, or ``default`` everywhere if None, as dask in ``column_chunks``."""
+    if isinstance(values, da.Array):
+        return values if values.chunks[0] == column_chunks else values.rechunk({0: column_chunks})
+    values = np.full(sum(column_chunks), default, dtype=dtype) if values is None else np.asarray(values, dtype=dtype)
+    return da.from_array(values, chunks=(column_chunks,))
+
+
+def chunk_passes(samples, thresholds=None, keep=None, column_chunks=None, exponents=None):
     """Return one lazy ``compiled.ChunkPass`` per (row chunk, column block): the fused pass at ``thresholds``.
 
     The column blocks are ``column_chunks`` (default: ``samples``' own). When
@@ -122,34 +138,34 @@ def chunk_passes(samples, thresholds=None, keep=None, column_chunks=None):
     ``coexceedance_counts`` take them. Build them once and give them to
     each: a read then feeds one fused task per block, which dask keeps apart
     (it has several consumers) rather than repeating it in every count task.
+    ``exponents`` (``(d,)``, numpy or dask; 0 by default) are the units
+    ``2**e`` of the statistics' sums (``column_exponents``).
     """
     column_chunks = samples.chunks[1] if column_chunks is None else tuple(column_chunks)
-    if not isinstance(thresholds, da.Array):
-        d = samples.shape[1]
-        thresholds = np.full(d, np.inf) if thresholds is None else np.asarray(thresholds, dtype=np.float64)
-        thresholds = da.from_array(thresholds, chunks=(column_chunks,))
-    elif thresholds.chunks[0] != column_chunks:
-        thresholds = thresholds.rechunk({0: column_chunks})
+    thresholds = _per_column(thresholds, column_chunks, np.inf, np.float64)
+    exponents = _per_column(exponents, column_chunks, 0, np.int64)
     if samples.numblocks[1] == 1 and len(column_chunks) > 1:
-        return _column_block_passes(samples, thresholds, keep, column_chunks)
+        return _column_block_passes(samples, thresholds, keep, column_chunks, exponents)
     if column_chunks != samples.chunks[1]:
         samples = samples.rechunk({1: column_chunks})
+    rows = _with_rows(keep) or (None, None)
     return da.blockwise(
-        compiled.chunk_pass, "ri", samples, "ri", thresholds, "i", *_with_rows(keep),
+        compiled.chunk_pass, "ri", samples, "ri", thresholds, "i", *rows, 0, None, exponents, "i",
         dtype=object, token="chunk-pass", meta=np.empty((0, 0), dtype=object),
     )
 
 
-def _column_block_passes(samples, thresholds, keep, column_chunks):
+def _column_block_passes(samples, thresholds, keep, column_chunks, exponents):
     """``chunk_passes`` of ``samples`` in whole-row chunks: task ``(r, i)`` passes block ``i``'s columns of chunk ``r``."""
-    name = f"chunk-pass-{tokenize(samples.name, thresholds.name, None if keep is None else keep.name, column_chunks)}"
+    keep_name = None if keep is None else keep.name
+    name = f"chunk-pass-{tokenize(samples.name, thresholds.name, keep_name, column_chunks, exponents.name)}"
     first_columns = np.cumsum((0,) + column_chunks[:-1])
     layer = {
         (name, r, i): (compiled.chunk_pass, (samples.name, r, 0), (thresholds.name, i),
-                       None if keep is None else (keep.name, r), int(first))
+                       None if keep is None else (keep.name, r), int(first), (exponents.name, i))
         for r in range(samples.numblocks[0]) for i, first in enumerate(first_columns)
     }
-    dependencies = [samples, thresholds] + ([] if keep is None else [keep])
+    dependencies = [samples, thresholds, exponents] + ([] if keep is None else [keep])
     graph = HighLevelGraph.from_collections(name, layer, dependencies=dependencies)
     return da.Array(graph, name, chunks=(samples.chunks[0], column_chunks), meta=np.empty((0, 0), dtype=object))
 
@@ -188,14 +204,44 @@ def rows_kept(keep, split_every=8, checkpoint=None):
     return sum_over_rows(partials, split_every, "rows-kept", checkpoint)
 
 
-def coordinate_estimates(statistics, method="censored"):
-    """Return lazy ``(bias, scale, status)``: one vectorised solve per column block."""
-    solved = statistics.map_blocks(
-        _estimates_block, method,
-        chunks=(statistics.chunks[0], (3,)),
-        dtype=np.float64, token=f"fit-coordinates-{method}",
+def coordinate_estimates(statistics, method="censored", exponents=None):
+    """Return lazy ``(bias, scale, status)``: one vectorised solve per column block.
+
+    ``exponents`` (``(d,)``; 0 by default) are the units ``2**e`` of the
+    statistics' sums; the estimates are in the data's units.
+    """
+    exponents = _per_column(exponents, statistics.chunks[0], 0, np.int64)
+    solved = da.blockwise(
+        _estimates_block, "ik", statistics, "ik", exponents, "i", method, None,
+        adjust_chunks={"k": 3}, dtype=np.float64, token=f"fit-coordinates-{method}",
     )
     return solved[:, 0], solved[:, 1], solved[:, 2].astype(np.int8)
+
+
+def column_exponents(samples):
+    """Return the lazy ``(d,)`` int64 units ``2**e`` of the statistics' sums (``kernels.statistics_exponents``).
+
+    From the largest finite positive value of each column of ``samples``
+    (the pilot's rows): one task per chunk, reduced by max, one chunk.
+    """
+    largest = da.blockwise(_largest_values_partial, "rj", samples, "rj", adjust_chunks={"r": 1},
+                           dtype=np.float64, token="largest-values")
+    return largest.max(axis=0).rechunk(-1).map_blocks(kernels.statistics_exponents, dtype=np.int64,
+                                                      token="statistics-exponents")
+
+
+def rescaled_statistics(statistics, exponents, target):
+    """Return lazy ``(d, 4)`` statistics in units ``2**target`` (``kernels.rescaled_statistics``)."""
+    exponents, target = (_per_column(e, statistics.chunks[0], 0, np.int64) for e in (exponents, target))
+    return da.blockwise(kernels.rescaled_statistics, "ik", statistics, "ik", exponents, "i", target, "i",
+                        dtype=np.float64, token="rescaled-statistics")
+
+
+def nonfinite_per_row(array):
+    """Return the lazy ``(rows,)`` int64 count of NaN or ±inf values in each row of a 2-D array."""
+    partials = array.map_blocks(_nonfinite_partial, chunks=(array.chunks[0], (1,) * array.numblocks[1]),
+                                dtype=np.int64, token="nonfinite-per-row")
+    return partials.sum(axis=1)
 
 
 def count_kernel_choice(passes):
@@ -284,7 +330,8 @@ def simulated_samples(n_samples, weights, bias, chunk_rows, seed, dtype=np.float
     )
 
 
-def sgd_estimates(samples, statistics, seed=0, n_batches=1, radius=3.0, step_scale=0.1, minibatch=10, keep=None):
+def sgd_estimates(samples, statistics, seed=0, n_batches=1, radius=3.0, step_scale=0.1, minibatch=10, keep=None,
+                  exponents=None):
     """Return lazy ``(d, 2)`` estimates ``(µ̂, σ̂)`` by the paper's ProjSGD NormBiasEst.
 
     One task chain per (column block, bootstrap batch) streams the batch's row
@@ -292,14 +339,17 @@ def sgd_estimates(samples, statistics, seed=0, n_batches=1, radius=3.0, step_sca
     different blocks and batches run in parallel. Batch ``k`` of ``B`` is the
     row range ``[k·n/B, (k+1)·n/B)``. The positives are standardised by
     ``sgd.standardisation`` of ``statistics`` (``(d, 4)``, numpy, or lazy as
-    a pilot's). Memory: one chunk and a ``d_I``-sized state per task.
+    a pilot's, in units ``2**exponents``). Memory: one chunk and a
+    ``d_I``-sized state per task.
     """
     n = samples.shape[0]
+    exponents = np.zeros(samples.shape[1], dtype=np.int64) if exponents is None else exponents
     column_bounds = np.cumsum((0,) + samples.chunks[1])
     settings = {"radius": radius, "step_scale": step_scale, "minibatch": minibatch}
     block_estimates = []
     for block, (first, last) in enumerate(zip(column_bounds[:-1], column_bounds[1:])):
-        m0, s0 = delayed(sgd.standardisation, pure=True, nout=2)(_one_block(statistics[first:last]))
+        m0, s0 = delayed(sgd.standardisation, pure=True, nout=2)(_one_block(statistics[first:last]),
+                                                                  _one_block(exponents[first:last]))
         states = []
         for batch in range(n_batches):
             start, stop = batch * n // n_batches, (batch + 1) * n // n_batches

@@ -83,10 +83,23 @@ def open_samples(source, array="samples", allow_missing_chunks=False):
         rows = max(1, _TARGET_CHUNK_BYTES // max(1, values.itemsize * int(np.prod(values.shape[1:]))))
         samples = da.from_array(values, chunks=(rows,) + values.shape[1:])
     check_samples(samples)
-    if samples.dtype.kind != "f":
-        # Integers and booleans are accepted as real numbers (exact up to 2**53).
-        samples = samples.astype(np.float64)
-    return samples
+    # Per chunk, in the graph; a no-op (the same graph) for native float32 and float64.
+    return samples.astype(fitted_dtype(samples.dtype))
+
+
+def fitted_dtype(dtype):
+    """Return the dtype that samples stored as ``dtype`` are fitted in: native float32 or float64.
+
+    Integers and booleans are read as float64 (exact up to 2**53), float16
+    as float32 (exact; the compiled kernels take float32 and float64 only),
+    and a non-native byte order (zarr v2's ``>f8``) as the native one.
+    """
+    dtype = np.dtype(dtype)
+    if dtype.kind != "f":
+        return np.dtype(np.float64)
+    if dtype.itemsize <= 2:
+        return np.dtype(np.float32)
+    return dtype.newbyteorder("=")
 
 
 def data_identity(source, samples, array="samples"):
@@ -139,6 +152,8 @@ def check_dtype(dtype):
     }
     if dtype.kind in kinds:
         raise InputError(f"samples must be real numbers; this array holds {kinds[dtype.kind]} (dtype {dtype})")
+    if dtype.kind == "f" and dtype.itemsize > 8:
+        raise InputError(f"samples in extended precision (dtype {dtype}) are not supported: convert them to float64")
 
 
 def check_chunks_present(array):

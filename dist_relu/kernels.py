@@ -16,6 +16,13 @@ from scipy import special
 # Column order of a sufficient-statistics array of shape (d, 4).
 STATISTICS = ("n_zero", "n_positive", "sum_positive", "sum_sq_positive")
 
+# The sums S1 and S2 are kept in units of 2**e per column (``statistics_exponents``): e = 0 while the
+# pilot's largest value lies in [2**-UNIT_WINDOW, 2**UNIT_WINDOW], where n·x² can neither overflow nor
+# underflow float64; beyond it, e scales that value into [1/2, 1).
+UNIT_WINDOW = 256
+# |e| at most this: 2**-e is then a normal float64, one exact multiplier.
+MAX_UNIT_EXPONENT = 1000
+
 # Per-coordinate status codes (DESIGN.md §2, footnote 3 of the paper).
 STATUS_OK = 0
 STATUS_FEW_POSITIVES = 1  # fewer than MIN_POSITIVES positive values: estimate unreliable
@@ -45,7 +52,7 @@ def finite_rows(x):
     return np.isfinite(x).all(axis=1)
 
 
-def chunk_statistics(x, keep=None):
+def chunk_statistics(x, keep=None, exponents=None):
     """Return the sufficient statistics ``(n0, n1, S1, S2)`` of each column of ``x``.
 
     Parameters
@@ -54,6 +61,9 @@ def chunk_statistics(x, keep=None):
         A chunk of samples.
     keep : ndarray of bool, shape (rows,), optional
         The rows to count (``finite_rows``); all by default.
+    exponents : ndarray of int, shape (d,), optional
+        ``S1`` and ``S2`` are sums of ``x·2**-e`` and its square
+        (``statistics_exponents``); 0 by default.
 
     Returns
     -------
@@ -65,6 +75,8 @@ def chunk_statistics(x, keep=None):
         x = x[keep]
     positive = x > 0
     values = np.where(positive, x, 0).astype(np.float64, copy=False)
+    if exponents is not None:
+        values = values * unit_multipliers(exponents)
     n1 = positive.sum(axis=0, dtype=np.int64)
     out = np.empty((x.shape[1], 4), dtype=np.float64)
     out[:, 0] = x.shape[0] - n1
@@ -72,6 +84,57 @@ def chunk_statistics(x, keep=None):
     out[:, 2] = values.sum(axis=0)
     out[:, 3] = np.einsum("ij,ij->j", values, values)
     return out
+
+
+def chunk_largest_values(x):
+    """Return ``(d,)`` float64: the largest finite positive value of each column of ``x`` (0 where none)."""
+    # fmax passes over NaN; a reduction makes no temporary the size of the chunk.
+    largest = np.fmax.reduce(x, axis=0, initial=0).astype(np.float64)
+    for j in np.flatnonzero(np.isinf(largest)):  # rare: +inf is refused unless rows holding it are dropped
+        column = x[:, j]
+        largest[j] = column[np.isfinite(column)].max(initial=0)
+    return largest
+
+
+def statistics_exponents(largest):
+    """Return ``(d,)`` int64 exponents ``e``: the statistics sum ``x·2**-e``, whose squares stay in float64's range.
+
+    ``largest`` is each column's largest value in the pilot
+    (``chunk_largest_values``). ``e = 0`` where it is 0 or within
+    ``2**±UNIT_WINDOW``, so that ordinary data are summed as they are;
+    elsewhere ``e`` is its binary exponent (``frexp``), at most
+    ``MAX_UNIT_EXPONENT`` in size. Multiplying by a power of two is exact,
+    so the sums are those of the data in other units, to the bit.
+    """
+    largest = np.asarray(largest, dtype=np.float64)
+    exponents = np.clip(np.frexp(largest)[1], -MAX_UNIT_EXPONENT, MAX_UNIT_EXPONENT).astype(np.int64)
+    ordinary = (largest == 0) | ((largest >= 2.0**-UNIT_WINDOW) & (largest <= 2.0**UNIT_WINDOW))
+    return np.where(ordinary, 0, exponents)
+
+
+def unit_multipliers(exponents):
+    """Return ``(d,)`` float64 ``2**-e``: what each value is multiplied by before it is summed."""
+    return np.ldexp(1.0, -np.asarray(exponents, dtype=np.int64))
+
+
+def rescaled_statistics(statistics, exponents, target):
+    """Return ``statistics`` (d, 4) in units ``2**target`` instead of ``2**exponents``.
+
+    ``S1`` is multiplied by ``2**(e − target)`` and ``S2`` by its square:
+    exact, unless a sum falls below float64's normal range (only a sum
+    negligible beside those in ``target``'s units can). With ``target ==
+    exponents`` the bits are unchanged.
+    """
+    shift = np.asarray(exponents, dtype=np.int64) - np.asarray(target, dtype=np.int64)
+    out = np.array(statistics, dtype=np.float64)
+    out[:, 2] = np.ldexp(out[:, 2], shift)
+    out[:, 3] = np.ldexp(out[:, 3], 2 * shift)
+    return out
+
+
+def nonfinite_per_row(block):
+    """Return ``(rows,)`` int64: how many NaN or ±inf values each row of ``block`` holds."""
+    return (~np.isfinite(block)).sum(axis=1, dtype=np.int64)
 
 
 def chunk_value_problems(x, keep=None):
@@ -213,7 +276,7 @@ def _maximise(cut, w_cens, sign, w1, s1, s2, max_iter=100, tol=1e-11):
     return gamma, tau, converged
 
 
-def fit_coordinates(statistics, method="censored"):
+def fit_coordinates(statistics, method="censored", exponents=None):
     """Return ``(bias, scale, status)`` of each coordinate from its sufficient statistics.
 
     Parameters
@@ -224,11 +287,14 @@ def fit_coordinates(statistics, method="censored"):
         ``"censored"`` (Tobit) maximises the likelihood of the censored normal,
         zeros included; ``"truncated"`` that of the positives alone, as the paper
         does.
+    exponents : ndarray of int, shape (d,), optional
+        The units ``2**e`` of ``S1`` and ``S2`` (``statistics_exponents``);
+        0 by default.
 
     Returns
     -------
     bias, scale : ndarray, shape (d,), float64
-        ``b̂`` and ``σ̂``, not clipped.
+        ``b̂`` and ``σ̂`` in the data's units, not clipped.
     status : ndarray, shape (d,), int8
         One of the ``STATUS_*`` codes.
 
@@ -239,10 +305,17 @@ def fit_coordinates(statistics, method="censored"):
     method with step halving maximises the globally concave log-likelihood in
     Olsen's parameters ``γ = µ/σ``, ``τ = 1/σ`` (DESIGN.md §2), starting from
     the moments of the positives. The statistics are divided by ``n``, so the
-    tolerance does not depend on the sample size.
+    tolerance does not depend on the sample size. Standardising makes the
+    solve exactly equivariant under a power-of-two change of units: it runs
+    in the statistics' units, and ``b̂`` and ``σ̂`` are then multiplied by
+    ``2**e``, exactly.
     """
-    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):  # NaN/inf input is reported by io.check_values
-        return _fit_coordinates(np.asarray(statistics, dtype=np.float64), method)
+    # NaN/inf input is reported by io.check_values, estimates beyond float64 by estimator.check_estimates.
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        bias, scale, status = _fit_coordinates(np.asarray(statistics, dtype=np.float64), method)
+        if exponents is not None:
+            bias, scale = np.ldexp(bias, exponents), np.ldexp(scale, exponents)
+    return bias, scale, status
 
 
 def _fit_coordinates(statistics, method):

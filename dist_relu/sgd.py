@@ -158,16 +158,21 @@ def select_and_map_back(states, mean0, sd0):
     return np.stack([bias, scale], axis=1)
 
 
-def standardisation(statistics):
-    """Return ``(µ0, s0)``: mean and standard deviation of each coordinate's positives.
+def standardisation(statistics, exponents=None):
+    """Return ``(µ0, s0)``: mean and standard deviation of each coordinate's positives, in the data's units.
 
     ``s0`` falls back to ``µ0`` (then to 1) where the positives do not vary,
-    so that degenerate coordinates do not divide by zero.
+    so that degenerate coordinates do not divide by zero. The sums of
+    ``statistics`` are in units ``2**exponents`` (0 by default): both are
+    found in those units and then multiplied by ``2**e``, exactly, so that
+    no square of the data's scale is formed (it could overflow).
     """
     _, n1, s1, s2 = np.asarray(statistics, dtype=np.float64).T
     mean0 = s1 / np.maximum(n1, 1)
     sd0 = np.sqrt(np.maximum(s2 / np.maximum(n1, 1) - mean0**2, 0.0))
     sd0 = np.where(sd0 > 1e-12 * np.abs(mean0), sd0, np.where(mean0 > 0, mean0, 1.0))
+    if exponents is not None:
+        mean0, sd0 = np.ldexp(mean0, exponents), np.ldexp(sd0, exponents)
     return mean0, sd0
 
 
