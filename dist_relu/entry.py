@@ -6,8 +6,10 @@ so that an interrupt at any time, start-up included, ends in one line on
 stderr and the exit code 128 + the signal's number, never a traceback.
 """
 
+import contextlib
 import signal
 import sys
+import threading
 
 from .errors import Interrupted
 
@@ -22,6 +24,24 @@ def install_interrupt_handlers():
     """Make SIGINT, SIGTERM and SIGHUP raise ``Interrupted`` in the main thread."""
     for number in INTERRUPTS:
         signal.signal(number, _interrupt)
+
+
+@contextlib.contextmanager
+def interrupts_ignored():
+    """Ignore SIGINT, SIGTERM and SIGHUP during the block (one received meanwhile is dropped).
+
+    Only the main thread can set signal handlers; elsewhere the block runs
+    unguarded.
+    """
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    previous = {number: signal.signal(number, signal.SIG_IGN) for number in INTERRUPTS}
+    try:
+        yield
+    finally:
+        for number, handler in previous.items():
+            signal.signal(number, handler)
 
 
 def interrupted_exit(interrupt, what="no output was written"):

@@ -3,15 +3,13 @@
 import contextlib
 import logging
 import os
-import signal
 import sys
-import threading
 
 import dask
 from dask.base import named_schedulers
 from dask.diagnostics import ProgressBar
 
-from .entry import INTERRUPTS
+from .entry import interrupts_ignored
 from .errors import EnvironmentProblem
 
 
@@ -55,7 +53,12 @@ def scheduler(address=None, workers=None, log=None, tls_ca_file=None, tls_cert=N
         else:
             # One thread per worker: BLAS under two threads per process was
             # erratic here, and workers pin BLAS to one thread anyway.
-            with _workers_deaf_to_interrupts():
+            # A terminal's Ctrl-C, a batch system's SIGTERM and a closed terminal's SIGHUP reach every
+            # process of the group: each worker would print its own traceback, or die and be restarted
+            # with warnings, before this process closes the cluster. Signals ignored while the workers
+            # start stay ignored in them (POSIX keeps them across exec, and Python then installs no
+            # handler of its own), so only this process answers; an interrupt during the start is dropped.
+            with interrupts_ignored():
                 cluster = stack.enter_context(
                     LocalCluster(
                         n_workers=workers, threads_per_worker=1, processes=True,
@@ -67,29 +70,6 @@ def scheduler(address=None, workers=None, log=None, tls_ca_file=None, tls_cert=N
             log(f"scheduler {client.scheduler.address}, dashboard {client.dashboard_link}")
         stack.enter_context(_quiet_when_interrupted())  # left first: before the client and cluster close
         yield client
-
-
-@contextlib.contextmanager
-def _workers_deaf_to_interrupts():
-    """Start the local cluster's processes with SIGINT, SIGTERM and SIGHUP ignored; this process answers them.
-
-    A terminal's Ctrl-C, a batch system's SIGTERM and a closed terminal's
-    SIGHUP reach every process of the group: each worker would print its
-    own traceback, or die and be restarted, with warnings, before this
-    process closes the cluster. An ignored signal stays ignored in the
-    processes started meanwhile (POSIX keeps it across exec, and Python then
-    installs no handler of its own); the cluster stops them when it closes.
-    An interrupt during the cluster's start (a second or two) is ignored.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {number: signal.signal(number, signal.SIG_IGN) for number in INTERRUPTS}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
 
 
 @contextlib.contextmanager

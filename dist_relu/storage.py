@@ -24,7 +24,6 @@ import contextlib
 import json
 import logging
 import os
-import signal
 import socket
 import threading
 import time
@@ -35,7 +34,7 @@ from pathlib import Path
 import fsspec
 from fsspec.implementations.local import LocalFileSystem
 
-from .entry import INTERRUPTS
+from .entry import interrupts_ignored
 from .errors import ENVIRONMENT_ERRNOS, EnvironmentProblem, InputError, OutputBusy
 
 log = logging.getLogger("dist_relu")
@@ -196,7 +195,9 @@ def atomic_output(out, kind, inputs=(), overwrite=False):
                 raise EnvironmentProblem(f"cannot write {out}: {error.strerror}") from error
             raise
         aside = out.sibling(f".{out.name}.old-{token}")
-        with interrupts_held():
+        # The commit's two moves must not be separated (the old output would be left aside and the new
+        # one hidden); once it has begun, the work is done, so an interrupt meanwhile is dropped.
+        with interrupts_ignored():
             if out.exists():
                 out.fs.mv(out.path, aside, recursive=True)
             out.fs.mv(partial, out.path, recursive=True)
@@ -340,26 +341,6 @@ def _clean_leftovers(out):
         elif name.startswith(prefix + "partial-"):
             log.info(f"removed a partial output left by an interrupted run ({path})")
             _remove_quietly(fs, path)
-
-
-@contextlib.contextmanager
-def interrupts_held():
-    """Let no interrupt (SIGINT, SIGTERM, SIGHUP) cut the block short: one received during it is dropped.
-
-    It guards the commit of a finished store, whose two moves must not be
-    separated (the old store would be left aside and the new one hidden);
-    once the commit has begun, the work is done. Only the main thread can
-    set signal handlers; elsewhere the block runs unguarded.
-    """
-    if threading.current_thread() is not threading.main_thread():
-        yield
-        return
-    previous = {number: signal.signal(number, signal.SIG_IGN) for number in INTERRUPTS}
-    try:
-        yield
-    finally:
-        for number, handler in previous.items():
-            signal.signal(number, handler)
 
 
 def _remove_partial(fs, path, settle=2.0, quiet=0.5):
