@@ -4,7 +4,7 @@ VENV := .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed
 
-.PHONY: demo test bench clean
+.PHONY: demo test test-fast bench clean
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -17,6 +17,12 @@ demo: $(STAMP)
 
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
+
+# The edit-test loop, under a minute: kernels against their formulas, graphs, budgets, storage; no
+# command-line processes, clusters or services.
+FAST_TESTS := kernels compiled graph budget model properties storage
+test-fast: $(STAMP)
+	$(BIN)/python -m pytest -q $(FAST_TESTS:%=tests/test_%.py)
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/memory_fit.py
