@@ -1,6 +1,6 @@
 """The paper's Figure 1, reproduced with the paper's method and with dist_relu's default.
 
-Three sweeps (DESIGN.md §4): error against n (d = 5, κ = 1), against d
+Three sweeps (docs/design.md §6): error against n (d = 5, κ = 1), against d
 (n = 5·10⁵, κ = 1) and against κ (d = 5, n = 5·10⁵), runs = seeds 0..R−1, each
 with its own W*, b* = max(0, N(0, I)). Every run simulates a Zarr store
 (125,000-row chunks) and fits it on local threads through the path users use:
@@ -10,7 +10,7 @@ with its own W*, b* = max(0, N(0, I)). Every run simulates a Zarr store
 
 Writes ``figure1.csv`` (one row per run), ``figure1_summary.csv`` and
 ``figure1.png`` to ``--out``, with the authors' own code's figures from
-``shared/reference/authors_code_figure1.csv`` drawn beside ours.
+``benchmarks/reference/authors_code_figure1.csv`` drawn beside ours.
 
     python benchmarks/figure1.py            # full: 10 runs per point, ~10 min on 2 cores
     python benchmarks/figure1.py --quick    # small, for the tests
@@ -43,7 +43,7 @@ QUICK = {
     "kappa": [dict(n=50_000, d=5, kappa=k) for k in (1, 9)],
 }
 METRICS = ("err_sigma", "err_b", "tv_bound")
-REFERENCE = Path(__file__).resolve().parents[2] / "shared" / "reference" / "authors_code_figure1.csv"
+REFERENCE = Path(__file__).resolve().parent / "reference" / "authors_code_figure1.csv"
 
 
 def run_point(workdir, point, seed):

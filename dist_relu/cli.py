@@ -143,10 +143,9 @@ def limit_malloc_arenas(arenas=2):
     """Let glibc's malloc use at most ``arenas`` arenas, as ``MALLOC_ARENA_MAX=2`` would; return whether it did.
 
     Each thread that allocates a chunk can otherwise get an arena of its
-    own, and the freed chunks left in them add up: a fit's peak memory grew
-    with the number of chunks read (295 → 338 MB from 10⁶ to 8·10⁶ rows in
-    one measurement, 251 → 278 MB with two arenas, at the same speed). Call
-    it before threads start. A ``MALLOC_ARENA_MAX`` already in the
+    own, and the freed chunks left in them add up: a fit's peak memory grows
+    with the number of chunks read (``benchmarks/scaling_n.py`` measures it).
+    Call it before threads start. A ``MALLOC_ARENA_MAX`` already in the
     environment wins; other C libraries are left alone.
     """
     if "MALLOC_ARENA_MAX" in os.environ or not sys.platform.startswith("linux"):

@@ -1,4 +1,4 @@
-"""The estimator: the fit plan (DESIGN.md §2–§3), the ``ReLUGaussian`` class, and fits written to Zarr."""
+"""The estimator: the fit plan (docs/design.md §2–§4), the ``ReLUGaussian`` class, and fits written to Zarr."""
 
 import contextlib
 import datetime

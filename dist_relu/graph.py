@@ -4,7 +4,7 @@ Dask only; every number is computed by a kernel of ``kernels.py`` or
 ``compiled.py``, and nothing here computes: each function takes dask arrays and
 returns dask arrays.
 
-Shapes (DESIGN.md §5): samples are chunked in row chunks ``r`` and column blocks
+Shapes (docs/design.md §5): samples are chunked in row chunks ``r`` and column blocks
 ``I``. One fused task per (row chunk, column block) reads the chunk once and
 makes its ``compiled.ChunkPass``: statistics ``(d_I, 4)``, value checks
 ``(d_I, 2)`` and bit-packed indicators. Statistics are summed over row chunks

@@ -4,7 +4,7 @@ Nothing here imports dask. Every function takes and returns plain arrays, so eac
 can be tested on its own against formulas and scipy (``tests/test_kernels.py``);
 ``graph.py`` decides which kernel runs on which blocks.
 
-Notation follows ``DESIGN.md``: a sample is ``x = max(0, y)``, ``y ~ N(b, Σ)``;
+Notation follows ``docs/design.md``: a sample is ``x = max(0, y)``, ``y ~ N(b, Σ)``;
 per coordinate ``n0`` zeros, ``n1`` positives, ``S1 = Σ_{x>0} x``,
 ``S2 = Σ_{x>0} x²``; thresholds ``t``; co-exceedance counts ``C = Iᵀ I`` with
 ``I = (X > t)``.
@@ -23,7 +23,7 @@ UNIT_WINDOW = 256
 # |e| at most this: 2**-e is then a normal float64, one exact multiplier.
 MAX_UNIT_EXPONENT = 1000
 
-# Per-coordinate status codes (DESIGN.md §2, footnote 3 of the paper).
+# Per-coordinate status codes (docs/design.md §2, footnote 3 of the paper).
 STATUS_OK = 0
 STATUS_FEW_POSITIVES = 1  # fewer than MIN_POSITIVES positive values: estimate unreliable
 STATUS_ALL_ZERO = 2  # no positive value: σ̂ = 0 and b̂ ≤ 0 is unidentifiable (reported as 0)
@@ -303,7 +303,7 @@ def fit_coordinates(statistics, method="censored", exponents=None):
     The positives are first standardised by their mean ``m`` and standard
     deviation ``s`` (so the censoring point becomes ``c = −m/s``), then Newton's
     method with step halving maximises the globally concave log-likelihood in
-    Olsen's parameters ``γ = µ/σ``, ``τ = 1/σ`` (DESIGN.md §2), starting from
+    Olsen's parameters ``γ = µ/σ``, ``τ = 1/σ`` (docs/design.md §2), starting from
     the moments of the positives. The statistics are divided by ``n``, so the
     tolerance does not depend on the sample size. Standardising makes the
     solve exactly equivariant under a power-of-two change of units: it runs
@@ -487,7 +487,7 @@ def covariance_block(counts, n, a_i, a_j, scale_i, scale_j, index_i, index_j, in
 
 
 def tetrachoric_margins(exceedance_counts, n):
-    """Return ``a_i = Φ⁻¹(c_i/n)``: the margin each threshold actually had (DESIGN.md §3)."""
+    """Return ``a_i = Φ⁻¹(c_i/n)``: the margin each threshold actually had (docs/design.md §3)."""
     return special.ndtri(np.asarray(exceedance_counts) / n)
 
 

@@ -38,7 +38,7 @@ def tv_upper_bound(bias, covariance, truth_bias, truth_covariance):
     """Return the paper's bound ``TV ≤ sqrt(min(KL(p‖q), KL(q‖p)) / 2)``, capped at 1.
 
     ``p = N(b̂, Σ̂)``, ``q = N(b*, Σ*)``; ReLU is a function, so the bound holds
-    for the rectified distributions too (DESIGN.md §4). It is 1 (no
+    for the rectified distributions too (docs/design.md §6). It is 1 (no
     information) when ``Σ̂`` is not positive definite.
     """
     kl = min(

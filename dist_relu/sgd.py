@@ -1,7 +1,7 @@
 """The paper's Step 1, kept faithful: NormBiasEst by projected SGD (Algorithms 2 and 3).
 
 Kernels only (numpy and scipy); ``graph.sgd_estimates`` chains them over row
-chunks. DESIGN.md §2 states the algorithm. For each coordinate, the positives
+chunks. docs/design.md §2 states the algorithm. For each coordinate, the positives
 are standardised by a mean ``µ0`` and standard deviation ``s0``, so the
 truncation point becomes ``−µ0/s0``. ``B`` bootstrap batches (contiguous row
 ranges) each run projected SGD on ``v = [1/σ², µ/σ²]`` from ``v = [1, 0]``:

@@ -9,7 +9,7 @@ BIAS_KINDS = ("clipped", "gaussian")
 
 
 def figure1_truth(d, kappa=1.0, seed=0, bias="clipped"):
-    """Return ``(W, b)`` drawn as in the paper's Figure 1 (DESIGN.md §4).
+    """Return ``(W, b)`` drawn as in the paper's Figure 1 (docs/design.md §6).
 
     ``W = U diag(λ⁰, λ⁻¹, …, λ^-(d-1))`` with ``U`` the orthogonal factor of the
     SVD of a Gaussian ``d × d`` matrix and ``λ = κ^(1/(2(d−1)))``, so ``W Wᵀ``

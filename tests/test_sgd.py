@@ -113,7 +113,7 @@ def test_sgd_fit_end_to_end_is_close_and_the_censored_mle_is_closer(simulated):
             errors[method].append(fit.model_.errors(weights @ weights.T, b))
     sgd_b = np.mean([e["err_b"] for e in errors["sgd"]])
     mle_b = np.mean([e["err_b"] for e in errors["censored"]])
-    # The authors' code at this size: err_b = 0.0126 ± 0.0046 (shared/reference).
+    # The authors' code at this size: err_b = 0.0126 ± 0.0046 (benchmarks/reference/authors_code_figure1.csv).
     assert sgd_b < 0.03
     assert mle_b < sgd_b / 2
 

@@ -1,4 +1,4 @@
-"""The issue-6 benchmarks run (their --quick versions) and write what they promise."""
+"""The scaling benchmarks (fit against a read, against n, count kernels, large d) run quick and write what they promise."""
 
 import json
 import subprocess
