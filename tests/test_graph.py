@@ -105,3 +105,28 @@ def test_graphs_of_different_data_never_share_keys():
     s1 = graph.simulated_samples(10, np.eye(2), np.zeros(2), 5, seed=1)
     s2 = graph.simulated_samples(10, np.eye(2), np.ones(2), 5, seed=1)
     assert s1.name != s2.name
+
+
+@pytest.mark.parametrize("split_every", [2, 3, 8])
+def test_every_node_of_the_row_tree_has_at_most_split_every_inputs(split_every):
+    """The hand-built segment layer and dask's tree above it: fan-in ≤ split_every, never one serial fold."""
+    x = da.from_array(np.maximum(0, np.random.default_rng(1).standard_normal((2300, 4))), chunks=(100, 4))
+    passes = graph.chunk_passes(x, np.zeros(4))
+    for total in (graph.column_statistics(passes, split_every), graph.coexceedance_counts(passes, split_every)):
+        tasks = culled_graph(total)
+        fan_ins = {key: len(get_dependencies(tasks, key)) for key in tasks
+                   if isinstance(key, tuple) and ("segments" in key[0] or "sum" in key[0])}
+        segment_fan_ins = [n for key, n in fan_ins.items() if "segments" in key[0]]
+        assert len(segment_fan_ins) == -(-23 // split_every)  # 23 row chunks in segments of split_every
+        assert max(fan_ins.values()) <= split_every
+
+
+def test_a_one_pass_plan_is_built_without_computing(samples):
+    """The pilot, its thresholds and the main pass are one lazy graph: planning reads nothing."""
+    from dist_relu.estimator import plan_fit
+
+    _, x = samples
+    with dask.config.set(scheduler=refuse_to_compute):
+        state, settings = plan_fit(x, pilot_rows=200, column_block=4)
+    assert isinstance(state["thresholds"], da.Array) and isinstance(state["counts"], da.Array)
+    assert settings["passes"] == 1 and settings["pilot_rows"] == 200
