@@ -18,11 +18,10 @@ demo: $(STAMP)
 test: $(STAMP)
 	$(BIN)/python -m pytest -q
 
-# The edit-test loop, under a minute: kernels against their formulas, graphs, budgets, storage; no
-# command-line processes, clusters or services.
-FAST_TESTS := kernels compiled graph budget model properties storage
+# The edit-test loop, under a minute: every test not marked slow (no command-line processes,
+# clusters, services or statistical sweeps).
 test-fast: $(STAMP)
-	$(BIN)/python -m pytest -q $(FAST_TESTS:%=tests/test_%.py)
+	$(BIN)/python -m pytest -q -m "not slow"
 
 bench: $(STAMP)
 	$(BIN)/python benchmarks/memory_fit.py

@@ -13,6 +13,8 @@ import dist_relu
 from dist_relu import io
 from dist_relu.cli import EXIT_BAD_INPUT
 
+pytestmark = pytest.mark.slow  # processes, services or statistical sweeps: not in `make test-fast`
+
 DIST_RELU = str(Path(sys.executable).with_name("dist-relu"))
 
 

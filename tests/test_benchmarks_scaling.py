@@ -7,6 +7,8 @@ from pathlib import Path
 
 import pytest
 
+pytestmark = pytest.mark.slow  # processes, services or statistical sweeps: not in `make test-fast`
+
 BENCHMARKS = Path(__file__).resolve().parents[1] / "benchmarks"
 
 

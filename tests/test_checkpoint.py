@@ -19,6 +19,8 @@ import dist_relu
 from dist_relu import graph, io, kernels
 from dist_relu.checkpoint import Checkpoint
 
+pytestmark = pytest.mark.slow  # processes, services or statistical sweeps: not in `make test-fast`
+
 BIN = Path(sys.executable).parent
 
 

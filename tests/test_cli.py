@@ -11,6 +11,8 @@ import zarr
 
 from dist_relu.cli import EXIT_BAD_INPUT, limit_malloc_arenas
 
+pytestmark = pytest.mark.slow  # processes, services or statistical sweeps: not in `make test-fast`
+
 DIST_RELU = str(Path(sys.executable).with_name("dist-relu"))
 
 

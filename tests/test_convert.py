@@ -18,6 +18,8 @@ from dist_relu import io
 from dist_relu.cli import EXIT_BAD_INPUT
 from dist_relu.convert import convert, default_chunk_rows
 
+pytestmark = pytest.mark.slow  # processes, services or statistical sweeps: not in `make test-fast`
+
 DIST_RELU = str(Path(sys.executable).with_name("dist-relu"))
 X = np.maximum(0, np.random.default_rng(0).standard_normal((5003, 4)) + 0.2).astype(np.float32)
 

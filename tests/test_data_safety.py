@@ -23,6 +23,8 @@ import zarr
 import dist_relu
 from dist_relu.cli import EXIT_BAD_INPUT, EXIT_ENVIRONMENT
 
+pytestmark = pytest.mark.slow  # processes, services or statistical sweeps: not in `make test-fast`
+
 DIST_RELU = str(Path(sys.executable).with_name("dist-relu"))
 TIMEOUT = 300
 

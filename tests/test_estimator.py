@@ -13,6 +13,8 @@ from dist_relu.estimator import open_fit
 
 from .conftest import errors
 
+pytestmark = pytest.mark.slow  # processes, services or statistical sweeps: not in `make test-fast`
+
 
 def samples_of(path):
     return da.from_zarr(str(path), component="samples")

@@ -19,6 +19,8 @@ import dist_relu
 from dist_relu import compiled, estimator, io, kernels
 from dist_relu.cli import EXIT_BAD_INPUT
 
+pytestmark = pytest.mark.slow  # processes, services or statistical sweeps: not in `make test-fast`
+
 DIST_RELU = str(Path(sys.executable).with_name("dist-relu"))
 PILOT_ROWS = 2000  # of 6000: the pilot (and the units of the sums) come from the first third
 EXACT = ("counts", "n_zero", "n_positive", "status")

@@ -9,6 +9,7 @@ import tempfile
 from pathlib import Path
 
 import numpy as np
+import pytest
 import zarr
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
@@ -16,6 +17,8 @@ from hypothesis.extra import numpy as hnp
 
 import dist_relu
 from dist_relu import io
+
+pytestmark = pytest.mark.slow  # processes, services or statistical sweeps: not in `make test-fast`
 
 REAL_DTYPES = [np.float32, np.float64, np.int16, np.int64, np.uint8, np.bool_]
 # Derandomised: the same examples on every run, so that the suite cannot flake.

@@ -8,6 +8,8 @@ from scipy import stats
 import dist_relu
 from dist_relu import graph, kernels, sgd
 
+pytestmark = pytest.mark.slow  # processes, services or statistical sweeps: not in `make test-fast`
+
 
 def run_sgd(x, seed=0, chunks=1, n_batches=1, **settings):
     """Run NormBiasEst on a numpy array with the kernels alone; return (d, 2) = (µ̂, σ̂)."""

@@ -11,6 +11,8 @@ import zarr
 import dist_relu
 from dist_relu import io
 
+pytestmark = pytest.mark.slow  # processes, services or statistical sweeps: not in `make test-fast`
+
 BIN = Path(sys.executable).parent
 EXACT = ("counts", "n_zero", "n_positive", "thresholds", "value_problems")
 ROUNDED = ("sum_positive", "sum_sq_positive", "covariance", "bias", "scale", "positive_fraction")
