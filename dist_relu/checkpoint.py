@@ -4,7 +4,8 @@ A checkpoint is a directory (a local path or an fsspec URL that the workers
 can reach) holding one ``.npy`` file per finished block of a partial sum:
 ``SCOPE/NAME/S.I.J.npy`` is the sum over segment ``S`` (``split_every``
 consecutive row chunks) of the block ``(I, J)``. Each file is written whole
-under a temporary name and then renamed, so a file that exists is complete.
+under a temporary name and then renamed (on object stores, whose objects
+appear whole, written in place), so a file that exists is complete.
 ``manifest.json`` records what the partial sums are of (the source, its shape,
 dtype and chunking, the segment size, and the data's identity: the sizes and
 modification times, or ETags, of its stored objects; see
@@ -18,6 +19,7 @@ import json
 import uuid
 
 import numpy as np
+from fsspec.implementations.local import LocalFileSystem
 
 from .errors import InputError
 from .storage import location
@@ -60,8 +62,10 @@ class Checkpoint:
             raise InputError(f"checkpoint {url} exists and is not a dist_relu checkpoint (no manifest.json); "
                              "give a new or empty directory")
         else:
-            checkpoint.fs.makedirs(checkpoint.root, exist_ok=True)
-            checkpoint._write_whole(manifest, json.dumps(expected, indent=2).encode())
+            try:
+                checkpoint._write_whole(manifest, json.dumps(expected, indent=2).encode())
+            except FileNotFoundError as error:  # on an object store: no such bucket
+                raise InputError(f"cannot write the checkpoint {url}: {error} (dist_relu creates no buckets)") from None
         return checkpoint
 
     def child(self, scope):
@@ -111,11 +115,16 @@ class Checkpoint:
         return block
 
     def _write_whole(self, path, data):
+        if not isinstance(self.fs, LocalFileSystem):
+            # An object appears whole when its upload completes; a move would be a copy and a delete more (and
+            # makedirs on s3fs creates a missing bucket).
+            self.fs.pipe_file(path, data)
+            return
         folder, stem = path.rsplit("/", 1)
         self.fs.makedirs(folder, exist_ok=True)
         temporary = f"{folder}/.{stem}.{uuid.uuid4().hex[:8]}"
         self.fs.pipe_file(temporary, data)
-        self.fs.mv(temporary, path)  # a rename on a file system; object stores write objects whole anyway
+        self.fs.mv(temporary, path)
 
     def __repr__(self):
         return f"Checkpoint({self.url!r}, scope={self.scope!r})"

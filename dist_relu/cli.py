@@ -68,6 +68,14 @@ def _log(message):
     click.echo(message, err=True)
 
 
+def _object_store_unreachable(error):
+    """Return whether ``error`` says that an object store's endpoint or credentials cannot be had (s3fs's botocore)."""
+    botocore = sys.modules.get("botocore.exceptions")  # imported only by s3fs, when an s3:// URL was used
+    return botocore is not None and isinstance(error, (
+        botocore.ConnectionError, botocore.HTTPClientError, botocore.NoCredentialsError,
+        botocore.PartialCredentialsError, botocore.CredentialRetrievalError))
+
+
 def _handle_errors(command):
     """Print one line on stderr for a failure and exit with its code (README: "Exit codes")."""
 
@@ -90,6 +98,9 @@ def _handle_errors(command):
         except OSError as error:
             if debug:
                 raise
+            if isinstance(error, PermissionError) and error.errno is None:  # s3fs's AccessDenied, and the like
+                _log(f"error: permission denied: {error}")
+                sys.exit(EXIT_ENVIRONMENT)
             if error.errno not in ENVIRONMENT_ERRNOS:
                 _log(f"internal error: {type(error).__name__}: {error} (run with --debug for the traceback)")
                 sys.exit(EXIT_INTERNAL)
@@ -99,6 +110,9 @@ def _handle_errors(command):
         except Exception as error:
             if debug:
                 raise
+            if _object_store_unreachable(error):
+                _log(f"error: {error}")
+                sys.exit(EXIT_ENVIRONMENT)
             _log(f"internal error: {type(error).__name__}: {error} (run with --debug for the traceback)")
             sys.exit(EXIT_INTERNAL)
 

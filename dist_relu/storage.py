@@ -17,7 +17,16 @@ Every output is written by ``atomic_output``:
   ``.NAME.partial-*`` store, or the previous output moved aside in a commit
   cut short, which is put back);
 - the output is written into ``.NAME.partial-TOKEN`` and renamed into place
-  only once complete (copied, on object stores, which cannot rename).
+  only once complete.
+
+Object stores (``s3://``, ``gs://``) have no rename and no directories. There
+the finished store is copied into place object by object (``_copy_into_place``),
+under a marker ``.NAME.commit-TOKEN`` written first: the group's root metadata
+is removed first and copied last, so that the group cannot be opened while it
+is a mixture of old and new objects, and a commit cut short by a hard kill is
+finished by the next writer, under the lock, from the complete partial store.
+Buckets are never created. The lock is created with a conditional write
+(``If-None-Match``) and read back, for servers that ignore the condition.
 """
 
 import contextlib
@@ -107,6 +116,10 @@ def location(text):
         raise InputError("an empty path was given")
     try:
         fs, path = fsspec.core.url_to_fs(text)
+        if not isinstance(fs, LocalFileSystem):
+            # Workers and other writers change the store behind this process's back: every decision made
+            # here (exists, the leftovers, what to copy) must list it afresh, not from fsspec's listing cache.
+            fs, path = fsspec.core.url_to_fs(text, use_listings_cache=False)
     except ImportError as error:
         scheme = text.split("://", 1)[0]
         raise InputError(f"{text}: {scheme}:// needs a library that is not installed ({error})") from None
@@ -159,10 +172,12 @@ def check_output(out, kind, inputs=(), overwrite=False):
             raise InputError(f"the output {out} holds the working directory: choose a new path for the output")
     if out.path == "/" or "/" not in out.path.strip("/") and not out.is_local:
         raise InputError(f"{out}: give a path inside a directory or bucket, not a bucket or the root itself")
-    if out.exists():
+    pending = _pending_commit(out)
+    if out.exists() or pending:
         if not overwrite:
             raise InputError(f"{out} exists; choose another --out or pass --overwrite")
-        found = output_format(out)
+        # A commit cut short leaves a mixture at ``out`` that the next writer completes: judge what it will be.
+        found = output_format(pending or out)
         if found != kind:
             what = f"a {_KIND_NAMES[found]}" if found else "not an output of dist_relu"
             raise InputError(f"{out} exists and is {what}; --overwrite replaces only a previous "
@@ -182,7 +197,8 @@ def atomic_output(out, kind, inputs=(), overwrite=False):
     """
     out = location(out)
     check_output(out, kind, inputs, overwrite)
-    out.fs.makedirs(out.parent, exist_ok=True)
+    if out.is_local:
+        out.fs.makedirs(out.parent, exist_ok=True)  # object stores have no directories (and s3fs would make a bucket)
     with _output_lock(out) as token:
         _clean_leftovers(out)
         check_output(out, kind, inputs, overwrite)  # again, now that no other writer can act
@@ -194,15 +210,69 @@ def atomic_output(out, kind, inputs=(), overwrite=False):
             if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS and not error.filename:
                 raise EnvironmentProblem(f"cannot write {out}: {error.strerror}") from error
             raise
-        aside = out.sibling(f".{out.name}.old-{token}")
-        # The commit's two moves must not be separated (the old output would be left aside and the new
-        # one hidden); once it has begun, the work is done, so an interrupt meanwhile is dropped.
-        with interrupts_ignored():
-            if out.exists():
-                out.fs.mv(out.path, aside, recursive=True)
-            out.fs.mv(partial, out.path, recursive=True)
-        if out.fs.exists(aside):
-            out.fs.rm(aside, recursive=True)
+        # Once the commit has begun the work is done: an interrupt meanwhile is dropped (on a disk, the two
+        # moves must not be separated, or the old output is left aside and the new one hidden).
+        if out.is_local:
+            aside = out.sibling(f".{out.name}.old-{token}")
+            with interrupts_ignored():
+                if out.exists():
+                    out.fs.mv(out.path, aside, recursive=True)
+                out.fs.mv(partial, out.path, recursive=True)
+            if out.fs.exists(aside):
+                out.fs.rm(aside, recursive=True)
+        else:
+            marker = out.sibling(f".{out.name}.commit-{token}")
+            with interrupts_ignored():
+                out.fs.pipe_file(marker, partial.encode())  # from here on the partial store is complete
+                _copy_into_place(out.fs, partial, out.path)
+                out.fs.rm(marker)  # before the partial store: without its marker, a partial store is removed
+            _remove_quietly(out.fs, partial)
+
+
+# The metadata of a Zarr group's root: while it is absent, the group cannot be opened.
+_ROOT_METADATA = ("zarr.json", ".zgroup", ".zattrs", ".zmetadata")
+
+
+def _copy_into_place(fs, source, target):
+    """Make the objects under ``target`` those under ``source`` (an object store's commit); rerunnable.
+
+    The root metadata of the previous output goes first and the new one's
+    comes last, so that between them the group cannot be opened, rather than
+    be opened as a mixture of the two outputs.
+    """
+    new = sorted(path[len(source):] for path in fs.find(source))
+    root = [f"/{name}" for name in _ROOT_METADATA]
+    if not set(new) & set(root):
+        raise FileNotFoundError(f"{source} holds no Zarr group: nothing to put in place of {target}")
+    old = [path[len(target):] for path in fs.find(target)]
+    gone = [f"{target}{name}" for name in old if name in root]
+    if gone:
+        fs.rm(gone)
+    body = [name for name in new if name not in root]
+    if body:
+        fs.copy([f"{source}{name}" for name in body], [f"{target}{name}" for name in body])
+    stale = [f"{target}{name}" for name in old if name not in new and name not in root]
+    if stale:
+        fs.rm(stale)
+    last = [name for name in new if name in root]
+    if last:
+        fs.copy([f"{source}{name}" for name in last], [f"{target}{name}" for name in last])
+
+
+def _pending_commit(out):
+    """Return the complete partial store that a commit cut short was copying to ``out`` (object stores), or None."""
+    if out.is_local:
+        return None
+    try:
+        names = [path.rstrip("/").rsplit("/", 1)[-1] for path in out.fs.ls(out.parent, detail=False)]
+    except FileNotFoundError:
+        return None
+    for name in sorted(names):
+        if name.startswith(f".{out.name}.commit-"):
+            partial = f".{out.name}.partial-{name.rsplit('-', 1)[-1]}"
+            if partial in names:
+                return location(out.fs.unstrip_protocol(out.sibling(partial)))
+    return None
 
 
 def _lock_record(token):
@@ -243,7 +313,11 @@ def _output_lock(out):
     token = uuid.uuid4().hex[:12]
     record = _lock_record(token)
     for _attempt in range(20):
-        if _create_exclusively(fs, lock, json.dumps(record).encode()):
+        try:
+            created = _create_exclusively(fs, lock, json.dumps(record).encode())
+        except FileNotFoundError as error:  # on an object store: no such bucket
+            raise InputError(f"cannot write {out}: {error} (dist_relu creates no buckets)") from None
+        if created:
             break
         found = _read_lock(fs, lock)
         if found is None:
@@ -294,10 +368,14 @@ def _create_exclusively(fs, path, data):
         with os.fdopen(descriptor, "wb") as handle:
             handle.write(data)
         return True
-    # Object stores have no exclusive create: write, then read back whose lock stands.
+    # Object stores: a conditional write (If-None-Match: *, honoured by AWS S3 and moto), then a read
+    # back of whose lock stands, for servers that ignore the condition.
     if fs.exists(path):
         return False
-    fs.pipe_file(path, data)
+    try:
+        fs.pipe_file(path, data, mode="create")
+    except FileExistsError:
+        return False
     return fs.cat_file(path) == data
 
 
@@ -320,7 +398,11 @@ def _age(fs, path):
 
 
 def _clean_leftovers(out):
-    """Under the lock: remove the partial stores of dead writers, and finish or undo a commit cut short."""
+    """Under the lock: remove the partial stores of dead writers, and finish or undo a commit cut short.
+
+    Names sort so that a commit's marker (``commit-``) comes before the
+    partial store it names, which is removed once the commit is finished.
+    """
     fs = out.fs
     prefix = f".{out.name}."
     try:
@@ -331,7 +413,13 @@ def _clean_leftovers(out):
         path = out.sibling(name)
         if not name.startswith(prefix):
             continue
-        if name.startswith(prefix + "old-"):
+        if name.startswith(prefix + "commit-"):
+            partial = out.sibling(f"{prefix}partial-{name[len(prefix + 'commit-'):]}")
+            if fs.exists(partial):
+                log.info(f"finished the commit of {out} cut short by an interrupted run (from {partial})")
+                _copy_into_place(fs, partial, out.path)
+            _remove_quietly(fs, path)
+        elif name.startswith(prefix + "old-"):
             if out.exists():
                 log.info(f"removed the previous output of {out} left aside by an interrupted commit ({path})")
                 _remove_quietly(fs, path)

@@ -26,6 +26,12 @@ def errors(estimator, weights, bias):
     return estimator.model_.errors(weights @ weights.T, bias)
 
 
+def assert_same_fit(got, expected):
+    """Assert that two stored fits (Zarr groups) hold the same estimates and sums, bit for bit."""
+    for name in ("covariance", "bias", "scale", "counts", "sum_sq_positive"):
+        np.testing.assert_array_equal(got[name][:], expected[name][:], err_msg=name)
+
+
 @pytest.fixture
 def relu_data():
     """A small in-memory data set with correlated coordinates and mixed-sign biases."""

@@ -5,73 +5,20 @@ the local-threads fit bit for bit: when a worker is killed mid-fit, over TLS,
 with inputs given as file:// URLs, and with checkpoints written by the workers.
 """
 
-import contextlib
 import os
 import shutil
 import signal
-import socket
 import subprocess
-import sys
 import time
-from pathlib import Path
 
-import numpy as np
 import pytest
 import zarr
 from distributed import Client
-from distributed.security import Security
 
 from dist_relu.scheduler import scheduler
 
-BIN = Path(sys.executable).parent
-
-
-def free_port():
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-@contextlib.contextmanager
-def command_line_cluster(directory, n_workers=2, tls=(), environment=None):
-    """Start `dask scheduler` and ``n_workers`` single-threaded `dask worker` processes; yield the address."""
-    environment = {**os.environ, **(environment or {})}
-    protocol = "tls" if tls else "tcp"
-    port = free_port()
-    address = f"{protocol}://127.0.0.1:{port}"
-    logs = directory / "logs"
-    logs.mkdir(parents=True, exist_ok=True)
-    loopback = ["--host", "127.0.0.1", "--dashboard-address", "127.0.0.1:0", *tls]
-    processes = [subprocess.Popen([str(BIN / "dask"), "scheduler", "--port", str(port), "--protocol", protocol,
-                                   *loopback],
-                                  stdout=open(logs / "scheduler.log", "w"), stderr=subprocess.STDOUT,
-                                  env=environment)]
-    for k in range(n_workers):
-        processes.append(subprocess.Popen([str(BIN / "dask"), "worker", address, "--nthreads", "1", "--nworkers", "1",
-                                           "--local-directory", str(directory / f"worker-{k}"), *loopback],
-                                          stdout=open(logs / f"worker-{k}.log", "w"), stderr=subprocess.STDOUT,
-                                          env=environment))
-    try:
-        with client_of(address, tls) as client:
-            client.wait_for_workers(n_workers, timeout=60)
-        yield address
-    finally:
-        for process in processes[::-1]:
-            process.terminate()
-        for process in processes:
-            try:
-                process.wait(timeout=20)
-            except subprocess.TimeoutExpired:
-                process.kill()
-
-
-def client_of(address, tls=()):
-    if not tls:
-        return Client(address, timeout=30)
-    files = dict(zip(tls[::2], tls[1::2]))
-    security = Security(tls_ca_file=files["--tls-ca-file"], tls_client_cert=files["--tls-cert"],
-                        tls_client_key=files["--tls-key"], require_encryption=True)
-    return Client(address, security=security, timeout=30)
+from .clusters import BIN, command_line_cluster, count_tasks_done
+from .conftest import assert_same_fit
 
 
 @pytest.fixture(scope="module")
@@ -87,11 +34,6 @@ def fit(path, out, *options, check=True):
     if check:
         assert result.returncode == 0, result.stderr
     return result, (zarr.open_group(str(out), mode="r") if result.returncode == 0 else None)
-
-
-def assert_same_fit(got, expected):
-    for name in ("covariance", "bias", "scale", "counts", "sum_sq_positive"):
-        np.testing.assert_array_equal(got[name][:], expected[name][:], err_msg=name)
 
 
 @pytest.mark.parametrize("method", ["censored", "sgd"])
@@ -130,13 +72,9 @@ def test_a_worker_killed_mid_fit_does_not_change_the_result(simulated, tmp_path)
                                     "--split-every", "2", "--scheduler", address],
                                    stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
 
-        def count_tasks_done(dask_scheduler):
-            return sum(1 for key, task in dask_scheduler.tasks.items()
-                       if "coexceedance" in str(key) and task.state in ("memory", "released"))
-
         # Kill once the main pass has counted 10 of its 160 row chunks.
         deadline = time.monotonic() + 120
-        while client.run_on_scheduler(count_tasks_done) < 10:
+        while count_tasks_done(client) < 10:
             assert process.poll() is None and time.monotonic() < deadline, "the fit ended before the kill"
             time.sleep(0.05)
         victim = sorted(pids)[0]
