@@ -20,6 +20,8 @@ from dist_relu.scheduler import scheduler
 from .clusters import BIN, command_line_cluster, count_tasks_done
 from .conftest import assert_same_fit
 
+pytestmark = pytest.mark.slow  # processes, services or statistical sweeps: not in `make test-fast`
+
 
 @pytest.fixture(scope="module")
 def cli_cluster(tmp_path_factory):

@@ -284,18 +284,19 @@ def test_a_file_url_is_a_url_for_every_command(workspace):
 
 
 def test_an_object_store_url_never_becomes_a_local_directory(workspace):
+    """A URL whose library is missing (gcsfs for gs://) is refused; it never becomes a local path."""
     try:
-        import s3fs  # noqa: F401
+        import gcsfs  # noqa: F401
     except ImportError:
         pass
     else:
-        pytest.skip("s3fs is installed: an s3:// URL would be tried for real (the S3 tests cover it)")
+        pytest.skip("gcsfs is installed: a gs:// URL would be tried for real (tests/test_s3.py covers object stores)")
     before = digest(workspace)
-    for command in (["convert", "data.csv", "--out", "s3://bucket/c.zarr"],
-                    ["fit", "sim.zarr", "--out", "s3://bucket/f.zarr"],
-                    ["simulate", "--n", "100", "--d", "2", "--out", "s3://bucket/s.zarr"]):
+    for command in (["convert", "data.csv", "--out", "gs://bucket/c.zarr"],
+                    ["fit", "sim.zarr", "--out", "gs://bucket/f.zarr"],
+                    ["simulate", "--n", "100", "--d", "2", "--out", "gs://bucket/s.zarr"]):
         result = run(*command, cwd=workspace)
-        assert result.returncode == EXIT_BAD_INPUT and "s3:// needs a library" in result.stderr, result.stderr
+        assert result.returncode == EXIT_BAD_INPUT and "gs:// needs a library" in result.stderr, result.stderr
     assert digest(workspace) == before
 
 

@@ -31,6 +31,8 @@ pytest.importorskip("moto.server", reason="the S3 tests need moto's server (pip 
 
 from distributed import Client  # noqa: E402
 
+pytestmark = pytest.mark.slow  # processes, services or statistical sweeps: not in `make test-fast`
+
 DIST_RELU = str(Path(sys.executable).with_name("dist-relu"))
 BUCKET = "dist-relu-test"
 TIMEOUT = 300
