@@ -58,4 +58,11 @@ def run():
         from .cli import main
     except KeyboardInterrupt as interrupt:
         interrupted_exit(interrupt)
-    main()
+    try:
+        main()
+    finally:
+        # The command has finished, or reported its interrupt: what is left is the interpreter's shutdown
+        # (distributed's exit handlers among it), where a repeated signal (SLURM sends SIGTERM more than once
+        # at a time limit) would only print a traceback.
+        for number in INTERRUPTS:
+            signal.signal(number, signal.SIG_IGN)

@@ -27,6 +27,10 @@ class EnvironmentProblem(OSError):
     """The machine refuses what the command needs: the message names the path or address."""
 
 
+class SchedulerLost(EnvironmentProblem):
+    """The dask scheduler went away during a computation (stopped, or unreachable)."""
+
+
 class Interrupted(KeyboardInterrupt):
     """The command was asked to stop by a signal (SIGINT, SIGTERM or SIGHUP): ``signal`` is its number.
 

@@ -4,13 +4,14 @@ import contextlib
 import logging
 import os
 import sys
+import time
 
 import dask
 from dask.base import named_schedulers
 from dask.diagnostics import ProgressBar
 
 from .entry import interrupts_ignored
-from .errors import EnvironmentProblem
+from .errors import EnvironmentProblem, SchedulerLost
 
 
 @contextlib.contextmanager
@@ -66,6 +67,7 @@ def scheduler(address=None, workers=None, log=None, tls_ca_file=None, tls_cert=N
                     )
                 )
             client = stack.enter_context(Client(cluster))
+        _drop_unretrieved_all_exit()
         if log:
             log(f"scheduler {client.scheduler.address}, dashboard {client.dashboard_link}")
         stack.enter_context(_quiet_when_interrupted())  # left first: before the client and cluster close
@@ -74,17 +76,45 @@ def scheduler(address=None, workers=None, log=None, tls_ca_file=None, tls_cert=N
 
 @contextlib.contextmanager
 def _quiet_when_interrupted():
-    """On an interrupt, silence distributed's logging while the client and cluster close.
+    """On an interrupt, or the scheduler's loss, silence distributed's logging while the client and cluster close.
 
     Closing a cluster whose tasks were cut short logs errors and tracebacks
-    that say nothing to the user beyond "interrupted".
+    that say nothing to the user beyond "interrupted" (or "lost the scheduler").
     """
     try:
         yield
-    except KeyboardInterrupt:
-        for name in ("distributed", "asyncio"):  # asyncio: the client's gathers, cut short, are never retrieved
+    except (KeyboardInterrupt, SchedulerLost):
+        # asyncio: the client's gathers, cut short, are never retrieved. distributed's own configuration gives
+        # some of its loggers levels of their own (distributed.client: warning), which the parent's does not
+        # override: when a batch system stops the scheduler with the client (SLURM signals every step of the
+        # job at once), distributed.client logs its failed reconnections, with tracebacks.
+        names = [name for name in list(logging.root.manager.loggerDict) if name.startswith("distributed.")]
+        for name in ("distributed", "asyncio", *names):
             logging.getLogger(name).setLevel(logging.CRITICAL)
         raise
+
+
+class _UnretrievedAllExit(logging.Filter):
+    """Drop asyncio's "Task exception was never retrieved" for distributed's internal ``AllExit``."""
+
+    def filter(self, record):
+        error = record.exc_info[1] if record.exc_info else None
+        return type(error).__name__ != "AllExit"
+
+
+def _drop_unretrieved_all_exit():
+    """Silence a traceback that distributed's client leaves when its scheduler goes away during a gather.
+
+    Each future's waiter raises ``AllExit``, and all but one are never
+    retrieved: asyncio logs each one's traceback, from the client's own
+    thread, before the client hears of an interrupt. It happens whenever a
+    batch system stops the scheduler together with the client (SLURM signals
+    every step of a job at once at its time limit); the command's own line
+    says what happened.
+    """
+    logger = logging.getLogger("asyncio")
+    if not any(isinstance(f, _UnretrievedAllExit) for f in logger.filters):
+        logger.addFilter(_UnretrievedAllExit())
 
 
 def _security(address, tls_files, Security):
@@ -117,13 +147,39 @@ def compute(*collections, progress=False):
         with bar:
             return dask.compute(*collections, scheduler=_local_scheduler())
     futures = client.compute(list(collections))
-    if progress:
-        from distributed import progress as distributed_progress
+    try:
+        if progress:
+            from distributed import progress as distributed_progress
 
-        with contextlib.redirect_stdout(sys.stderr):
-            distributed_progress(futures, multi=False)
-            print(file=sys.stderr)
-    return tuple(client.gather(futures))
+            with contextlib.redirect_stdout(sys.stderr):
+                distributed_progress(futures, multi=False)
+                print(file=sys.stderr)
+        return tuple(client.gather(futures))
+    except Exception as error:
+        if not _scheduler_lost(client, error):
+            raise
+        # A batch system stops the whole job at once (SLURM at a time limit signals every step): the
+        # scheduler can be gone a moment before this process's own SIGTERM arrives. Wait for it, so that
+        # the command ends as interrupted (the interrupt is raised from the sleep) and not as failed.
+        time.sleep(LOST_SCHEDULER_GRACE)
+        raise SchedulerLost(f"lost the dask scheduler at {client.scheduler.address} during the computation: "
+                            "it stopped, or cannot be reached") from error
+
+
+# Seconds to wait, after the scheduler's loss, for an interrupt that may come with it.
+LOST_SCHEDULER_GRACE = 2.0
+
+
+def _scheduler_lost(client, error):
+    """Return whether ``error``, raised while computing on ``client``, means that the scheduler went away."""
+    from concurrent.futures import CancelledError
+
+    from distributed.comm import CommClosedError
+
+    if not isinstance(error, (CancelledError, CommClosedError, OSError)):
+        return False
+    return client.status != "running" or "scheduler-connection-lost" in str(error) or isinstance(
+        error, CommClosedError)
 
 
 def _local_scheduler():

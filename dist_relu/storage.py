@@ -206,7 +206,10 @@ def atomic_output(out, kind, inputs=(), overwrite=False):
         try:
             yield Path(partial) if out.is_local else out.fs.unstrip_protocol(partial)
         except BaseException as error:
-            _remove_partial(out.fs, partial)
+            # Removing the partial store is what an interrupt asks for: a second one meanwhile is dropped
+            # (SLURM sends SIGTERM more than once at a time limit; cut short, the removal left a partial store).
+            with interrupts_ignored():
+                _remove_partial(out.fs, partial)
             if isinstance(error, OSError) and error.errno in ENVIRONMENT_ERRNOS and not error.filename:
                 raise EnvironmentProblem(f"cannot write {out}: {error.strerror}") from error
             raise
@@ -344,10 +347,11 @@ def _output_lock(out):
     try:
         yield token
     finally:
-        stop.set()
-        renewer.join()
-        if (_read_lock(fs, lock) or {}).get("token") == token:
-            fs.rm(lock)
+        with interrupts_ignored():  # as for the partial store: a repeated interrupt must not leave the lock
+            stop.set()
+            renewer.join()
+            if (_read_lock(fs, lock) or {}).get("token") == token:
+                fs.rm(lock)
 
 
 def _renew_lease(fs, lock, record, stop):

@@ -1,3 +1,5 @@
+import time
+
 import numpy as np
 import pytest
 
@@ -39,3 +41,37 @@ def relu_data():
     weights = rng.standard_normal((6, 6)) / np.sqrt(6)
     bias = np.array([0.5, 0.0, -0.3, 1.0, 0.2, -0.1])
     return np.maximum(0, rng.standard_normal((20_000, 6)) @ weights.T + bias).astype(np.float32)
+
+
+@pytest.fixture(scope="session")
+def slurm(tmp_path_factory):
+    """A real one-node SLURM cluster (tests/slurm_cluster.py), started once for the session and stopped after.
+
+    SLURM and munge are installed from Debian's packages when missing (as root,
+    with apt-get; about 15 s here). Where that fails, or the daemons do not
+    come up, the tests using this fixture are skipped with the reason.
+    """
+    from tests.slurm_cluster import SlurmCluster, Unavailable, ensure_installed
+
+    cluster = SlurmCluster(tmp_path_factory.mktemp("slurm"))
+    try:
+        SLURM_SECONDS["install"] = ensure_installed()
+        start = time.monotonic()
+        cluster.start()
+        SLURM_SECONDS["start"] = time.monotonic() - start
+    except Unavailable as why:
+        pytest.skip(f"no SLURM cluster here: {why}")
+    try:
+        yield cluster
+    finally:
+        cluster.stop()
+
+
+SLURM_SECONDS = {}
+
+
+def pytest_terminal_summary(terminalreporter):
+    if SLURM_SECONDS:
+        started = f"started in {SLURM_SECONDS['start']:.1f} s" if "start" in SLURM_SECONDS else "not started"
+        terminalreporter.write_line(f"SLURM for tests/test_slurm.py: installed in {SLURM_SECONDS['install']:.0f} s "
+                                    f"(0: it was there), {started}")
