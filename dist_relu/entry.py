@@ -21,8 +21,14 @@ def _interrupt(signal_number, frame):
 
 
 def install_interrupt_handlers():
-    """Make SIGINT, SIGTERM and SIGHUP raise ``Interrupted`` in the main thread."""
+    """Make SIGINT, SIGTERM and SIGHUP raise ``Interrupted`` in the main thread.
+
+    A SIGHUP that is ignored already stays ignored: ``nohup dist-relu ...``
+    asks for the command to outlive its terminal.
+    """
     for number in INTERRUPTS:
+        if number == getattr(signal, "SIGHUP", None) and signal.getsignal(number) == signal.SIG_IGN:
+            continue
         signal.signal(number, _interrupt)
 
 

@@ -13,6 +13,13 @@ from distributed.security import Security
 BIN = Path(sys.executable).parent
 
 
+def hangup_as_in_a_terminal():
+    """``preexec_fn`` for a command that a test hangs up: SIGHUP's default, as under a terminal (not nohup's)."""
+    import signal
+
+    signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
 def free_port():
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))

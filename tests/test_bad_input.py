@@ -13,6 +13,8 @@ import dist_relu
 from dist_relu import io
 from dist_relu.cli import EXIT_BAD_INPUT
 
+from .clusters import hangup_as_in_a_terminal
+
 pytestmark = pytest.mark.slow  # processes, services or statistical sweeps: not in `make test-fast`
 
 DIST_RELU = str(Path(sys.executable).with_name("dist-relu"))
@@ -179,7 +181,8 @@ def test_an_interrupted_fit_leaves_the_previous_output_intact(simulated, tmp_pat
     # signal lands. Then the output is the new fit, complete, and we try again.
     for attempt in range(3):
         process = subprocess.Popen([DIST_RELU, "fit", str(path), "--out", str(out), "--overwrite", "--passes", "2"],
-                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                                   stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                                   preexec_fn=hangup_as_in_a_terminal)
         deadline = time.monotonic() + 60
         while not any(p.name.startswith(".fit.zarr.partial") for p in tmp_path.iterdir()):
             assert process.poll() is None and time.monotonic() < deadline, "the fit ended before it could be interrupted"

@@ -23,6 +23,8 @@ import zarr
 import dist_relu
 from dist_relu.cli import EXIT_BAD_INPUT, EXIT_ENVIRONMENT
 
+from .clusters import hangup_as_in_a_terminal
+
 pytestmark = pytest.mark.slow  # processes, services or statistical sweeps: not in `make test-fast`
 
 DIST_RELU = str(Path(sys.executable).with_name("dist-relu"))
@@ -319,7 +321,8 @@ def handles_sigterm(pid):
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM", "SIGHUP"])
 def test_an_interrupt_during_start_up_prints_one_line(workspace, signal_name):
     process = subprocess.Popen([DIST_RELU, "fit", "sim.zarr", "--out", "new.zarr"], cwd=workspace,
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=hangup_as_in_a_terminal)
     wait_for(lambda: handles_sigterm(process.pid), process, "signal handlers")
     process.send_signal(getattr(signal, signal_name))  # while numpy, dask and zarr are still being imported
     _, stderr = process.communicate(timeout=TIMEOUT)
@@ -328,6 +331,19 @@ def test_an_interrupt_during_start_up_prints_one_line(workspace, signal_name):
     assert process.returncode == 128 + getattr(signal, signal_name)
     assert len(stderr.strip().splitlines()) == 1 and f"interrupted by {signal_name}" in stderr, stderr
     assert not (workspace / "new.zarr").exists()
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="reads signal masks from Linux's /proc")
+def test_under_nohup_a_hangup_does_not_stop_the_fit(workspace):
+    """``nohup dist-relu ...`` starts the command with SIGHUP ignored: it must stay ignored."""
+    process = subprocess.Popen([DIST_RELU, "fit", "sim.zarr", "--out", "new.zarr"], cwd=workspace,
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                               preexec_fn=lambda: signal.signal(signal.SIGHUP, signal.SIG_IGN))
+    wait_for(lambda: handles_sigterm(process.pid), process, "signal handlers")
+    process.send_signal(signal.SIGHUP)
+    _, stderr = process.communicate(timeout=TIMEOUT)
+    assert process.returncode == 0, stderr
+    assert zarr.open_group(str(workspace / "new.zarr"), mode="r").attrs["n_samples"] == 20_000
 
 
 @pytest.mark.parametrize("signal_name", ["SIGINT", "SIGTERM"])

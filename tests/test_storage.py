@@ -74,11 +74,16 @@ def test_a_ctrl_c_during_the_commit_cannot_separate_its_two_moves(tmp_path, monk
         return move(self, source, target, **kwargs)
 
     monkeypatch.setattr(LocalFileSystem, "mv", move_and_interrupt)
-    with storage.atomic_output(out, storage.FIT_FORMAT, overwrite=True) as partial:
-        zarr.create_group(str(partial)).attrs["which"] = "new"
-    assert len(moves) == 2  # the old store moved aside, then the new one into place
-    assert zarr.open_group(str(out), mode="r").attrs["which"] == "new"
-    assert [p.name for p in tmp_path.iterdir()] == ["out.zarr"]
-    # Outside the commit, Ctrl-C interrupts as before.
-    with pytest.raises(KeyboardInterrupt):
-        os.kill(os.getpid(), signal.SIGINT)
+    # Ctrl-C's KeyboardInterrupt, as in a terminal (a shell's background job starts with SIGINT ignored).
+    previous = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        with storage.atomic_output(out, storage.FIT_FORMAT, overwrite=True) as partial:
+            zarr.create_group(str(partial)).attrs["which"] = "new"
+        assert len(moves) == 2  # the old store moved aside, then the new one into place
+        assert zarr.open_group(str(out), mode="r").attrs["which"] == "new"
+        assert [p.name for p in tmp_path.iterdir()] == ["out.zarr"]
+        # Outside the commit, Ctrl-C interrupts as before.
+        with pytest.raises(KeyboardInterrupt):
+            os.kill(os.getpid(), signal.SIGINT)
+    finally:
+        signal.signal(signal.SIGINT, previous)
