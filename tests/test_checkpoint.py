@@ -16,7 +16,7 @@ import pytest
 import zarr
 
 import dist_relu
-from dist_relu import graph, io, kernels
+from dist_relu import graph, io
 from dist_relu.checkpoint import Checkpoint
 
 pytestmark = pytest.mark.slow  # processes, services or statistical sweeps: not in `make test-fast`
