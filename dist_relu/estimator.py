@@ -503,7 +503,7 @@ def _check_checkpoint_location(checkpoint, out, inputs):
     """Raise ``InputError`` if the checkpoint directory would be written over an input or the output."""
     where = storage.location(checkpoint)
     for other in [out, *inputs]:
-        if other is not None and (where.within(storage.location(other)) or storage.location(other).within(where)):
+        if other is not None and where.overlaps(storage.location(other)):
             raise io.InputError(f"checkpoint {checkpoint} overlaps {other}: give the checkpoint a directory of its own")
 
 

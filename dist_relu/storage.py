@@ -98,6 +98,10 @@ class Location:
     def exists(self):
         return self.fs.exists(self.path)
 
+    def overlaps(self, other):
+        """Return whether this location is ``other``, lies inside it, or contains it."""
+        return self.within(other) or other.within(self)
+
     def within(self, other):
         """Return whether this location is ``other`` or lies inside it."""
         return self.protocol == other.protocol and (self.path == other.path or
@@ -162,7 +166,7 @@ def check_output(out, kind, inputs=(), overwrite=False):
         if given is None:
             continue
         given = location(given)
-        if out.within(given) or given.within(out):
+        if out.overlaps(given):
             how = "is" if out.path == given.path else "lies inside" if out.within(given) else "contains"
             raise InputError(f"the output {out} {how} the input {given}: dist_relu never writes over what it "
                              "reads; choose another output")

@@ -5,6 +5,7 @@ import os
 import socket
 import subprocess
 import sys
+import time
 from pathlib import Path
 
 from distributed import Client
@@ -18,6 +19,15 @@ def hangup_as_in_a_terminal():
     import signal
 
     signal.signal(signal.SIGHUP, signal.SIG_DFL)
+
+
+def wait_for(condition, process, what, timeout=120):
+    """Wait until ``condition()`` holds, failing if ``process`` ends first or ``timeout`` seconds pass."""
+    deadline = time.monotonic() + timeout
+    while not condition():
+        assert process.poll() is None, f"the process ended before {what}: {process.communicate()}"
+        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
+        time.sleep(0.01)
 
 
 def free_port():

@@ -23,7 +23,7 @@ import zarr
 import dist_relu
 from dist_relu.cli import EXIT_BAD_INPUT, EXIT_ENVIRONMENT
 
-from .clusters import hangup_as_in_a_terminal
+from .clusters import free_port, hangup_as_in_a_terminal, wait_for
 
 pytestmark = pytest.mark.slow  # processes, services or statistical sweeps: not in `make test-fast`
 
@@ -156,14 +156,6 @@ def slow_samples(tmp_path_factory):
     weights, bias = dist_relu.figure1_truth(40, seed=3)
     dist_relu.simulate_to_zarr(path, weights, bias, 400_000, chunk_rows=20_000, seed=3)
     return path
-
-
-def wait_for(condition, process, what, timeout=120):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert process.poll() is None, f"the process ended before {what}: {process.communicate()}"
-        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
-        time.sleep(0.01)
 
 
 @pytest.mark.parametrize("overwrite", [False, True])
@@ -404,9 +396,7 @@ def test_a_read_only_file_system_is_an_environment_error(workspace, small_file_s
 
 
 def test_an_unreachable_scheduler_is_an_environment_error(workspace):
-    with socket.socket() as probe:  # a port nobody listens on
-        probe.bind(("127.0.0.1", 0))
-        port = probe.getsockname()[1]
+    port = free_port()  # a port nobody listens on
     result = run("fit", "sim.zarr", "--out", "new.zarr", "--scheduler", f"tcp://127.0.0.1:{port}", cwd=workspace,
                  env={"DASK_DISTRIBUTED__COMM__TIMEOUTS__CONNECT": "3s"})
     assert result.returncode == EXIT_ENVIRONMENT, result.stderr

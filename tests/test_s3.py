@@ -23,7 +23,7 @@ import zarr
 import dist_relu
 from dist_relu import storage
 
-from .clusters import command_line_cluster, count_tasks_done, free_port
+from .clusters import command_line_cluster, count_tasks_done, free_port, wait_for
 from .conftest import assert_same_fit
 
 s3fs = pytest.importorskip("s3fs", reason="the S3 tests need s3fs (pip install -e '.[test]')")
@@ -112,14 +112,6 @@ def in_this_process(s3, monkeypatch):
             monkeypatch.delenv(name)
     for name, value in s3.variables.items():
         monkeypatch.setenv(name, value)
-
-
-def wait_for(condition, process, what, timeout=120):
-    deadline = time.monotonic() + timeout
-    while not condition():
-        assert process.poll() is None, f"the process ended before {what}: {process.communicate()}"
-        assert time.monotonic() < deadline, f"no {what} after {timeout} s"
-        time.sleep(0.05)
 
 
 SETTINGS = {"split_every": 2, "pilot_rows": 1000}
