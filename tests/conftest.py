@@ -1,3 +1,5 @@
+import collections
+import contextlib
 import time
 
 import numpy as np
@@ -75,3 +77,21 @@ def pytest_terminal_summary(terminalreporter):
         started = f"started in {SLURM_SECONDS['start']:.1f} s" if "start" in SLURM_SECONDS else "not started"
         terminalreporter.write_line(f"SLURM for tests/test_slurm.py: installed in {SLURM_SECONDS['install']:.0f} s "
                                     f"(0: it was there), {started}")
+
+
+@contextlib.contextmanager
+def counting_chunk_reads(store_class, array="samples"):
+    """Yield a Counter of the reads of each chunk of ``array`` through ``store_class`` (a zarr store type)."""
+    reads = collections.Counter()
+    original_get = store_class.get
+
+    async def counting_get(self, key, prototype, byte_range=None):
+        if key.startswith(f"{array}/c/"):
+            reads[key] += 1
+        return await original_get(self, key, prototype, byte_range)
+
+    store_class.get = counting_get
+    try:
+        yield reads
+    finally:
+        store_class.get = original_get

@@ -19,6 +19,8 @@ import dist_relu
 from dist_relu import graph, io
 from dist_relu.checkpoint import Checkpoint
 
+from .conftest import counting_chunk_reads
+
 pytestmark = pytest.mark.slow  # processes, services or statistical sweeps: not in `make test-fast`
 
 BIN = Path(sys.executable).parent
@@ -82,7 +84,7 @@ def saved_blocks(checkpoint, name):
     return list(checkpoint.glob(f"thresholds-*/{name}/*.npy"))
 
 
-def test_a_fit_killed_half_way_resumes_and_reads_only_what_was_not_saved(tmp_path, monkeypatch):
+def test_a_fit_killed_half_way_resumes_and_reads_only_what_was_not_saved(tmp_path):
     n, d, rows, split_every, pilot_rows = 2_000_000, 32, 10_000, 2, 1000
     weights, b = dist_relu.figure1_truth(d, seed=3)
     path = tmp_path / "s.zarr"
@@ -113,17 +115,8 @@ def test_a_fit_killed_half_way_resumes_and_reads_only_what_was_not_saved(tmp_pat
     # Resume, counting each read of a chunk of the samples.
     (main,) = [Checkpoint(checkpoint).child(p.name) for p in checkpoint.glob("thresholds-*")]
     complete = set.intersection(*(main.done(name) for name in ("statistics", "counts", "value-problems")))
-    reads = collections.Counter()
-    original_get = zarr.storage.LocalStore.get
-
-    async def counting_get(self, key, prototype, byte_range=None):
-        if key.startswith("samples/c/"):
-            reads[key] += 1
-        return await original_get(self, key, prototype, byte_range)
-
-    monkeypatch.setattr(zarr.storage.LocalStore, "get", counting_get)
-    attributes = dist_relu.fit_to_zarr(str(path), out, checkpoint=checkpoint, **settings)
-    monkeypatch.undo()
+    with counting_chunk_reads(zarr.storage.LocalStore) as reads:
+        attributes = dist_relu.fit_to_zarr(str(path), out, checkpoint=checkpoint, **settings)
 
     assert attributes["checkpoint"]["blocks_resumed"] == sum(counted.values())
     # Each chunk of an unfinished segment is read once; so is chunk 0, which holds the pilot's rows, either way.

@@ -6,7 +6,6 @@ credentials in their environment (``AWS_ENDPOINT_URL``, ``AWS_ACCESS_KEY_ID``,
 ``AWS_SECRET_ACCESS_KEY``, ``AWS_DEFAULT_REGION``), as on a real cluster.
 """
 
-import collections
 import os
 import signal
 import socket
@@ -24,7 +23,7 @@ import dist_relu
 from dist_relu import storage
 
 from .clusters import command_line_cluster, count_tasks_done, free_port, wait_for
-from .conftest import assert_same_fit
+from .conftest import assert_same_fit, counting_chunk_reads
 
 s3fs = pytest.importorskip("s3fs", reason="the S3 tests need s3fs (pip install -e '.[test]')")
 pytest.importorskip("moto.server", reason="the S3 tests need moto's server (pip install -e '.[test]')")
@@ -190,17 +189,8 @@ def test_a_fit_killed_mid_pass_resumes_from_its_s3_checkpoint_reading_only_unfin
 
     # Resume in this process, with the same environment, counting each read of a chunk of the samples.
     in_this_process(s3, monkeypatch)
-    reads = collections.Counter()
-    original_get = zarr.storage.FsspecStore.get
-
-    async def counting_get(self, key, prototype, byte_range=None):
-        if key.startswith("samples/c/"):
-            reads[key] += 1
-        return await original_get(self, key, prototype, byte_range)
-
-    monkeypatch.setattr(zarr.storage.FsspecStore, "get", counting_get)
-    attributes = dist_relu.fit_to_zarr(big.url, out, checkpoint=checkpoint, **SETTINGS)
-    monkeypatch.setattr(zarr.storage.FsspecStore, "get", original_get)
+    with counting_chunk_reads(zarr.storage.FsspecStore) as reads:
+        attributes = dist_relu.fit_to_zarr(big.url, out, checkpoint=checkpoint, **SETTINGS)
 
     assert attributes["checkpoint"]["blocks_resumed"] == sum(counted.values())
     # Each chunk of an unfinished segment is read once; so is chunk 0, which holds the pilot's rows, either way.
