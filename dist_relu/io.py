@@ -16,16 +16,15 @@ from fsspec.implementations.local import LocalFileSystem
 from zarr.storage import LocalStore
 from zarr.core.sync import sync
 
+from .errors import InputError  # noqa: F401 (re-exported: io.InputError is used throughout)
+from .storage import location
+
 # Bytes of one row chunk made from an in-memory array when no chunking is given.
 _TARGET_CHUNK_BYTES = 64 * 2**20
 # Zarr skips chunks that equal the fill value everywhere unless told otherwise;
 # dist_relu's stores keep every chunk, so that an absent one always means an
 # incomplete store (see ``check_chunks_present``).
 WRITE_ALL_CHUNKS = {"write_empty_chunks": True}
-
-
-from .errors import InputError  # noqa: F401 (re-exported: io.InputError is used throughout)
-from .storage import location
 
 
 def open_samples(source, array="samples", allow_missing_chunks=False):
