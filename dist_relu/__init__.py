@@ -9,7 +9,7 @@ __version__ = "0.1.0"
 # Imported on first use, so that the command line's entry point (dist_relu.entry)
 # handles interrupts before numpy, dask and numba are loaded.
 _EXPORTS = {"ReLUGaussian": "estimator", "fit_to_zarr": "estimator", "merge_fits": "estimator",
-            "open_fit": "estimator", "RectifiedGaussian": "model", "figure1_truth": "simulate",
+            "open_fit": "estimator", "relu_gaussian": "estimator", "RectifiedGaussian": "model", "figure1_truth": "simulate",
             "simulate_to_zarr": "simulate"}
 __all__ = sorted(_EXPORTS)
 

@@ -1,6 +1,7 @@
-"""Reading samples and the arrays of Zarr groups: every input becomes a dask array here.
+"""Zarr arrays in and out: every input becomes a dask array here, and every array is written here.
 
-Where outputs go, and how they appear whole, is ``storage``'s job.
+Where outputs go, and how they appear whole, is ``storage``'s job; what a
+fit's group holds is ``fitstore``'s.
 """
 
 import hashlib
@@ -17,6 +18,7 @@ from zarr.storage import LocalStore
 from zarr.core.sync import sync
 
 from .errors import InputError  # noqa: F401 (re-exported: io.InputError is used throughout)
+from .scheduler import compute
 from .storage import location
 
 # Bytes of one row chunk made from an in-memory array when no chunking is given.
@@ -235,6 +237,29 @@ def create_arrays(group, arrays):
             chunks = tuple(max(size, 1) for size in values.shape)
             group.create_array(name, data=values, chunks=chunks, config=WRITE_ALL_CHUNKS)
     return targets
+
+
+def store_arrays(group, arrays, progress=False, also=()):
+    """Write ``arrays`` (dask or numpy) into ``group``; return the computed values of the lazy arrays ``also``.
+
+    Dask arrays are stored block by block by the tasks that compute them, so a
+    ``d × d`` result is never assembled in one process, and all of them in one
+    graph, so inputs they share are computed once; ``also`` are computed in
+    the same graph.
+    """
+    targets = create_arrays(group, arrays)
+    if not targets:
+        return compute(*also, progress=progress) if also else ()
+    sources, stores = zip(*targets.values())
+    return compute(da.store(list(sources), list(stores), lock=False, compute=False), *also, progress=progress)[1:]
+
+
+def write_group(path, arrays, attributes, progress=False):
+    """Write ``arrays`` (dask or numpy) and ``attributes`` as a new Zarr group at ``path``."""
+    group = zarr.open_group(str(path), mode="w-")
+    store_arrays(group, arrays, progress=progress)
+    group.update_attributes(attributes)  # one metadata write, not one per key
+    return group
 
 
 # Side of the inner chunks of a sharded d × d output.

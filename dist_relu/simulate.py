@@ -3,7 +3,6 @@
 import numpy as np
 
 from . import graph, io, storage
-from .estimator import write_group
 
 BIAS_KINDS = ("clipped", "gaussian")
 
@@ -51,9 +50,9 @@ def simulate_to_zarr(out, weights, bias, n_samples, chunk_rows=65_536, seed=0, d
         "n_samples": int(n_samples), "seed": int(seed), "chunk_rows": int(chunk_rows),
     }
     with storage.atomic_output(out, storage.SAMPLES_FORMAT, (), overwrite) as partial:
-        write_group(partial, {"samples": samples}, attributes, progress=progress)
+        io.write_group(partial, {"samples": samples}, attributes, progress=progress)
         truth = {"weights": weights, "covariance": weights @ weights.T, "bias": bias}
-        write_group(f"{partial}/truth", truth, {"note": "the parameters the samples were drawn from"})
+        io.write_group(f"{partial}/truth", truth, {"note": "the parameters the samples were drawn from"})
     return attributes
 
 

@@ -1,0 +1,239 @@
+"""The fit format: what a fit's Zarr group holds, the one writer of fits, and the checks of update and merge.
+
+A fit is a Zarr group with the attribute ``format = "dist_relu.fit"``. It
+holds the estimates (``covariance``, ``bias``, ``scale``, ``status``,
+``positive_fraction``, ``rows_dropped`` with ``drop_nonfinite``) and the
+fit's additive state, the ``Sums`` of its samples: ``thresholds``,
+``counts``, the sufficient statistics (one array per ``kernels.STATISTICS``)
+in units ``2**statistics_exponent``, and ``value_problems`` for one-pass
+fits. Its attributes are the settings it was made with and its provenance
+(``provenance``). docs/design.md §4 says why each part is kept.
+
+Every fit is written through an output: ``ZarrOutput`` (a new group, inside
+``storage.atomic_output``) or ``MemoryOutput`` (``ReLUGaussian.fit``), which
+store the same arrays under the same names, so one orchestration writes
+both and ``ReLUGaussian.save`` writes what ``dist-relu fit`` writes.
+"""
+
+import datetime
+import functools
+import operator
+import uuid
+from dataclasses import dataclass
+
+import dask
+import dask.array as da
+import numpy as np
+import zarr
+
+from . import __version__, graph, io, kernels, storage
+from .scheduler import compute
+
+FORMAT = storage.FIT_FORMAT
+FORMAT_VERSION = 1
+MODEL = "relu_gaussian"  # x = ReLU(W z + b), z ~ N(0, I)
+
+
+@dataclass(frozen=True)
+class Sums:
+    """The additive state of a fit: sums over its samples, which add when fits of more samples are combined.
+
+    Lazy dask arrays in column blocks, from a pass over samples or read from
+    a stored fit.
+    """
+
+    statistics: da.Array  # (d, 4): n0, n1, S1, S2 per coordinate, the sums in units 2**statistics_exponent
+    statistics_exponent: da.Array  # (d,) int64
+    counts: da.Array  # (d, d) int64 co-exceedance counts
+    value_problems: da.Array | None  # (d, 2) negative and non-finite values; None: not checked (two passes)
+    rows_kept: int | da.Array  # rows summed; lazy (0-d) when rows with NaN or ±inf are dropped in the pass
+    rows_read: int
+
+
+def total(sums):
+    """Return the ``Sums`` of all ``sums`` together: statistics brought to common units, then added.
+
+    Each part's sums are in its own units ``2**statistics_exponent``; they
+    are brought to the largest units of any part, per column, by exact powers
+    of two before adding. ``value_problems`` is kept only if every part has it.
+    """
+    if len(sums) == 1:
+        return sums[0]
+    exponents = functools.reduce(da.maximum, [da.asarray(part.statistics_exponent) for part in sums])
+    statistics = functools.reduce(operator.add, [
+        graph.rescaled_statistics(part.statistics, part.statistics_exponent, exponents) for part in sums])
+    problems = [part.value_problems for part in sums]
+    return Sums(statistics, exponents, functools.reduce(operator.add, [part.counts for part in sums]),
+                None if any(p is None for p in problems) else functools.reduce(operator.add, problems),
+                functools.reduce(operator.add, [part.rows_kept for part in sums]),
+                sum(part.rows_read for part in sums))
+
+
+def sums_arrays(sums, thresholds):
+    """Return the arrays that store ``sums`` counted at ``thresholds``, by their names in the group."""
+    arrays = {"counts": sums.counts, "thresholds": thresholds, "statistics_exponent": sums.statistics_exponent}
+    arrays.update({name: sums.statistics[:, k] for k, name in enumerate(kernels.STATISTICS)})
+    if sums.value_problems is not None:
+        arrays["value_problems"] = sums.value_problems
+    return arrays
+
+
+class ZarrOutput:
+    """A fit's Zarr group: ``create`` a new one (inside ``storage.atomic_output``'s partial directory)."""
+
+    def __init__(self, group):
+        self.group = group
+
+    @classmethod
+    def create(cls, path):
+        return cls(zarr.open_group(str(path), mode="w-"))
+
+    def store(self, arrays, also=(), progress=False):
+        """Write ``arrays`` (dask arrays block by block); return the values of ``also``, computed in the same graph."""
+        return io.store_arrays(self.group, arrays, progress=progress, also=also)
+
+    def lazy(self, name, chunks):
+        """Return the stored array ``name`` as a dask array in ``chunks``."""
+        return io.lazy_array(self.group[name]).rechunk(chunks)
+
+    def read(self, name):
+        return self.group[name][...]
+
+    def finish(self, attributes):
+        self.group.update_attributes(attributes)  # one metadata write, not one per key
+
+
+class MemoryOutput:
+    """A fit kept in memory, as numpy arrays under the names a stored fit gives them."""
+
+    def __init__(self):
+        self.arrays = {}
+        self.attributes = None
+
+    def store(self, arrays, also=(), progress=False):
+        values = compute(*arrays.values(), *also, progress=progress)
+        self.arrays.update(zip(arrays, values[:len(arrays)]))
+        return values[len(arrays):]
+
+    def lazy(self, name, chunks):
+        return da.from_array(self.arrays[name], chunks=chunks)
+
+    def read(self, name):
+        return self.arrays[name]
+
+    def finish(self, attributes):
+        self.attributes = attributes
+
+
+def stored_statistics(output, column_block):
+    """Return an output's sufficient statistics as one lazy ``(d, 4)`` array in column blocks."""
+    columns = [output.lazy(name, column_block) for name in kernels.STATISTICS]
+    return da.stack(columns, axis=1).rechunk((column_block, 4))
+
+
+def provenance(record, seconds, timings, source=None, data=None):
+    """Return the attributes of a fit: its format, identity and provenance, then ``record`` (how it was made)."""
+    return {
+        "format": FORMAT,
+        "format_version": FORMAT_VERSION,
+        "model": MODEL,
+        "fit_id": uuid.uuid4().hex,  # what merge and update know this fit by
+        "data": data,  # io.data_identity of the samples, when known
+        "dist_relu_version": __version__,
+        "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
+        "seconds": round(seconds, 3),
+        "timings": dict(timings),
+        "source": None if source is None else str(source),
+        "versions": {"numpy": np.__version__, "dask": dask.__version__, "zarr": zarr.__version__},
+        **record,
+    }
+
+
+def open_fit_group(path):
+    """Return the Zarr group of a stored fit, refusing anything else."""
+    where = storage.location(path)
+    if not where.exists():
+        raise io.InputError(f"{path}: no such file or directory")
+    try:
+        group = zarr.open_group(where.url, mode="r")
+    except Exception as error:
+        raise io.InputError(f"{path}: not a Zarr group ({error})") from error
+    if group.attrs.get("format") != FORMAT:
+        raise io.InputError(f"{path} is not a dist_relu fit (no format attribute {FORMAT!r})")
+    return group
+
+
+def stored_sums(group, column_block):
+    """Return the ``Sums`` of a stored fit, lazily, in column blocks of ``column_block``."""
+    output = ZarrOutput(group)
+    if "statistics_exponent" in group:
+        exponents = output.lazy("statistics_exponent", column_block)
+    else:  # fits stored before the units were kept: units of 1
+        exponents = da.zeros(group["sum_positive"].shape, chunks=column_block, dtype=np.int64)
+    problems = output.lazy("value_problems", (column_block, 2)) if "value_problems" in group else None
+    kept = int(group.attrs["n_samples"])
+    return Sums(stored_statistics(output, column_block), exponents, output.lazy("counts", column_block), problems,
+                kept, kept + int(group.attrs.get("rows_dropped") or 0))
+
+
+# The settings that new samples added to a stored fit must be counted with.
+ADDITIVE_SETTINGS = ("method", "inversion", "clip_bias", "drop_nonfinite", "split_every", "column_block")
+
+
+def check_additive(groups, d):
+    """Raise ``InputError`` unless the stored fits can take more samples: one pass, additive, same thresholds."""
+    for group in groups:
+        attrs = group.attrs
+        if attrs["method"] == "sgd" or attrs["passes"] != 1:
+            raise io.InputError(
+                f"{group.store_path} was fitted with --method {attrs['method']} --passes {attrs['passes']}: only "
+                "one-pass fits with the censored or truncated likelihood hold additive state (the SGD's "
+                "estimates and a first pass's thresholds are not sums)")
+        if attrs["n_coordinates"] != d:
+            raise io.InputError(f"{group.store_path} has {attrs['n_coordinates']} coordinates; the data has {d}")
+    first = groups[0]
+    for group in groups[1:]:
+        for key in ("method", "inversion", "clip_bias", "drop_nonfinite"):
+            if group.attrs[key] != first.attrs[key]:
+                raise io.InputError(f"{group.store_path} and {first.store_path} differ in {key}: "
+                                    f"{group.attrs[key]!r} and {first.attrs[key]!r}")
+        if not np.array_equal(group["thresholds"][:], first["thresholds"][:]):
+            raise io.InputError(
+                f"{group.store_path} and {first.store_path} were counted at different thresholds: fit the "
+                "pieces with the thresholds of one of them (--thresholds-from FIT) to merge them")
+
+
+def part(source, n_samples, created, data, fit_id=None):
+    """Return the record of one piece of samples that a fit holds."""
+    return {"source": None if source is None else str(source), "n_samples": n_samples, "created": created,
+            "data": data, "fit_id": fit_id}
+
+
+def parts(groups, new=None):
+    """Return the pieces a merged fit is made of: each stored fit's (or its own pieces), then ``new``.
+
+    Raises ``InputError`` when a piece would be counted twice: the same
+    stored fit, or samples with the same identity (``io.data_identity``).
+    """
+    pieces, holders = [], []
+    for group in groups:
+        attrs = group.attrs
+        own = attrs.get("parts") or [part(attrs.get("source"), attrs["n_samples"], attrs.get("created"),
+                                          attrs.get("data"), attrs.get("fit_id"))]
+        pieces.extend(own)
+        holders.extend([group.store_path] * len(own))
+    if new:
+        pieces.append(new)
+        holders.append("the new samples")
+    seen = {}
+    for piece, holder in zip(pieces, holders):
+        # Fits written before fits had identities are known by their source and creation time.
+        keys = [("fit", piece.get("fit_id") or f"{piece['source']}@{piece['created']}")] if piece is not new else []
+        keys += [("data", piece["data"])] if piece.get("data") else []
+        for key in keys:
+            if key in seen and seen[key][1] is not holder:
+                raise io.InputError(
+                    f"the samples of {piece['source'] or 'an in-memory array'} would be counted twice: they are in "
+                    f"{seen[key][1]} and in {holder}; merge and update take each piece once")
+            seen[key] = (piece, holder)
+    return pieces
