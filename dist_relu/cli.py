@@ -19,10 +19,10 @@ from . import __version__, io, kernels, storage
 from .entry import interrupted_exit
 from .errors import ENVIRONMENT_ERRNOS, EnvironmentProblem
 from .convert import FORMATS
-from .compiled import COUNT_KERNELS
 from .convert import convert as convert_file
-from .estimator import INVERSIONS, METHODS, fit_to_zarr, merge_fits, open_fit
+from .estimator import fit_to_zarr, merge_fits, open_fit
 from .scheduler import scheduler
+from .settings import OneLayerSettings
 from .simulate import BIAS_KINDS, figure1_truth, open_truth, simulate_to_zarr
 
 EXIT_BAD_INPUT = 2
@@ -138,6 +138,34 @@ def _scheduler_options(command):
     return command
 
 
+def _settings_options(settings_class):
+    """Return a decorator adding one option per setting of ``settings_class`` (``dist_relu.settings``)."""
+
+    def decorate(command):
+        for name, default, spec in reversed(settings_class.declared()):
+            flag = "--" + name.replace("_", "-")
+            help = spec.cli_help or spec.help
+            if spec.kind is bool:
+                command = click.option(flag, is_flag=True, help=help)(command)
+                continue
+            if spec.choices:
+                kind = click.Choice(spec.choices)
+            elif spec.size:
+                kind = ByteSize()
+            elif "auto" in spec.others:
+                kind = ColumnBlock()
+            elif spec.minimum is None and spec.maximum is None:
+                kind = spec.kind
+            else:
+                number = click.IntRange if spec.kind is int else click.FloatRange
+                kind = number(min=spec.minimum, max=spec.maximum, min_open=spec.open_minimum)
+            command = click.option(flag, type=kind, default=default, show_default=default is not None,
+                                   metavar="BYTES" if spec.size else None, help=help)(command)
+        return command
+
+    return decorate
+
+
 def _progress_option(command):
     return click.option(
         "--progress/--no-progress", default=None,
@@ -244,40 +272,7 @@ def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtyp
               help="Name of the samples array when SAMPLES is a Zarr group.")
 @click.option("--allow-missing-chunks", is_flag=True,
               help="Read chunks absent from the store as the fill value (for writers that skip all-zero chunks).")
-@click.option("--drop-nonfinite", is_flag=True,
-              help="Leave out rows holding NaN or ±inf (counted in the output) instead of refusing the data.")
-@click.option("--method", type=click.Choice(METHODS), default="censored", show_default=True,
-              help="Step 1: censored-normal MLE (zeros used), the truncated-normal MLE of the positives, "
-              "or the paper's projected-SGD NormBiasEst (assumes b ≥ 0).")
-@click.option("--passes", type=click.IntRange(1, 2), default=1, show_default=True,
-              help="1: pilot thresholds, one read. 2: thresholds from a full first read (the paper).")
-@click.option("--inversion", type=click.Choice(INVERSIONS), default="tetrachoric", show_default=True,
-              help="Margins of the orthant inversion: measured exceedance fractions or (b̂−t)/σ̂.")
-@click.option("--pilot-rows", type=click.IntRange(min=2), default=None,
-              help="Rows of the pilot that sets one-pass thresholds: the first rows, read once with the main "
-              "pass (their chunks wait in memory for the thresholds). Default: n/20, between 10,000 and 100,000, "
-              "and at most 64 MiB of rows.")
-@click.option("--clip-bias", is_flag=True, help="Report max(0, b̂), as the paper does.")
-@click.option("--column-block", type=ColumnBlock(), default="auto", show_default=True,
-              help="Coordinates per column block: memory per task; does not change results. auto: the widest "
-              "block whose tasks fit each worker thread's share of memory.")
-@click.option("--memory-per-worker", type=ByteSize(), default=None, metavar="BYTES",
-              help="Memory of each worker process for --column-block auto, e.g. 4GB. Default: the dask "
-              "workers' memory limits, or this machine's memory on local threads.")
-@click.option("--split-every", type=click.IntRange(min=2), default=8, show_default=True,
-              help="Fan-in of the tree reductions over row chunks.")
-@click.option("--count-kernel", type=click.Choice(COUNT_KERNELS), default="auto", show_default=True,
-              help="Co-exceedance counts by popcount of bit-packed indicators or by float32 GEMM; auto times "
-              "both on a block of the fit's shape. The counts are the same.")
-@click.option("--seed", type=int, default=0, show_default=True, help="Seed of the SGD's draws (--method sgd).")
-@click.option("--sgd-batches", type=click.IntRange(min=1), default=1, show_default=True,
-              help="Bootstrap batches B of NormBiasEst (--method sgd).")
-@click.option("--sgd-radius", type=click.FloatRange(min=1, min_open=True), default=3.0, show_default=True,
-              help="Projection box r: 1/r ≤ 1/σ² ≤ r, |µ/σ²| ≤ r, in standardised units (--method sgd).")
-@click.option("--sgd-lambda", type=click.FloatRange(min=0, min_open=True), default=0.1, show_default=True,
-              help="Step size 1/(λt) of ProjSGD (--method sgd).")
-@click.option("--sgd-minibatch", type=click.IntRange(min=1), default=10, show_default=True,
-              help="Positives per SGD step (--method sgd).")
+@_settings_options(OneLayerSettings)
 @click.option("--update", metavar="FIT", default=None,
               help="Add SAMPLES to the one-pass fit FIT: count them at FIT's thresholds, with its settings, and "
               "add FIT's statistics and counts. The result is the fit of both, without rereading FIT's data.")
@@ -292,10 +287,8 @@ def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtyp
 @_scheduler_options
 @_progress_option
 @_handle_errors
-def fit(samples, out, array, allow_missing_chunks, drop_nonfinite, method, passes, inversion, pilot_rows,
-        clip_bias, column_block, memory_per_worker, split_every, count_kernel, seed, sgd_batches, sgd_radius,
-        sgd_lambda, sgd_minibatch, update, thresholds_from, checkpoint, overwrite, as_json, address, workers,
-        progress, **tls):
+def fit(samples, out, array, allow_missing_chunks, update, thresholds_from, checkpoint, overwrite, as_json, address,
+        workers, progress, **options):
     """Fit Σ̂ and b̂ to the samples in SAMPLES and write them to a Zarr group.
 
     SAMPLES is a Zarr array of shape (n, d), rows being samples, or a Zarr
@@ -316,15 +309,13 @@ def fit(samples, out, array, allow_missing_chunks, drop_nonfinite, method, passe
     """
     if update and thresholds_from:
         raise ValueError("--update already counts at the thresholds of the fit it adds to; drop --thresholds-from")
-    with scheduler(address, workers, log=_log, **tls):
+    names = [name for name, _, _ in OneLayerSettings.declared()]
+    fit_settings = {name: options.pop(name) for name in names}
+    with scheduler(address, workers, log=_log, **options):  # what is left are the TLS files
         attributes = fit_to_zarr(
             samples, out, array=array, allow_missing_chunks=allow_missing_chunks, overwrite=overwrite,
-            progress=_want_progress(progress),
-            method=method, passes=passes, inversion=inversion, pilot_rows=pilot_rows, clip_bias=clip_bias,
-            column_block=column_block, memory_per_worker=memory_per_worker, split_every=split_every,
-            count_kernel=count_kernel, seed=seed, sgd_batches=sgd_batches,
-            sgd_radius=sgd_radius, sgd_lambda=sgd_lambda, sgd_minibatch=sgd_minibatch,
-            drop_nonfinite=drop_nonfinite, checkpoint=checkpoint, update=update, thresholds_from=thresholds_from,
+            progress=_want_progress(progress), checkpoint=checkpoint, update=update, thresholds_from=thresholds_from,
+            **fit_settings,
         )
     _print_summary(out, attributes, as_json)
 

@@ -232,17 +232,16 @@ class OneLayerSettings(PipelineSettings):
         "auto", "How the co-exceedance counts are made: AND and popcount of bit-packed indicators, or "
         "float32 GEMM of unpacked ones. 'auto' times both on a block of the fit's shape and takes the faster. "
         "The counts are the same exact integers.", kind=str, choices=COUNT_KERNELS)
-    seed: int = setting(0, "Seed of the SGD's draws (method='sgd'); results do not depend on the scheduler or "
-                        "the chunking.", stored="sgd.seed", stored_when=_with_sgd,
-                        cli_help="Seed of the SGD's draws (--method sgd).")
-    sgd_batches: int = setting(1, "Bootstrap batches B of NormBiasEst (method='sgd'); the authors used 1.",
+    seed: int = setting(0, "Seed of the SGD's draws (method sgd); results do not depend on the scheduler or "
+                        "the chunking.", stored="sgd.seed", stored_when=_with_sgd)
+    sgd_batches: int = setting(1, "Bootstrap batches B of NormBiasEst (method sgd); the authors used 1.",
                                minimum=1, stored="sgd.batches", stored_when=_with_sgd)
     sgd_radius: float = setting(
-        3.0, "Projection box r of ProjSGD: 1/r ≤ 1/σ² ≤ r, |µ/σ²| ≤ r, in standardised units (method='sgd'); "
+        3.0, "Projection box r of ProjSGD: 1/r ≤ 1/σ² ≤ r, |µ/σ²| ≤ r, in standardised units (method sgd); "
         "the authors used 3.", kind=float, minimum=1, open_minimum=True, stored="sgd.radius",
         stored_when=_with_sgd)
-    sgd_lambda: float = setting(0.1, "Step size 1/(λt) of ProjSGD (method='sgd'); the authors used 0.1.",
+    sgd_lambda: float = setting(0.1, "Step size 1/(λt) of ProjSGD (method sgd); the authors used 0.1.",
                                 kind=float, minimum=0, open_minimum=True, stored="sgd.lambda",
                                 stored_when=_with_sgd)
-    sgd_minibatch: int = setting(10, "Positives per SGD step (method='sgd'); the authors used 10.", minimum=1,
+    sgd_minibatch: int = setting(10, "Positives per SGD step (method sgd); the authors used 10.", minimum=1,
                                  stored="sgd.minibatch", stored_when=_with_sgd)

@@ -123,10 +123,13 @@ def test_every_node_of_the_row_tree_has_at_most_split_every_inputs(split_every):
 
 def test_a_one_pass_plan_is_built_without_computing(samples):
     """The pilot, its thresholds and the main pass are one lazy graph: planning reads nothing."""
-    from dist_relu.estimator import plan_fit
+    from dist_relu.pipeline import Input
+    from dist_relu.plan import plan_fit
+    from dist_relu.settings import OneLayerSettings
 
     _, x = samples
     with dask.config.set(scheduler=refuse_to_compute):
-        state, settings = plan_fit(x, pilot_rows=200, column_block=4)
-    assert isinstance(state["thresholds"], da.Array) and isinstance(state["counts"], da.Array)
-    assert settings["passes"] == 1 and settings["pilot_rows"] == 200
+        plan = plan_fit(Input.open(x), OneLayerSettings(pilot_rows=200, column_block=4))
+    assert isinstance(plan.main.thresholds, da.Array) and isinstance(plan.main.sums.counts, da.Array)
+    record = plan.record()
+    assert record["passes"] == 1 and record["pilot_rows"] == 200 and record["column_block"] == 4

@@ -18,6 +18,9 @@ import zarr
 import dist_relu
 from dist_relu import compiled, estimator, io, kernels
 from dist_relu.cli import EXIT_BAD_INPUT
+from dist_relu.pipeline import Input
+from dist_relu.plan import plan_fit
+from dist_relu.settings import OneLayerSettings
 
 pytestmark = pytest.mark.slow  # processes, services or statistical sweeps: not in `make test-fast`
 
@@ -163,15 +166,16 @@ def step_one(path):
 
     As ``ReLUGaussian.fit`` makes them; for data whose Σ̂ float64 cannot hold.
     """
-    state, settings = estimator.plan_fit(io.open_samples(path), pilot_rows=PILOT_ROWS)
-    lazy = {name: value for name, value in state.items() if isinstance(value, da.Array)}
-    values = {**state, **dict(zip(lazy, da.compute(*lazy.values())))}
-    exponents, statistics = values["statistics_exponent"], values["statistics"]
-    estimates = estimator.finish_fit(da.from_array(statistics), da.from_array(values["counts"]),
-                                     settings["n_samples"], values["thresholds"], settings, exponents=exponents)
+    plan = plan_fit(Input.open(path), OneLayerSettings(pilot_rows=PILOT_ROWS))
+    sums = plan.main.sums
+    statistics, counts, thresholds, exponents = da.compute(sums.statistics, sums.counts, plan.main.thresholds,
+                                                           sums.statistics_exponent)
+    settings = plan.settings
+    estimates = estimator.estimates(da.from_array(statistics), da.from_array(counts), sums.rows_kept, thresholds,
+                                    settings.method, settings.inversion, settings.clip_bias, exponents=exponents)
     names = ("bias", "scale", "status")
     arrays = dict(zip(names, da.compute(*(estimates[name] for name in names))))
-    arrays |= {"counts": values["counts"], "thresholds": values["thresholds"], "statistics_exponent": exponents}
+    arrays |= {"counts": counts, "thresholds": thresholds, "statistics_exponent": exponents}
     return arrays | {name: statistics[:, k] for k, name in enumerate(kernels.STATISTICS)}
 
 
