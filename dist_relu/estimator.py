@@ -489,7 +489,20 @@ def merge_fits(fits, out, *, overwrite=False, progress=False):
 
 
 def open_fit(path):
-    """Return ``(model, group)`` of a fit written by ``dist-relu fit`` or ``ReLUGaussian.save``."""
+    """Open a fit written by ``dist-relu fit``, ``fit_to_zarr``, ``merge_fits`` or ``ReLUGaussian.save``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The fit's group (a path or fsspec URL).
+
+    Returns
+    -------
+    model : RectifiedGaussian
+        The fitted distribution, ``Σ̂`` and ``b̂`` read into memory.
+    group : zarr.Group
+        The group, read-only: its arrays and attributes (``fitstore``).
+    """
     group = fitstore.open_fit_group(path)
     return RectifiedGaussian(group["covariance"][:], group["bias"][:]), group
 

@@ -181,7 +181,7 @@ def coexceedance_partial(indicators_i, indicators_j):
     return out
 
 
-# The most the default pilot holds in memory (its chunks wait for the thresholds, see estimator.plan_fit).
+# The most the default pilot holds in memory (its chunks wait for the thresholds, see plan.plan_fit).
 PILOT_BYTES = 64 * 2**20
 
 

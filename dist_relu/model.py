@@ -67,18 +67,48 @@ class RectifiedGaussian:
         return self.bias.shape[0]
 
     def factor(self):
-        """Return ``Ŵ`` (d×d) with ``Ŵ Ŵᵀ = Σ̂₊``, the PSD projection of the covariance."""
+        """Return ``Ŵ`` (d×d) with ``Ŵ Ŵᵀ = Σ̂₊``, the PSD projection of the covariance.
+
+        Returns
+        -------
+        ndarray (d, d)
+            ``V diag(sqrt(max(λ, 0)))`` from the eigendecomposition ``Σ̂ = V diag(λ) Vᵀ``.
+        """
         values, vectors = np.linalg.eigh((self.covariance + self.covariance.T) / 2)
         return vectors * np.sqrt(np.maximum(values, 0))
 
     def sample(self, n, seed=None):
-        """Return ``n`` samples ``ReLU(Ŵ z + b)``, ``z ~ N(0, I)``, as an ``(n, d)`` array."""
+        """Return ``n`` samples ``ReLU(Ŵ z + b)``, ``z ~ N(0, I)``.
+
+        Parameters
+        ----------
+        n : int
+        seed : int or numpy Generator, optional
+
+        Returns
+        -------
+        ndarray (n, d)
+        """
         rng = np.random.default_rng(seed)
         z = rng.standard_normal((n, self.dimension))
         return np.maximum(0.0, z @ self.factor().T + self.bias)
 
     def errors(self, truth_covariance, truth_bias):
-        """Return the paper's metrics against a truth: ``err_sigma``, ``err_b``, ``tv_bound``."""
+        """Return the paper's metrics against a truth (docs/design.md §6).
+
+        Parameters
+        ----------
+        truth_covariance : ndarray (d, d)
+            ``Σ* = W* W*ᵀ``.
+        truth_bias : ndarray (d,)
+
+        Returns
+        -------
+        dict
+            ``err_sigma`` = ``‖Σ̂ − Σ*‖_F / ‖W*‖_F²``, ``err_b`` =
+            ``‖b̂ − b*‖₂ / ‖W*‖_F`` and ``tv_bound`` =
+            ``sqrt(min(KL(p‖q), KL(q‖p)) / 2)``, capped at 1.
+        """
         truth_covariance = np.asarray(truth_covariance, dtype=np.float64)
         truth_bias = np.asarray(truth_bias, dtype=np.float64)
         d = self.bias.shape[0]

@@ -157,7 +157,7 @@ class Stages:
 def rechunk_by_tasks(function):
     """Build ``function``'s graphs with dask's rechunks planned as tasks.
 
-    By default dask imports ``distributed`` (~0.3 s in a fresh process) at
+    By default dask imports ``distributed`` (slow in a fresh process) at
     every rechunk, to look for a client that could run a p2p rechunk. The
     fit's rechunks (column blocks, small per-column arrays) are tasks anyway.
     """

@@ -195,7 +195,7 @@ def _local_scheduler():
 def current_client():
     """Return the default ``distributed.Client``, or ``None`` when the fit runs on local threads."""
     if "distributed" not in sys.modules:
-        return None  # no client can exist, and importing distributed would cost ~0.3 s
+        return None  # no client can exist, and importing distributed would cost time
     try:
         from distributed import default_client
 

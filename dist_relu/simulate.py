@@ -10,10 +10,26 @@ BIAS_KINDS = ("clipped", "gaussian")
 def figure1_truth(d, kappa=1.0, seed=0, bias="clipped"):
     """Return ``(W, b)`` drawn as in the paper's Figure 1 (docs/design.md §6).
 
+    Parameters
+    ----------
+    d : int
+        Dimension.
+    kappa : float, default 1.0
+        Condition number of ``W Wᵀ``, at least 1.
+    seed : int, default 0
+    bias : {"clipped", "gaussian"}, default "clipped"
+        ``b ~ N(0, I)`` clipped at 0 (the paper) or left as drawn.
+
+    Returns
+    -------
+    weights : ndarray (d, d)
+    bias : ndarray (d,)
+
+    Notes
+    -----
     ``W = U diag(λ⁰, λ⁻¹, …, λ^-(d-1))`` with ``U`` the orthogonal factor of the
     SVD of a Gaussian ``d × d`` matrix and ``λ = κ^(1/(2(d−1)))``, so ``W Wᵀ``
-    has condition number ``κ``. ``b ~ N(0, I)``, clipped at 0 with
-    ``bias="clipped"`` (the paper) or left as drawn with ``"gaussian"``.
+    has condition number ``κ``.
     """
     if bias not in BIAS_KINDS:
         raise ValueError(f"bias must be one of {', '.join(BIAS_KINDS)}; got {bias!r}")
@@ -33,10 +49,32 @@ def simulate_to_zarr(out, weights, bias, n_samples, chunk_rows=65_536, seed=0, d
                      overwrite=False, progress=False):
     """Write ``n_samples`` samples of ``ReLU(W z + b)`` and the truth as a Zarr group at ``out``.
 
-    The group holds ``samples`` (n, d), chunked ``(chunk_rows, d)``, and
-    ``truth/weights``, ``truth/covariance``, ``truth/bias``. Chunks are drawn in
-    parallel on the current scheduler, each from a generator seeded by
-    ``(seed, chunk index)``, so the data do not depend on the scheduler.
+    Chunks are drawn in parallel on the current scheduler, each from a
+    generator seeded by ``(seed, chunk index)``, so the data do not depend on
+    the scheduler. The group appears only when complete
+    (``storage.atomic_output``).
+
+    Parameters
+    ----------
+    out : str or Path
+        The new group (a path or fsspec URL).
+    weights : ndarray (d, k)
+    bias : ndarray (d,)
+    n_samples : int
+    chunk_rows : int, default 65,536
+        Rows per stored chunk.
+    seed : int, default 0
+    dtype : {"float32", "float64"}, default "float32"
+    overwrite : bool, default False
+        Replace an earlier samples store at ``out`` (never anything else).
+    progress : bool, default False
+
+    Returns
+    -------
+    dict
+        The attributes written with the group, which holds ``samples``
+        (n, d), chunked ``(chunk_rows, d)``, and ``truth/weights``,
+        ``truth/covariance``, ``truth/bias``.
     """
     weights = np.asarray(weights, dtype=np.float64)
     bias = np.asarray(bias, dtype=np.float64)
