@@ -146,7 +146,7 @@ def _settings_options(settings_class):
             flag = "--" + name.replace("_", "-")
             help = spec.cli_help or spec.help
             if spec.kind is bool:
-                command = click.option(flag, is_flag=True, help=help)(command)
+                command = click.option(flag, is_flag=True, default=default, help=help)(command)
                 continue
             if spec.choices:
                 kind = click.Choice(spec.choices)

@@ -15,7 +15,6 @@ import zlib
 from pathlib import Path
 
 import numpy as np
-import zarr
 
 from . import io, storage
 
@@ -335,8 +334,8 @@ def convert(source, out, *, format=None, dataset=None, chunk_rows=None, overwrit
     d = shape[1]
     rows = chunk_rows or default_chunk_rows(d, np.dtype(dtype).itemsize)
     with storage.atomic_output(out, storage.SAMPLES_FORMAT, [source], overwrite) as partial:
-        group = zarr.open_group(str(partial), mode="w-")
-        samples = group.create_array("samples", shape=(0, d), chunks=(rows, d), dtype=dtype, config=io.WRITE_ALL_CHUNKS)
+        group = io.new_group(partial)
+        samples = io.growing_array(group, "samples", d, rows, dtype)
         n = 0
         read = blocks(rows)
         while True:

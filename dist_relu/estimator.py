@@ -151,8 +151,8 @@ def write_fit(output, record, stages, thresholds, main=None, bases=(), source=No
     output : fitstore.ZarrOutput or fitstore.MemoryOutput
     record : dict
         How the fit is made (``FitPlan.record``), completed here with what
-        the pass measured: ``n_samples`` (rows fitted), ``count_kernel``,
-        ``rows_dropped``.
+        the pass measured: ``n_samples`` (the rows fitted), ``count_kernel``
+        (the kernel chosen, with "auto") and ``rows_dropped``.
     stages : pipeline.Stages
     thresholds : array (d,)
         The thresholds the sums were counted at; lazy when a pilot in the
@@ -481,7 +481,7 @@ def merge_fits(fits, out, *, overwrite=False, progress=False):
     record = {key: first[key] for key in ("n_coordinates", "drop_nonfinite", "method", "passes", "inversion",
                                           "pilot_rows", "clip_bias", "column_block", "row_chunk", "split_every",
                                           "count_kernel")}
-    record.update(n_samples=0, checkpoint=None, memory=None)
+    record.update(checkpoint=None, memory=None)
     stored = [fitstore.stored_sums(group, record["column_block"]) for group in bases]
     with _zarr_output(out, fits, overwrite) as output:
         return write_fit(output, record, stages, bases[0]["thresholds"][:], bases=stored, parts=parts,

@@ -86,7 +86,7 @@ class ZarrOutput:
 
     @classmethod
     def create(cls, path):
-        return cls(zarr.open_group(str(path), mode="w-"))
+        return cls(io.new_group(path))
 
     def store(self, arrays, also=(), progress=False):
         """Write ``arrays`` (dask arrays block by block); return the values of ``also``, computed in the same graph."""

@@ -254,9 +254,20 @@ def store_arrays(group, arrays, progress=False, also=()):
     return compute(da.store(list(sources), list(stores), lock=False, compute=False), *also, progress=progress)[1:]
 
 
+def new_group(path):
+    """Return a new, empty Zarr group at ``path``; refuse one that exists."""
+    return zarr.open_group(str(path), mode="w-")
+
+
+def growing_array(group, name, columns, chunk_rows, dtype):
+    """Create an array of ``columns`` columns and no rows in ``group``, to grow by appending rows."""
+    return group.create_array(name, shape=(0, columns), chunks=(chunk_rows, columns), dtype=dtype,
+                              config=WRITE_ALL_CHUNKS)
+
+
 def write_group(path, arrays, attributes, progress=False):
     """Write ``arrays`` (dask or numpy) and ``attributes`` as a new Zarr group at ``path``."""
-    group = zarr.open_group(str(path), mode="w-")
+    group = new_group(path)
     store_arrays(group, arrays, progress=progress)
     group.update_attributes(attributes)  # one metadata write, not one per key
     return group

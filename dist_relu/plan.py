@@ -54,11 +54,9 @@ class FitPlan:
     main: MainPass
 
     def record(self):
-        """Return the JSON-ready record of how the fit is made, before the pass says what it measured."""
-        n, d = self.input.samples.shape
+        """Return the JSON-ready record of how the fit is made; the pass adds what it measured (``write_fit``)."""
         return {
-            "n_samples": int(n),  # rows read; the orchestration replaces it by the rows fitted
-            "n_coordinates": int(d),
+            "n_coordinates": int(self.input.samples.shape[1]),
             **self.settings.stored({"pilot_rows": self.pilot_rows, "column_block": self.layout.column_block}),
             "row_chunk": self.layout.row_chunk,
             "memory": self.layout.memory,
