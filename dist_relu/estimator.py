@@ -135,8 +135,8 @@ def _columns(mask, shown=10):
     return ", ".join(map(str, columns[:shown])) + more
 
 
-def write_fit(output, record, stages, thresholds, main=None, bases=(), source=None, data=None, parts=None,
-              progress=False):
+def write_fit(output, fit_settings, column_block, record, stages, thresholds, main=None, bases=(), source=None,
+              data=None, parts=None, progress=False):
     """Make a fit from a main pass and stored sums, write it into ``output``; return its attributes.
 
     The one orchestration of every fit. The main pass's sums (``main``, a
@@ -149,6 +149,9 @@ def write_fit(output, record, stages, thresholds, main=None, bases=(), source=No
     Parameters
     ----------
     output : fitstore.ZarrOutput or fitstore.MemoryOutput
+    fit_settings : OneLayerSettings
+    column_block : int
+        The column block the sums are chunked in.
     record : dict
         How the fit is made (``FitPlan.record``), completed here with what
         the pass measured: ``n_samples`` (the rows fitted), ``count_kernel``
@@ -171,12 +174,11 @@ def write_fit(output, record, stages, thresholds, main=None, bases=(), source=No
     dict
         The attributes written with the fit.
     """
-    column_block = record["column_block"]
     sums = fitstore.total(([main.sums] if main else []) + list(bases))
     measured = {"rows_kept": sums.rows_kept, "value_problems": sums.value_problems,
                 "count_kernel": main and main.count_kernel, "sgd": main and main.sgd}
     lazy = {name: value for name, value in measured.items() if isinstance(value, da.Array)}
-    with stages(("pass" if record["passes"] == 1 else "pass 2") if main else "merge"):
+    with stages(("pass" if fit_settings.passes == 1 else "pass 2") if main else "merge"):
         # Everything the pass makes is computed by one graph: computed apart, each array would be
         # optimised apart, and dask would fuse a second read of the samples into the smaller ones.
         computed = output.store(fitstore.sums_arrays(sums, thresholds), also=list(lazy.values()),
@@ -191,12 +193,12 @@ def write_fit(output, record, stages, thresholds, main=None, bases=(), source=No
     record = {**record, "n_samples": kept}
     if measured["count_kernel"] is not None:
         record["count_kernel"] = compiled.COUNT_KERNELS[int(measured["count_kernel"])]
-    if record["drop_nonfinite"]:
+    if fit_settings.drop_nonfinite:
         record["rows_dropped"] = sums.rows_read - kept
     with stages("inversion"):
         lazy_estimates = estimates(
             fitstore.stored_statistics(output, column_block), output.lazy("counts", column_block), kept,
-            output.read("thresholds"), record["method"], record["inversion"], record["clip_bias"],
+            output.read("thresholds"), fit_settings.method, fit_settings.inversion, fit_settings.clip_bias,
             measured["sgd"], output.lazy("statistics_exponent", column_block))
         covariance = lazy_estimates.pop("covariance")
         per_coordinate = dict(zip(lazy_estimates, compute(*lazy_estimates.values(), progress=progress)))
@@ -206,7 +208,7 @@ def write_fit(output, record, stages, thresholds, main=None, bases=(), source=No
                                     progress=progress)
         check_estimates(*checked, covariance_nonfinite=nonfinite)
     with stages("write"):
-        if record["drop_nonfinite"]:
+        if fit_settings.drop_nonfinite:
             per_coordinate["rows_dropped"] = np.int64(record["rows_dropped"])
         output.store(per_coordinate)
     attributes = fitstore.provenance(record, stages.elapsed(), stages.seconds, source, data)
@@ -230,8 +232,8 @@ def _fit(source, fit_settings, output, *, array="samples", allow_missing_chunks=
     with output as opened:
         plan = plan_fit(input, fit_settings, checkpoint, thresholds, stages, progress)
         stored = [fitstore.stored_sums(group, plan.layout.column_block) for group in bases]
-        return write_fit(opened, plan.record(), stages, plan.main.thresholds, plan.main, stored, input.label,
-                         input.identity, parts, progress)
+        return write_fit(opened, fit_settings, plan.layout.column_block, plan.record(), stages, plan.main.thresholds,
+                         plan.main, stored, input.label, input.identity, parts, progress)
 
 
 @contextlib.contextmanager
@@ -482,10 +484,11 @@ def merge_fits(fits, out, *, overwrite=False, progress=False):
                                           "pilot_rows", "clip_bias", "column_block", "row_chunk", "split_every",
                                           "count_kernel")}
     record.update(checkpoint=None, memory=None)
-    stored = [fitstore.stored_sums(group, record["column_block"]) for group in bases]
+    fit_settings = OneLayerSettings(**{key: first[key] for key in fitstore.ADDITIVE_SETTINGS})
+    stored = [fitstore.stored_sums(group, fit_settings.column_block) for group in bases]
     with _zarr_output(out, fits, overwrite) as output:
-        return write_fit(output, record, stages, bases[0]["thresholds"][:], bases=stored, parts=parts,
-                         progress=progress)
+        return write_fit(output, fit_settings, fit_settings.column_block, record, stages,
+                         bases[0]["thresholds"][:], bases=stored, parts=parts, progress=progress)
 
 
 def open_fit(path):
