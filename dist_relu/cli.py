@@ -403,7 +403,7 @@ def convert(source, out, file_format, dataset, chunk_rows, overwrite, header):
     Streams the input in blocks of rows (it is never loaded whole) into the
     array `samples` of a new Zarr group, chunked by rows. Rows are samples,
     columns coordinates. Objects are never unpickled. HDF5 and Parquet need
-    `pip install dist_relu[convert]`.
+    `pip install 'dist_relu[convert]'` (in a checkout: `pip install '.[convert]'`).
 
     CSV/TSV files are UTF-8 (a byte-order mark is fine) with `,` or tab
     between cells and a point as decimal mark: decimal commas (1,5) and

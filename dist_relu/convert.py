@@ -224,7 +224,7 @@ def _optional(module):
     try:
         return __import__(module, fromlist=["_"])
     except ImportError:
-        raise io.InputError(f"reading this format needs {module.split('.')[0]}: pip install 'dist_relu[convert]'") from None
+        raise io.InputError(f"reading this format needs {module.split('.')[0]}: pip install 'dist_relu[convert]' (in a checkout: pip install '.[convert]')") from None
 
 
 def _open_hdf5(path, dataset):
