@@ -136,7 +136,7 @@ def _columns(mask, shown=10):
 
 
 def write_fit(output, fit_settings, column_block, record, stages, thresholds, main=None, bases=(), source=None,
-              data=None, parts=None, progress=False):
+              data=None, parts=None, progress=False, extra=None, check_extra=None):
     """Make a fit from a main pass and stored sums, write it into ``output``; return its attributes.
 
     The one orchestration of every fit. The main pass's sums (``main``, a
@@ -168,6 +168,11 @@ def write_fit(output, fit_settings, column_block, record, stages, thresholds, ma
     parts : list of dict, optional
         The pieces of samples the fit holds (update and merge); the new
         piece's ``n_samples`` is None until the pass has counted it.
+    extra : dict of dask arrays, optional
+        More results of the main pass's read, computed in its graph (a model
+        that fits the one-layer model on values it derives from its samples
+        adds its own sums here); their values go to ``check_extra``, which
+        may refuse the fit before its estimates are made.
 
     Returns
     -------
@@ -178,12 +183,15 @@ def write_fit(output, fit_settings, column_block, record, stages, thresholds, ma
     measured = {"rows_kept": sums.rows_kept, "value_problems": sums.value_problems,
                 "count_kernel": main and main.count_kernel, "sgd": main and main.sgd}
     lazy = {name: value for name, value in measured.items() if isinstance(value, da.Array)}
+    extra = extra or {}
     with stages(("pass" if fit_settings.passes == 1 else "pass 2") if main else "merge"):
         # Everything the pass makes is computed by one graph: computed apart, each array would be
         # optimised apart, and dask would fuse a second read of the samples into the smaller ones.
-        computed = output.store(fitstore.sums_arrays(sums, thresholds), also=list(lazy.values()),
+        computed = output.store(fitstore.sums_arrays(sums, thresholds), also=[*lazy.values(), *extra.values()],
                                 progress=progress)
     measured.update(zip(lazy, computed))
+    if check_extra is not None:
+        check_extra(dict(zip(extra, computed[len(lazy):])))
     if measured["value_problems"] is not None:
         io.check_values(measured["value_problems"])
     kept = int(measured["rows_kept"])
@@ -308,6 +316,9 @@ class ReLUGaussian:
     def fit(self, X, array="samples", allow_missing_chunks=False, progress=False, checkpoint=None):
         """Fit the estimator on samples ``X`` and return ``self``.
 
+        Runs on the default ``distributed`` client if there is one, else on
+        local threads.
+
         Parameters
         ----------
         X : str, Path, zarr array or group, dask array or ndarray, shape (n, d)
@@ -325,9 +336,6 @@ class ReLUGaussian:
         Returns
         -------
         self
-
-        Runs on the default ``distributed`` client if there is one, else on
-        local threads.
         """
         fit_settings = OneLayerSettings(**self.get_params())
         if checkpoint is not None:
@@ -352,7 +360,15 @@ class ReLUGaussian:
         return self
 
     def save(self, path, overwrite=False):
-        """Write the fit as a Zarr group at ``path``, as ``dist-relu fit`` writes it (``fitstore``)."""
+        """Write the fit as a Zarr group at ``path``, as ``dist-relu fit`` writes it (``fitstore``).
+
+        Parameters
+        ----------
+        path : str or Path
+            The new group (a path or fsspec URL); it appears only when complete.
+        overwrite : bool, default False
+            Replace an earlier fit at ``path`` (never anything else).
+        """
         with _zarr_output(path, [self.settings_["source"]], overwrite) as output:
             output.store(self._arrays)
             output.finish(self.settings_)

@@ -131,12 +131,12 @@ def stored_statistics(output, column_block):
     return da.stack(columns, axis=1).rechunk((column_block, 4))
 
 
-def provenance(record, seconds, timings, source=None, data=None):
-    """Return the attributes of a fit: its format, identity and provenance, then ``record`` (how it was made)."""
+def provenance(record, seconds, timings, source=None, data=None, model=MODEL):
+    """Return the attributes of a fit: its format, model, identity and provenance, then ``record`` (how it was made)."""
     return {
         "format": FORMAT,
         "format_version": FORMAT_VERSION,
-        "model": MODEL,
+        "model": model,
         "fit_id": uuid.uuid4().hex,  # what merge and update know this fit by
         "data": data,  # io.data_identity of the samples, when known
         "dist_relu_version": __version__,

@@ -20,7 +20,7 @@ from dask import delayed
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from . import kernels, compiled, sgd
+from . import kernels, compiled, separable, sgd
 
 
 def _statistics_partial(chunk_pass):
@@ -391,3 +391,117 @@ def with_degenerate(sgd_estimates, bias, scale, status):
         dtype=np.float64, token="sgd-with-degenerate",
     )
     return merged[:, 0], merged[:, 1]
+
+
+# --------------------------------------------------------------------------
+# The two-layer model: anchors from the first read, hidden values in the second
+# --------------------------------------------------------------------------
+
+
+def _one_object(value):
+    """Return ``value`` as the one element of a 1-D object array (a block of an array of objects)."""
+    block = np.empty(1, dtype=object)
+    block[0] = value
+    return block
+
+
+def _first_pass_block(x, p, keep, block_info=None):
+    return _one_object(separable.first_pass(x, block_info[0]["array-location"][0][0], p, keep))
+
+
+def first_passes(samples, p, keep):
+    """Return one lazy ``separable.FirstPass`` per row chunk of ``samples`` (chunks of whole rows)."""
+    if samples.numblocks[1] != 1:
+        raise ValueError("first_passes needs chunks of whole rows")
+    return da.map_blocks(_first_pass_block, samples, p, keep, drop_axis=1, chunks=((1,) * samples.numblocks[0],),
+                         dtype=object, token="first-pass", meta=np.empty((0,), dtype=object))
+
+
+def _gram_partial(first):
+    return first[0].gram[None]
+
+
+def _first_problems_partial(first):
+    nonfinite = first[0].nonfinite
+    return np.stack([np.zeros_like(nonfinite), nonfinite], axis=1)[None]
+
+
+def _first_rows_partial(first):
+    return np.array([first[0].rows_kept])
+
+
+def first_pass_sums(passes, d, split_every=8):
+    """Return lazy ``(gram, value_problems, rows_kept)`` summed over the row chunks of ``first_passes``.
+
+    ``gram`` is ``Σ xxᵀ`` (d, d) over the rows without NaN or ±inf;
+    ``value_problems`` (d, 2) counts no negative values (the two-layer
+    model's data have any sign) and the NaN or ±inf values per column.
+    """
+    slots = passes.chunks[0]
+    gram = passes.map_blocks(_gram_partial, new_axis=[1, 2], chunks=(slots, (d,), (d,)), dtype=np.float64,
+                             token="gram-partial", meta=np.empty((0, 0, 0)))
+    problems = passes.map_blocks(_first_problems_partial, new_axis=[1, 2], chunks=(slots, (d,), (2,)),
+                                 dtype=np.int64, token="first-problems-partial",
+                                 meta=np.empty((0, 0, 0), dtype=np.int64))
+    rows = passes.map_blocks(_first_rows_partial, chunks=(slots,), dtype=np.int64, token="first-rows-partial",
+                             meta=np.empty((0,), dtype=np.int64))
+    return (sum_over_rows(gram, split_every, "gram"), sum_over_rows(problems, split_every, "first-problems"),
+            sum_over_rows(rows, split_every, "first-rows"))
+
+
+def _select_union(p, keep, *parts):
+    return _one_object(separable.select_candidates(separable.union(*(part[0] for part in parts)), p, keep))
+
+
+def _candidates_of(first):
+    return _one_object(first[0].candidates)
+
+
+def candidate_tree(passes, p, keep, split_every=8):
+    """Return a lazy 1-element object array: the candidate anchors of all row chunks, reduced as a tree.
+
+    Each node of fan-in ``split_every`` reruns the selection on the union of
+    its children's candidates (``separable.select_candidates``).
+    """
+    level = passes.map_blocks(_candidates_of, dtype=object, token="candidates", meta=np.empty((0,), dtype=object))
+    depth = 0
+    while level.numblocks[0] > 1:
+        depth += 1
+        name = f"candidate-tree-{depth}-{tokenize(level.name, p, keep, split_every)}"
+        count = level.numblocks[0]
+        layer = {(name, node): (_select_union, p, keep, *[(level.name, child) for child in
+                                                         range(start, min(start + split_every, count))])
+                 for node, start in enumerate(range(0, count, split_every))}
+        graph = HighLevelGraph.from_collections(name, layer, dependencies=[level])
+        level = da.Array(graph, name, chunks=((1,) * len(layer),), meta=np.empty((0,), dtype=object))
+    return level
+
+
+def _hidden_pass_block(x, mixing, projection, cutoffs):
+    return _one_object(separable.hidden_pass(x, mixing, projection, cutoffs))
+
+
+def _hidden_values_block(hidden):
+    return hidden[0].values
+
+
+def _hidden_diagnostics_partial(hidden):
+    return hidden[0].diagnostics[None]
+
+
+def hidden_layer(samples, mixing, projection, cutoffs, split_every=8):
+    """Return lazy ``(M̂ (n, p), diagnostics (3,))`` of ``samples`` (chunks of whole rows): the second read.
+
+    ``M̂`` is chunked as the samples' rows; ``diagnostics`` sums the rows
+    outside the cone, the energy outside ``span(Â)`` and the energy
+    (``separable.hidden_pass``). One task per row chunk makes both.
+    """
+    p = mixing.shape[1]
+    passes = da.map_blocks(_hidden_pass_block, samples, mixing, projection, cutoffs, drop_axis=1,
+                           chunks=((1,) * samples.numblocks[0],), dtype=object, token="hidden-pass",
+                           meta=np.empty((0,), dtype=object))
+    values = passes.map_blocks(_hidden_values_block, new_axis=1, chunks=(samples.chunks[0], (p,)),
+                               dtype=np.float64, token="hidden-values", meta=np.empty((0, 0)))
+    diagnostics = passes.map_blocks(_hidden_diagnostics_partial, new_axis=1, chunks=(passes.chunks[0], (3,)),
+                                    dtype=np.float64, token="hidden-diagnostics", meta=np.empty((0, 0)))
+    return values, sum_over_rows(diagnostics, split_every, "hidden-diagnostics")

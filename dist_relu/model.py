@@ -120,3 +120,80 @@ class RectifiedGaussian:
             "err_b": bias_error(self.bias, truth_bias, truth_covariance),
             "tv_bound": tv_upper_bound(self.bias, self.covariance, truth_bias, truth_covariance),
         }
+
+
+def match_columns(estimate, truth):
+    """Return ``(order, sines)``: the truth's column matched to each column of ``estimate``, and their angles' sines.
+
+    Columns are compared by ``|cos|`` (the Hungarian method maximises the sum);
+    ``sines[l]`` is the sine of the angle between ``estimate[:, l]`` and
+    ``truth[:, order[l]]``.
+    """
+    from scipy.optimize import linear_sum_assignment
+
+    unit = estimate / np.linalg.norm(estimate, axis=0)
+    truth_unit = truth / np.linalg.norm(truth, axis=0)
+    cosines = np.abs(unit.T @ truth_unit)
+    rows, order = linear_sum_assignment(-cosines)
+    return order, np.sqrt(np.maximum(0.0, 1.0 - cosines[rows, order] ** 2))
+
+
+class TwoLayerRectifiedGaussian:
+    """The distribution of ``A ReLU(y)``, ``y ~ N(bias, covariance)``: the two-layer model.
+
+    Parameters
+    ----------
+    mixing : ndarray, shape (d, p)
+        ``A``; as fitted, its columns have unit norm (the gauge below).
+    covariance : ndarray, shape (p, p)
+        ``Σ = W Wᵀ`` of the hidden layer, in the gauge of ``mixing``.
+    bias : ndarray, shape (p,)
+
+    Notes
+    -----
+    ``(A P D, D⁻¹ Pᵀ W Q, D⁻¹ Pᵀ b)`` gives the same distribution for any
+    permutation ``P``, positive diagonal ``D`` and orthogonal ``Q``. A fit
+    has unit columns of ``A``, so it estimates ``D W Wᵀ D`` and ``D b`` with
+    ``D = diag ‖a_l‖``, its hidden units in the order of its anchors.
+    """
+
+    def __init__(self, mixing, covariance, bias):
+        self.mixing = np.asarray(mixing, dtype=np.float64)
+        self.hidden = RectifiedGaussian(covariance, bias)
+
+    def sample(self, n, seed=None):
+        """Return ``n`` samples ``Â ReLU(Ŵ z + b̂)``, ``z ~ N(0, I)``, as an ``(n, d)`` array."""
+        return self.hidden.sample(n, seed) @ self.mixing.T
+
+    def errors(self, truth_mixing, truth_covariance, truth_bias):
+        """Return the metrics against a truth, after matching the hidden units and bringing it to the fit's gauge.
+
+        Parameters
+        ----------
+        truth_mixing : ndarray (d, p)
+        truth_covariance : ndarray (p, p)
+            ``W Wᵀ`` of the truth's hidden layer.
+        truth_bias : ndarray (p,)
+
+        Returns
+        -------
+        dict
+            ``anchor_sin_max``, the largest sine between a column of ``Â`` and
+            its matched column of ``A``; ``err_sigma``, ``err_b`` and
+            ``tv_bound`` of the hidden layer against ``D W Wᵀ D`` and ``D b``
+            in the fit's order (``RectifiedGaussian.errors``).
+        """
+        truth_mixing = np.asarray(truth_mixing, dtype=np.float64)
+        if truth_mixing.shape != self.mixing.shape:
+            raise ValueError(f"the truth's mixing is {truth_mixing.shape}; the fit's is {self.mixing.shape}")
+        covariance, bias = gauged_truth(self.mixing, truth_mixing, truth_covariance, truth_bias)
+        _, sines = match_columns(self.mixing, truth_mixing)
+        return {"anchor_sin_max": float(sines.max()), **self.hidden.errors(covariance, bias)}
+
+
+def gauged_truth(mixing, truth_mixing, truth_covariance, truth_bias):
+    """Return the truth's ``(D W Wᵀ D, D b)``, ``D = diag ‖a_l‖``, its units in the order matched to ``mixing``."""
+    order, _ = match_columns(mixing, np.asarray(truth_mixing, dtype=np.float64))
+    scale = np.linalg.norm(truth_mixing, axis=0)[order]
+    covariance = np.asarray(truth_covariance, dtype=np.float64)[np.ix_(order, order)] * np.outer(scale, scale)
+    return covariance, np.asarray(truth_bias, dtype=np.float64)[order] * scale

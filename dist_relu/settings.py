@@ -208,8 +208,8 @@ def _with_sgd(settings):
 
 
 @dataclass(frozen=True, kw_only=True)
-class OneLayerSettings(PipelineSettings):
-    """The settings of the one-layer model ``x = ReLU(W z + b)`` (``ReLUGaussian``)."""
+class GaussianFitSettings(Settings):
+    """How a rectified Gaussian ``ReLU(N(b, Σ))`` is estimated from its samples: Step 1's method, Step 2's inversion."""
 
     method: str = setting(
         "censored", "Step 1 estimator of (b_i, σ_i): censored-normal (Tobit) maximum likelihood, zeros "
@@ -217,10 +217,6 @@ class OneLayerSettings(PipelineSettings):
         "paper's projected-SGD NormBiasEst, which assumes b ≥ 0.", kind=str, choices=METHODS,
         cli_help="Step 1: censored-normal MLE (zeros used), the truncated-normal MLE of the positives, "
         "or the paper's projected-SGD NormBiasEst (assumes b ≥ 0).")
-    passes: int = setting(
-        1, "1: thresholds from a pilot of pilot_rows rows, then statistics and counts in one read. 2: the "
-        "paper's order, thresholds max(0, b̂) from a full first read, counts in a second.", minimum=1, maximum=2,
-        cli_help="1: pilot thresholds, one read. 2: thresholds from a full first read (the paper).")
     inversion: str = setting(
         "tetrachoric", "Margins used to invert the orthant probability: Φ⁻¹(c_i/n), the exceedance fraction "
         "each threshold had, or (b̂_i − t_i)/σ̂_i from the Step 1 estimates.", kind=str, choices=INVERSIONS,
@@ -245,3 +241,36 @@ class OneLayerSettings(PipelineSettings):
                                 stored_when=_with_sgd)
     sgd_minibatch: int = setting(10, "Positives per SGD step (method sgd); the authors used 10.", minimum=1,
                                  stored="sgd.minibatch", stored_when=_with_sgd)
+
+
+@dataclass(frozen=True, kw_only=True)
+class OneLayerSettings(PipelineSettings, GaussianFitSettings):
+    """The settings of the one-layer model ``x = ReLU(W z + b)`` (``ReLUGaussian``)."""
+
+    passes: int = setting(
+        1, "1: thresholds from a pilot of pilot_rows rows, then statistics and counts in one read. 2: the "
+        "paper's order, thresholds max(0, b̂) from a full first read, counts in a second.", minimum=1, maximum=2,
+        cli_help="1: pilot thresholds, one read. 2: thresholds from a full first read (the paper).")
+
+
+@dataclass(frozen=True, kw_only=True)
+class TwoLayerSettings(PipelineSettings, GaussianFitSettings):
+    """The settings of the two-layer model ``x = A ReLU(W z + b)`` (``TwoLayerReLU``).
+
+    The hidden layer is fitted as the one-layer model, with one pass, from the
+    first read's anchors; ``GaussianFitSettings`` say how.
+    """
+
+    hidden: int | None = setting(
+        None, "Hidden units p: the columns of A, at most the latent dimension k (required).", minimum=1)
+    candidates_per_step: int = setting(
+        4, "Rows each chunk keeps per step of the successive projection, as candidate anchors (m): more guard "
+        "against a chunk that holds a rare unit's only pure rows.", minimum=1)
+    zero_tolerance: float | None = setting(
+        None, "Hidden values below this fraction of their unit's root-mean-square are rounding of a zero, and "
+        "set to 0. Default: 1e-5 for data stored in float32 or narrower, 1e-10 for float64.",
+        kind=float, minimum=0, open_minimum=True, others=(None,))
+    max_outside: float = setting(
+        0.001, "The largest fraction of rows outside the cone of the anchors (a hidden value below minus the "
+        "zero tolerance) that is accepted; more, and the data is refused as not separable.",
+        kind=float, minimum=0, maximum=1)

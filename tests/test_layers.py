@@ -10,7 +10,7 @@ PACKAGE = Path(__file__).parent.parent / "dist_relu"
 
 # Lowest first. A module may import only from strictly lower layers.
 LAYERS = [
-    {"errors", "kernels", "model", "sgd"},  # the math, on plain arrays
+    {"errors", "kernels", "model", "separable", "sgd"},  # the math, on plain arrays
     {"entry", "compiled", "budget"},
     {"storage", "scheduler", "settings"},
     {"io", "checkpoint"},  # Zarr in and out; saved partial sums
@@ -18,6 +18,7 @@ LAYERS = [
     {"pipeline", "fitstore"},  # the seam every model uses; the fit format
     {"plan", "simulate", "convert"},
     {"estimator"},  # the one-layer model's front doors
+    {"twolayer"},  # a model made of the pipeline and the one-layer fit
     {"cli"},
 ]
 LAYER = {module: level for level, modules in enumerate(LAYERS) for module in modules}
