@@ -8,9 +8,10 @@ __version__ = "0.1.0"
 
 # Imported on first use, so that the command line's entry point (dist_relu.entry)
 # handles interrupts before numpy, dask and numba are loaded.
-_EXPORTS = {"ReLUGaussian": "estimator", "fit_to_zarr": "estimator", "merge_fits": "estimator",
-            "open_fit": "estimator", "relu_gaussian": "estimator", "RectifiedGaussian": "model", "figure1_truth": "simulate",
-            "simulate_to_zarr": "simulate"}
+_EXPORTS = {"ReLUGaussian": "estimator", "relu_gaussian": "estimator", "fit_to_zarr": "estimator",
+            "merge_fits": "estimator", "TwoLayerReLU": "twolayer", "two_layer_relu": "twolayer",
+            "open_fit": "fitstore", "RectifiedGaussian": "model", "TwoLayerRectifiedGaussian": "model",
+            "figure1_truth": "simulate", "two_layer_truth": "simulate", "simulate_to_zarr": "simulate"}
 __all__ = sorted(_EXPORTS)
 
 

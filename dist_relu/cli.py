@@ -12,6 +12,7 @@ import time
 from pathlib import Path
 
 import click
+from click.core import ParameterSource
 import numpy as np
 import zarr
 
@@ -20,10 +21,14 @@ from .entry import interrupted_exit
 from .errors import ENVIRONMENT_ERRNOS, EnvironmentProblem
 from .convert import FORMATS
 from .convert import convert as convert_file
-from .estimator import fit_to_zarr, merge_fits, open_fit
+from .estimator import fit_to_zarr, merge_fits
+from .fitstore import open_fit
 from .scheduler import scheduler
-from .settings import OneLayerSettings
-from .simulate import BIAS_KINDS, figure1_truth, open_truth, simulate_to_zarr
+from .settings import OneLayerSettings, TwoLayerSettings
+from .twolayer import fit_to_zarr as fit_two_layer
+
+MODELS = {"one-layer": OneLayerSettings, "two-layer": TwoLayerSettings}
+from .simulate import BIAS_KINDS, figure1_truth, open_truth, simulate_to_zarr, two_layer_truth
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 3
@@ -138,11 +143,15 @@ def _scheduler_options(command):
     return command
 
 
-def _settings_options(settings_class):
-    """Return a decorator adding one option per setting of ``settings_class`` (``dist_relu.settings``)."""
+def _settings_options(*settings_classes):
+    """Return a decorator adding one option per setting of the ``settings_classes`` (``dist_relu.settings``).
+
+    A setting that several classes declare (they share it by inheritance) is one option.
+    """
+    declared = {name: (default, spec) for cls in settings_classes for name, default, spec in cls.declared()}
 
     def decorate(command):
-        for name, default, spec in reversed(settings_class.declared()):
+        for name, (default, spec) in reversed(declared.items()):
             flag = "--" + name.replace("_", "-")
             help = spec.cli_help or spec.help
             if spec.kind is bool:
@@ -241,27 +250,43 @@ def _log_to_stderr():
 @click.option("--chunk-rows", type=click.IntRange(min=1), default=65_536, show_default=True,
               help="Rows per Zarr chunk.")
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
+@click.option("--model", type=click.Choice(list(MODELS)), default="one-layer", show_default=True,
+              help="one-layer: x = ReLU(W z + b). two-layer: x = A ReLU(W z + b) with A (d × hidden) standard "
+              "Gaussian and W, b of the paper's Figure 1 for the hidden layer (square W: separable).")
+@click.option("--hidden", type=click.IntRange(min=1), default=None,
+              help="Hidden units of --model two-layer (required there).")
+@click.option("--noise", type=click.FloatRange(min=0), default=0.0, show_default=True,
+              help="Standard deviation of Gaussian noise added to every value (the one-layer model's samples "
+              "then have negative values, which its fit refuses).")
 @click.option("--overwrite", is_flag=True, help="Replace an existing store at --out.")
 @_scheduler_options
 @_progress_option
 @_handle_errors
-def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtype, overwrite, address, workers,
-             progress, **tls):
+def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtype, model, hidden, noise, overwrite,
+             address, workers, progress, **tls):
     """Simulate samples of ReLU(W z + b) into a Zarr group, with the truth beside them.
 
     W and b are drawn as in the paper's Figure 1: W an orthonormal matrix
     scaled to condition number --kappa, b ~ N(0, I). The group holds
-    `samples` (n, d) and `truth/{weights,covariance,bias}`.
+    `samples` (n, d) and `truth/{weights,covariance,bias}` (and
+    `truth/mixing` with --model two-layer).
 
     \b
     Example:
       dist-relu simulate --n 1000000 --d 50 --out sim.zarr --workers 2
+      dist-relu simulate --n 100000 --d 20 --model two-layer --hidden 5 --out mixed.zarr
     """
-    weights, bias = figure1_truth(dimension, kappa=kappa, seed=seed, bias=bias_kind)
+    if (model == "two-layer") != (hidden is not None):
+        raise ValueError("--hidden goes with --model two-layer, and --model two-layer needs --hidden")
+    mixing = None
+    if model == "two-layer":
+        mixing, weights, bias = two_layer_truth(dimension, hidden, kappa=kappa, seed=seed, bias=bias_kind)
+    else:
+        weights, bias = figure1_truth(dimension, kappa=kappa, seed=seed, bias=bias_kind)
     start = time.perf_counter()
     with scheduler(address, workers, log=_log, **tls):
         simulate_to_zarr(out, weights, bias, n_samples, chunk_rows=chunk_rows, seed=seed, dtype=dtype,
-                         overwrite=overwrite, progress=_want_progress(progress))
+                         overwrite=overwrite, progress=_want_progress(progress), mixing=mixing, noise=noise)
     _log(f"wrote {n_samples:,} samples × {dimension} coordinates to {out} in {time.perf_counter() - start:.1f} s")
 
 
@@ -272,7 +297,10 @@ def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtyp
               help="Name of the samples array when SAMPLES is a Zarr group.")
 @click.option("--allow-missing-chunks", is_flag=True,
               help="Read chunks absent from the store as the fill value (for writers that skip all-zero chunks).")
-@_settings_options(OneLayerSettings)
+@click.option("--model", type=click.Choice(list(MODELS)), default="one-layer", show_default=True,
+              help="one-layer: x = ReLU(W z + b). two-layer: x = A ReLU(W z + b), A of any sign, found by "
+              "separable NMF in a first read (needs --hidden).")
+@_settings_options(OneLayerSettings, TwoLayerSettings)
 @click.option("--update", metavar="FIT", default=None,
               help="Add SAMPLES to the one-pass fit FIT: count them at FIT's thresholds, with its settings, and "
               "add FIT's statistics and counts. The result is the fit of both, without rereading FIT's data.")
@@ -287,8 +315,8 @@ def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtyp
 @_scheduler_options
 @_progress_option
 @_handle_errors
-def fit(samples, out, array, allow_missing_chunks, update, thresholds_from, checkpoint, overwrite, as_json, address,
-        workers, progress, **options):
+def fit(samples, out, array, allow_missing_chunks, model, update, thresholds_from, checkpoint, overwrite, as_json,
+        address, workers, progress, **options):
     """Fit Σ̂ and b̂ to the samples in SAMPLES and write them to a Zarr group.
 
     SAMPLES is a Zarr array of shape (n, d), rows being samples, or a Zarr
@@ -306,22 +334,45 @@ def fit(samples, out, array, allow_missing_chunks, update, thresholds_from, chec
           --tls-ca-file ca.pem --tls-cert client.pem --tls-key client-key.pem
       dist-relu fit sim.zarr --out paper.zarr --method sgd --passes 2 --inversion model --clip-bias
       dist-relu fit new.zarr --update fit.zarr --out fit-with-new.zarr
+      dist-relu fit mixed.zarr --model two-layer --hidden 5 --out fit.zarr
+
+    With --model two-layer the group holds `mixing` (d × p, unit columns),
+    `anchor_rows`, and the group `hidden`: the one-layer fit of the hidden
+    layer, in the layout above.
     """
     if update and thresholds_from:
         raise ValueError("--update already counts at the thresholds of the fit it adds to; drop --thresholds-from")
-    names = [name for name, _, _ in OneLayerSettings.declared()]
-    fit_settings = {name: options.pop(name) for name in names}
-    with scheduler(address, workers, log=_log, **options):  # what is left are the TLS files
-        attributes = fit_to_zarr(
-            samples, out, array=array, allow_missing_chunks=allow_missing_chunks, overwrite=overwrite,
-            progress=_want_progress(progress), checkpoint=checkpoint, update=update, thresholds_from=thresholds_from,
-            **fit_settings,
-        )
+    if model == "two-layer" and options["hidden"] is None:
+        raise ValueError("--model two-layer needs --hidden: the number of hidden units p")
+    settings_class = MODELS[model]
+    fit_settings = {name: options[name] for name, _, _ in settings_class.declared()}
+    context = click.get_current_context()
+    given = [name for name in options if context.get_parameter_source(name) is ParameterSource.COMMANDLINE]
+    foreign = [f"--{name.replace('_', '-')}" for name in given if name not in fit_settings]
+    if model == "two-layer":
+        foreign += [option for option, value in (("--update", update), ("--thresholds-from", thresholds_from),
+                                                  ("--checkpoint", checkpoint)) if value]
+    if foreign:
+        raise ValueError(f"{', '.join(foreign)} do{'es' * (len(foreign) == 1)} not apply to --model {model}")
+    tls = {name: options[name] for name in options if name.startswith("tls_")}
+    with scheduler(address, workers, log=_log, **tls):
+        if model == "two-layer":
+            attributes = fit_two_layer(samples, out, array=array, allow_missing_chunks=allow_missing_chunks,
+                                       overwrite=overwrite, progress=_want_progress(progress), **fit_settings)
+        else:
+            attributes = fit_to_zarr(
+                samples, out, array=array, allow_missing_chunks=allow_missing_chunks, overwrite=overwrite,
+                progress=_want_progress(progress), checkpoint=checkpoint, update=update,
+                thresholds_from=thresholds_from, **fit_settings,
+            )
     _print_summary(out, attributes, as_json)
 
 
 def _print_summary(out, attributes, as_json):
     group = zarr.open_group(storage.location(out).url, mode="r")  # the per-coordinate arrays only: Σ̂ may be large
+    two_layer = attributes["model"] == "two_layer_relu"
+    if two_layer:
+        anchors, group = group["anchor_rows"][:], group["hidden"]
     status = group["status"][:]
     summary = {
         "out": str(out),
@@ -332,21 +383,31 @@ def _print_summary(out, attributes, as_json):
         "status": {kernels.STATUS_NAMES[code]: int((status == code).sum()) for code in np.unique(status)},
         "min_positive_fraction": float(group["positive_fraction"][:].min()),
     }
+    if two_layer:
+        summary.update(hidden=attributes["hidden"], anchor_rows=[int(row) for row in anchors],
+                       outside_fraction=attributes["outside_fraction"], energy_outside=attributes["energy_outside"])
     if as_json:
         click.echo(json.dumps(summary | {"settings": attributes}, indent=2))
         return
-    click.echo(
-        f"fitted {summary['n_samples']:,} samples × {summary['n_coordinates']} coordinates "
-        f"in {summary['seconds']:.1f} s ({attributes['method']}, {attributes['passes']} "
-        f"pass{'es' if attributes['passes'] == 2 else ''}, {attributes['inversion']})"
-    )
+    if two_layer:
+        click.echo(f"fitted {summary['n_samples']:,} samples × {summary['n_coordinates']} coordinates to "
+                   f"x = A ReLU(W z + b) with {attributes['hidden']} hidden units in {summary['seconds']:.1f} s "
+                   f"({attributes['method']}, {attributes['inversion']})")
+        click.echo(f"anchors: rows {', '.join(map(str, summary['anchor_rows']))}; rows outside their cone: "
+                   f"{summary['outside_fraction']:.2%}; energy outside their span: {summary['energy_outside']:.2e}")
+    else:
+        click.echo(
+            f"fitted {summary['n_samples']:,} samples × {summary['n_coordinates']} coordinates "
+            f"in {summary['seconds']:.1f} s ({attributes['method']}, {attributes['passes']} "
+            f"pass{'es' if attributes['passes'] == 2 else ''}, {attributes['inversion']})"
+        )
     click.echo("stages: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in summary["timings"].items()))
     click.echo("coordinates: " + ", ".join(f"{count} {name}" for name, count in summary["status"].items()))
     for code in np.unique(status[status != kernels.STATUS_OK]):
         columns = np.flatnonzero(status == code)
         listed = ", ".join(map(str, columns[:20])) + (f" and {columns.size - 20} more" if columns.size > 20 else "")
         click.echo(f"  {kernels.STATUS_NAMES[code]}: column{'s' if columns.size > 1 else ''} {listed}")
-    if attributes["checkpoint"] and attributes["checkpoint"]["blocks_resumed"]:
+    if attributes.get("checkpoint") and attributes["checkpoint"]["blocks_resumed"]:
         click.echo(f"resumed {attributes['checkpoint']['blocks_resumed']:,} blocks of partial sums "
                    f"from {attributes['checkpoint']['url']}")
     for part in attributes.get("parts") or []:
@@ -439,22 +500,30 @@ def evaluate(fit_path, truth, as_json):
     """Compare a fit with the truth of simulated data (the paper's metrics).
 
     err_sigma = ‖Σ̂ − Σ*‖_F / ‖W*‖_F², err_b = ‖b̂ − b*‖₂ / ‖W*‖_F, and the
-    upper bound on the total-variation distance sqrt(min KL / 2).
+    upper bound on the total-variation distance sqrt(min KL / 2). For a
+    two-layer fit, also anchor_sin_max, the largest sine between a column
+    of Â and its matched column of A; the hidden layer's metrics are in the
+    fit's gauge (the truth's D W Wᵀ D and D b, D = diag ‖a_l‖).
 
     \b
     Example:
       dist-relu evaluate fit.zarr --truth sim.zarr
     """
-    model, _ = open_fit(fit_path)
+    model, group = open_fit(fit_path)
+    truth_values = open_truth(truth)
+    fitted = group.attrs.get("model", "relu_gaussian")
+    if (fitted == "two_layer_relu") != (len(truth_values) == 3):
+        raise io.InputError(f"{fit_path} is a fit of the {fitted} model; {truth} holds the truth of the "
+                            f"{'two' if len(truth_values) == 3 else 'one'}-layer model")
     try:
-        metrics = model.errors(*open_truth(truth))
+        metrics = model.errors(*truth_values)
     except ValueError as error:
         raise io.InputError(f"{truth} does not match the fit {fit_path}: {error}") from None
     if as_json:
         click.echo(json.dumps(metrics, indent=2))
     else:
         for name, value in metrics.items():
-            click.echo(f"{name:>10} = {value:.5f}")
+            click.echo(f"{name:>10} = {value:.3e}" if name == "anchor_sin_max" else f"{name:>10} = {value:.5f}")
 
 
 @main.command()

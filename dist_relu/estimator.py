@@ -505,24 +505,3 @@ def merge_fits(fits, out, *, overwrite=False, progress=False):
     with _zarr_output(out, fits, overwrite) as output:
         return write_fit(output, fit_settings, fit_settings.column_block, record, stages,
                          bases[0]["thresholds"][:], bases=stored, parts=parts, progress=progress)
-
-
-def open_fit(path):
-    """Open a fit written by ``dist-relu fit``, ``fit_to_zarr``, ``merge_fits`` or ``ReLUGaussian.save``.
-
-    Parameters
-    ----------
-    path : str or Path
-        The fit's group (a path or fsspec URL).
-
-    Returns
-    -------
-    model : RectifiedGaussian
-        The fitted distribution, ``Σ̂`` and ``b̂`` read into memory.
-    group : zarr.Group
-        The group, read-only: its arrays and attributes (``fitstore``).
-    """
-    group = fitstore.open_fit_group(path)
-    return RectifiedGaussian(group["covariance"][:], group["bias"][:]), group
-
-

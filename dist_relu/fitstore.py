@@ -27,11 +27,13 @@ import numpy as np
 import zarr
 
 from . import __version__, graph, io, kernels, storage
+from .model import RectifiedGaussian, TwoLayerRectifiedGaussian
 from .scheduler import compute
 
 FORMAT = storage.FIT_FORMAT
 FORMAT_VERSION = 1
 MODEL = "relu_gaussian"  # x = ReLU(W z + b), z ~ N(0, I)
+TWO_LAYER_MODEL = "two_layer_relu"  # x = A ReLU(W z + b): mixing, anchor_rows, and hidden/ in this layout
 
 
 @dataclass(frozen=True)
@@ -163,6 +165,28 @@ def open_fit_group(path):
     return group
 
 
+def open_fit(path):
+    """Open a fit written by ``dist-relu fit``, ``fit_to_zarr``, ``merge_fits`` or an estimator's ``save``.
+
+    Parameters
+    ----------
+    path : str or Path
+        The fit's group (a path or fsspec URL).
+
+    Returns
+    -------
+    model : RectifiedGaussian or TwoLayerRectifiedGaussian
+        The fitted distribution, read into memory.
+    group : zarr.Group
+        The group, read-only: its arrays and attributes.
+    """
+    group = open_fit_group(path)
+    if group.attrs.get("model") == TWO_LAYER_MODEL:
+        hidden = group["hidden"]
+        return TwoLayerRectifiedGaussian(group["mixing"][:], hidden["covariance"][:], hidden["bias"][:]), group
+    return RectifiedGaussian(group["covariance"][:], group["bias"][:]), group
+
+
 def stored_sums(group, column_block):
     """Return the ``Sums`` of a stored fit, lazily, in column blocks of ``column_block``."""
     output = ZarrOutput(group)
@@ -184,6 +208,9 @@ def check_additive(groups, d):
     """Raise ``InputError`` unless the stored fits can take more samples: one pass, additive, same thresholds."""
     for group in groups:
         attrs = group.attrs
+        if attrs.get("model", MODEL) != MODEL:
+            raise io.InputError(f"{group.store_path} is a fit of the model {attrs['model']}: only fits of the "
+                                "one-layer model can be updated or merged")
         if attrs["method"] == "sgd" or attrs["passes"] != 1:
             raise io.InputError(
                 f"{group.store_path} was fitted with --method {attrs['method']} --passes {attrs['passes']}: only "

@@ -314,17 +314,22 @@ def covariance(counts, n_samples, margins, scale):
     return _mirror_upper_blocks(full)
 
 
-def _simulated_block(weights, bias, seed, dtype, block_info=None):
+def _simulated_block(weights, bias, seed, dtype, mixing, noise, block_info=None):
     info = block_info[None]
     rows = info["chunk-shape"][0]
-    return kernels.relu_gaussian_chunk(rows, weights, bias, seed, info["chunk-location"][0], dtype)
+    return kernels.relu_gaussian_chunk(rows, weights, bias, seed, info["chunk-location"][0], dtype, mixing, noise)
 
 
-def simulated_samples(n_samples, weights, bias, chunk_rows, seed, dtype=np.float32):
-    """Return a lazy ``(n, d)`` array of ``ReLU(W z + b)`` samples, one seeded draw per row chunk."""
+def simulated_samples(n_samples, weights, bias, chunk_rows, seed, dtype=np.float32, mixing=None, noise=0.0):
+    """Return a lazy ``(n, d)`` array of samples, one seeded draw per row chunk (``kernels.relu_gaussian_chunk``).
+
+    ``ReLU(W z + b)``, or ``A ReLU(W z + b)`` with ``mixing`` ``A``; plus
+    Gaussian noise of standard deviation ``noise``.
+    """
+    d = weights.shape[0] if mixing is None else mixing.shape[0]
     return da.map_blocks(
-        _simulated_block, weights, bias, seed, np.dtype(dtype),
-        chunks=(da.core.normalize_chunks(chunk_rows, (n_samples,))[0], (weights.shape[0],)),
+        _simulated_block, weights, bias, seed, np.dtype(dtype), mixing, noise,
+        chunks=(da.core.normalize_chunks(chunk_rows, (n_samples,))[0], (d,)),
         dtype=dtype, token=f"simulate-{seed}",
         meta=np.empty((0, 0), dtype=dtype),
     )
@@ -449,27 +454,28 @@ def first_pass_sums(passes, d, split_every=8):
             sum_over_rows(rows, split_every, "first-rows"))
 
 
-def _select_union(p, keep, *parts):
-    return _one_object(separable.select_candidates(separable.union(*(part[0] for part in parts)), p, keep))
+def _select_union(p, keep, tie, *parts):
+    return _one_object(separable.select_candidates(separable.union(*(part[0] for part in parts)), p, keep, tie))
 
 
 def _candidates_of(first):
     return _one_object(first[0].candidates)
 
 
-def candidate_tree(passes, p, keep, split_every=8):
+def candidate_tree(passes, p, keep, tie, split_every=8):
     """Return a lazy 1-element object array: the candidate anchors of all row chunks, reduced as a tree.
 
     Each node of fan-in ``split_every`` reruns the selection on the union of
-    its children's candidates (``separable.select_candidates``).
+    its children's candidates (``separable.select_candidates``, ties within
+    the relative ``tie`` broken by the least row index).
     """
     level = passes.map_blocks(_candidates_of, dtype=object, token="candidates", meta=np.empty((0,), dtype=object))
     depth = 0
     while level.numblocks[0] > 1:
         depth += 1
-        name = f"candidate-tree-{depth}-{tokenize(level.name, p, keep, split_every)}"
+        name = f"candidate-tree-{depth}-{tokenize(level.name, p, keep, tie, split_every)}"
         count = level.numblocks[0]
-        layer = {(name, node): (_select_union, p, keep, *[(level.name, child) for child in
+        layer = {(name, node): (_select_union, p, keep, tie, *[(level.name, child) for child in
                                                          range(start, min(start + split_every, count))])
                  for node, start in enumerate(range(0, count, split_every))}
         graph = HighLevelGraph.from_collections(name, layer, dependencies=[level])

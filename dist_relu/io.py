@@ -199,7 +199,8 @@ def check_values(problems, where=""):
     """
     problems = np.asarray(problems)
     for k, what, advice in (
-        (0, "negative values", "samples of a ReLU are ≥ 0: is this the right array, or does it need ReLU applied?"),
+        (0, "negative values", "samples of a ReLU are ≥ 0: is this the right array, does it need ReLU applied, "
+            "or are these samples of the two-layer model x = A ReLU(W z + b) (--model two-layer)?"),
         (1, "NaN or ±inf values", "remove or fill those rows first"),
     ):
         columns = np.flatnonzero(problems[:, k])

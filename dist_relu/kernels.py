@@ -196,15 +196,23 @@ def default_pilot_rows(n_rows, row_bytes):
     return int(min(n_rows, 100_000, max(10_000, n_rows // 20), max(1_000, PILOT_BYTES // row_bytes)))
 
 
-def relu_gaussian_chunk(rows, weights, bias, seed, chunk_index, dtype=np.float32):
+def relu_gaussian_chunk(rows, weights, bias, seed, chunk_index, dtype=np.float32, mixing=None, noise=0.0):
     """Return ``rows`` samples ``ReLU(W z + b)`` drawn from a generator seeded by ``(seed, chunk_index)``.
 
     Seeding by the chunk's index makes the data independent of which worker
-    draws which chunk, and of the order they run in.
+    draws which chunk, and of the order they run in. With ``mixing`` ``A``
+    (d × p), the samples are ``A ReLU(W z + b)`` (the two-layer model); with
+    ``noise`` σ, ``N(0, σ² I)`` is added, drawn after ``z`` from the same
+    generator (so the noiseless draws are the same).
     """
     rng = np.random.default_rng([seed, chunk_index])
     z = rng.standard_normal((rows, weights.shape[1]))
-    return np.maximum(0.0, z @ weights.T + bias).astype(dtype)
+    samples = np.maximum(0.0, z @ weights.T + bias)
+    if mixing is not None:
+        samples = samples @ mixing.T
+    if noise:
+        samples += noise * rng.standard_normal(samples.shape)
+    return samples.astype(dtype)
 
 
 # --------------------------------------------------------------------------

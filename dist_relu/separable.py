@@ -64,24 +64,33 @@ def pointed_direction(units):
     return None
 
 
-def successive_projection(points, p, keep=1):
+def successive_projection(points, p, keep=1, rows=None, tie=0.0):
     """Return ``(chosen, candidates)``: SPA's ``p`` rows of ``points``, and the ``keep`` largest rows of each step.
 
     At each step the row of largest residual norm is chosen and every
     residual is projected on the orthogonal complement of its residual. With
     ``keep > 1`` the ``keep`` rows of largest residual of each step are kept
     as candidates too (at most ``keep·p`` distinct rows).
+
+    Rows whose residual norm is within the relative ``tie`` of the largest
+    are equal up to the data's rounding (all pure rows of one unit map to
+    one vertex): of those, the one of least ``rows`` (global row index) is
+    chosen, so that the anchors do not depend on how the rows were chunked.
     """
     residual = np.array(points, dtype=np.float64)
+    rows = np.arange(len(residual)) if rows is None else np.asarray(rows)
     chosen, candidates = [], []
     for _ in range(min(p, len(residual))):
-        norms = np.einsum("ij,ij->i", residual, residual)
+        norms = np.sqrt(np.einsum("ij,ij->i", residual, residual))
         order = np.argsort(norms)[::-1]
         if norms[order[0]] <= 0:
             break
-        chosen.append(order[0])
-        candidates.extend(order[:keep])
-        u = residual[order[0]] / np.sqrt(norms[order[0]])
+        tied = np.flatnonzero(norms >= norms[order[0]] * (1 - tie))
+        pick = tied[np.argmin(rows[tied])]
+        chosen.append(pick)
+        candidates.append(pick)
+        candidates.extend(order[: keep - 1])
+        u = residual[pick] / norms[pick]
         residual -= np.outer(residual @ u, u)
     return np.array(chosen, dtype=np.int64), np.unique(np.array(candidates, dtype=np.int64))
 
@@ -103,7 +112,7 @@ def simplex_points(projected):
     return projected[kept] / (projected[kept] @ h)[:, None], kept
 
 
-def select_candidates(candidates, p, keep):
+def select_candidates(candidates, p, keep, tie=0.0):
     """Return the ``Candidates`` among ``candidates`` that SPA keeps, in the basis of their own top-``p`` directions.
 
     Used per chunk and at every node of the tree: the same selection on a
@@ -117,7 +126,7 @@ def select_candidates(candidates, p, keep):
     points, kept = simplex_points(values @ basis)
     if points is None:
         return candidates
-    _, picked = successive_projection(points, p, keep)
+    _, picked = successive_projection(points, p, keep, candidates.rows[kept], tie)
     return Candidates(candidates.rows[kept[picked]], values[kept[picked]])
 
 
@@ -134,7 +143,7 @@ class Anchors(NamedTuple):
     mixing: np.ndarray  # (d, p): the anchors' rows, normalised, as columns
 
 
-def choose_anchors(candidates, basis, p):
+def choose_anchors(candidates, basis, p, tie=0.0):
     """Return the ``Anchors``: SPA on the candidates projected on ``basis`` (the data's top-``p`` directions).
 
     Raises ``ValueError`` when the candidates do not span a pointed cone of
@@ -143,7 +152,7 @@ def choose_anchors(candidates, basis, p):
     points, kept = simplex_points(candidates.values @ basis)
     if points is None:
         raise ValueError("the samples do not lie in a pointed cone: no direction h has h·x > 0 for all of them")
-    chosen, _ = successive_projection(points, p)
+    chosen, _ = successive_projection(points, p, rows=candidates.rows[kept], tie=tie)
     if len(chosen) < p:
         raise ValueError(f"the samples span {len(chosen)} directions, fewer than the {p} hidden units")
     rows = candidates.values[kept[chosen]]
@@ -173,13 +182,18 @@ class FirstPass(NamedTuple):
     candidates: Candidates
 
 
+def tie_tolerance(dtype):
+    """Return the relative difference of residual norms that the rounding of values stored as ``dtype`` can make."""
+    return 8 * np.finfo(np.dtype(dtype) if np.dtype(dtype).kind == "f" else np.float64).eps
+
+
 def first_pass(x, first_row, p, keep):
     """Return the ``FirstPass`` of row chunk ``x`` (whole rows), whose first row is ``first_row`` of the array."""
     finite = np.isfinite(x)
     whole = finite.all(axis=1)
     rows = np.flatnonzero(whole)
     values = np.asarray(x[rows], dtype=np.float64)
-    candidates = select_candidates(Candidates(rows + first_row, values), p, keep)
+    candidates = select_candidates(Candidates(rows + first_row, values), p, keep, tie_tolerance(x.dtype))
     return FirstPass(values.T @ values, (~finite).sum(axis=0).astype(np.int64), int(rows.size), candidates)
 
 

@@ -262,15 +262,19 @@ class TwoLayerSettings(PipelineSettings, GaussianFitSettings):
     """
 
     hidden: int | None = setting(
-        None, "Hidden units p: the columns of A, at most the latent dimension k (required).", minimum=1)
+        None, "Hidden units p of the two-layer model: the columns of A, at most the latent dimension k (required "
+        "for that model).", minimum=1)
     candidates_per_step: int = setting(
-        4, "Rows each chunk keeps per step of the successive projection, as candidate anchors (m): more guard "
+        4, "Two-layer model: rows each chunk keeps per step of the successive projection, as candidate anchors "
+        "(m): more guard "
         "against a chunk that holds a rare unit's only pure rows.", minimum=1)
     zero_tolerance: float | None = setting(
-        None, "Hidden values below this fraction of their unit's root-mean-square are rounding of a zero, and "
+        None, "Two-layer model: hidden values below this fraction of their unit's root-mean-square are rounding "
+        "of a zero, and "
         "set to 0. Default: 1e-5 for data stored in float32 or narrower, 1e-10 for float64.",
         kind=float, minimum=0, open_minimum=True, others=(None,))
     max_outside: float = setting(
-        0.001, "The largest fraction of rows outside the cone of the anchors (a hidden value below minus the "
+        0.001, "Two-layer model: the largest fraction of rows outside the cone of the anchors (a hidden value "
+        "below minus the "
         "zero tolerance) that is accepted; more, and the data is refused as not separable.",
         kind=float, minimum=0, maximum=1)

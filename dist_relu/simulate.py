@@ -46,8 +46,8 @@ def figure1_truth(d, kappa=1.0, seed=0, bias="clipped"):
 
 
 def simulate_to_zarr(out, weights, bias, n_samples, chunk_rows=65_536, seed=0, dtype="float32",
-                     overwrite=False, progress=False):
-    """Write ``n_samples`` samples of ``ReLU(W z + b)`` and the truth as a Zarr group at ``out``.
+                     overwrite=False, progress=False, mixing=None, noise=0.0):
+    """Write ``n_samples`` samples of ``ReLU(W z + b)`` (or ``A ReLU(W z + b)``) and the truth as a Zarr group at ``out``.
 
     Chunks are drawn in parallel on the current scheduler, each from a
     generator seeded by ``(seed, chunk index)``, so the data do not depend on
@@ -68,34 +68,63 @@ def simulate_to_zarr(out, weights, bias, n_samples, chunk_rows=65_536, seed=0, d
     overwrite : bool, default False
         Replace an earlier samples store at ``out`` (never anything else).
     progress : bool, default False
+    mixing : ndarray (d, p), optional
+        ``A`` of the two-layer model ``x = A ReLU(W z + b)``; ``weights`` and
+        ``bias`` are then the hidden layer's (p × k, p).
+    noise : float, default 0
+        Standard deviation of Gaussian noise added to every value.
 
     Returns
     -------
     dict
         The attributes written with the group, which holds ``samples``
         (n, d), chunked ``(chunk_rows, d)``, and ``truth/weights``,
-        ``truth/covariance``, ``truth/bias``.
+        ``truth/covariance``, ``truth/bias`` (and ``truth/mixing``).
     """
     weights = np.asarray(weights, dtype=np.float64)
     bias = np.asarray(bias, dtype=np.float64)
     if weights.ndim != 2 or bias.shape != (weights.shape[0],):
         raise ValueError(f"weights must be (d, k) and bias (d,); got {weights.shape} and {bias.shape}")
+    if mixing is not None:
+        mixing = np.asarray(mixing, dtype=np.float64)
+        if mixing.ndim != 2 or mixing.shape[1] != weights.shape[0]:
+            raise ValueError(f"mixing must be (d, {weights.shape[0]}); got {mixing.shape}")
     if n_samples < 1 or chunk_rows < 1:
         raise ValueError("n_samples and chunk_rows must be positive")
-    samples = graph.simulated_samples(n_samples, weights, bias, chunk_rows, seed, dtype)
+    if not noise >= 0:
+        raise ValueError(f"noise must be ≥ 0; got {noise}")
+    samples = graph.simulated_samples(n_samples, weights, bias, chunk_rows, seed, dtype, mixing, noise)
+    model = "x = ReLU(W z + b), z ~ N(0, I)" if mixing is None else "x = A ReLU(W z + b), z ~ N(0, I)"
     attributes = {
-        "format": storage.SAMPLES_FORMAT, "generator": "dist_relu.simulate", "model": "x = ReLU(W z + b), z ~ N(0, I)",
+        "format": storage.SAMPLES_FORMAT, "generator": "dist_relu.simulate",
+        "model": model + (f" + N(0, {noise:g}² I)" if noise else ""),
         "n_samples": int(n_samples), "seed": int(seed), "chunk_rows": int(chunk_rows),
     }
     with storage.atomic_output(out, storage.SAMPLES_FORMAT, (), overwrite) as partial:
         io.write_group(partial, {"samples": samples}, attributes, progress=progress)
         truth = {"weights": weights, "covariance": weights @ weights.T, "bias": bias}
-        io.write_group(f"{partial}/truth", truth, {"note": "the parameters the samples were drawn from"})
+        if mixing is not None:
+            truth["mixing"] = mixing
+        io.write_group(f"{partial}/truth", truth, {"note": "the parameters the samples were drawn from",
+                                                   "noise": float(noise)})
     return attributes
 
 
+def two_layer_truth(d, hidden, kappa=1.0, seed=0, bias="clipped"):
+    """Return ``(A, W, b)`` of a two-layer truth: ``A`` (d × p) standard Gaussian, ``(W, b)`` as ``figure1_truth(p)``.
+
+    ``W`` is square (``k = p``), so the hidden layer is separable.
+    """
+    weights, b = figure1_truth(hidden, kappa=kappa, seed=seed, bias=bias)
+    return np.random.default_rng([seed, 2]).standard_normal((d, hidden)), weights, b
+
+
 def open_truth(path):
-    """Return ``(covariance, bias)`` stored beside simulated samples at ``path``."""
+    """Return the truth stored beside simulated samples at ``path``.
+
+    ``(covariance, bias)``, or ``(mixing, covariance, bias)`` for samples of
+    the two-layer model.
+    """
     import zarr
 
     where = storage.location(path)
@@ -105,4 +134,6 @@ def open_truth(path):
         truth = zarr.open_group(where.url, mode="r")["truth"]
     except (KeyError, FileNotFoundError, zarr.errors.GroupNotFoundError) as error:
         raise io.InputError(f"{path} holds no truth/ group: it was not written by dist-relu simulate") from error
+    if "mixing" in truth:
+        return truth["mixing"][:], truth["covariance"][:], truth["bias"][:]
     return truth["covariance"][:], truth["bias"][:]

@@ -25,7 +25,6 @@ from .plan import plan_fit
 from .scheduler import compute
 from .settings import GaussianFitSettings, OneLayerSettings, PipelineSettings, TwoLayerSettings
 
-MODEL = "two_layer_relu"
 # The hidden layer's fit takes these settings from the two-layer model's.
 _HIDDEN_SETTINGS = [name for name, _, _ in GaussianFitSettings.declared() + PipelineSettings.declared()]
 
@@ -56,12 +55,13 @@ def find_anchors(input, fit_settings, stages, progress=False):
     p, split_every = fit_settings.hidden, fit_settings.split_every
     if p > d:
         raise io.InputError(f"{p} hidden units cannot be found in {d} coordinates: give --hidden ≤ {d}")
-    passes = graph.first_passes(samples, p, fit_settings.candidates_per_step)
+    keep, tie = fit_settings.candidates_per_step, separable.tie_tolerance(samples.dtype)
+    passes = graph.first_passes(samples, p, keep)
     gram, problems, rows = graph.first_pass_sums(passes, d, split_every)
     with stages("pass 1"):
         gram, problems, rows, root = compute(gram, problems, rows,
-                                             graph.candidate_tree(passes, p, fit_settings.candidates_per_step,
-                                                                  split_every), progress=progress)
+                                             graph.candidate_tree(passes, p, keep, tie, split_every),
+                                             progress=progress)
     if not fit_settings.drop_nonfinite:
         io.check_values(problems)
     rows = int(rows)
@@ -73,7 +73,7 @@ def find_anchors(input, fit_settings, stages, progress=False):
         raise io.InputError(f"the samples span {rank} directions, fewer than the {p} hidden units asked for: "
                             f"give --hidden {rank} or fewer")
     try:
-        anchors = separable.choose_anchors(root[0], separable.top_basis(gram, p), p)
+        anchors = separable.choose_anchors(root[0], separable.top_basis(gram, p), p, tie)
     except ValueError as error:
         raise io.InputError(f"{error}: the data are not those of x = A ReLU(W z + b) with {p} hidden units "
                             "(a smaller --hidden, or the one-layer model, may fit)") from None
@@ -142,7 +142,7 @@ def write_two_layer(output, hidden_output, plan, stages, progress=False):
     if plan.settings.drop_nonfinite:
         record["rows_dropped"] = hidden_attributes["rows_dropped"]
     attributes = fitstore.provenance(record, stages.elapsed(), stages.seconds, plan.input.label,
-                                     plan.input.identity, model=MODEL)
+                                     plan.input.identity, model=fitstore.TWO_LAYER_MODEL)
     output.finish(attributes)
     return attributes
 

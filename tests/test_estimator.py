@@ -9,7 +9,7 @@ import zarr
 
 import dist_relu
 from dist_relu import io, kernels
-from dist_relu.estimator import open_fit
+from dist_relu.fitstore import open_fit
 
 from .conftest import errors
 

@@ -8,16 +8,18 @@ from click.testing import CliRunner
 
 import dist_relu
 from dist_relu.cli import EXIT_BAD_INPUT, fit, main
-from dist_relu.settings import OneLayerSettings, Spec
+from dist_relu.settings import OneLayerSettings, Spec, TwoLayerSettings
 
-DECLARED = OneLayerSettings.declared()
+DECLARED = [(dist_relu.ReLUGaussian, *setting) for setting in OneLayerSettings.declared()]
+DECLARED += [(dist_relu.TwoLayerReLU, *setting) for setting in TwoLayerSettings.declared()]
 
 
-@pytest.mark.parametrize("name, default, spec", DECLARED, ids=[name for name, _, _ in DECLARED])
-def test_a_setting_is_a_parameter_of_the_class_and_an_option_of_the_command(name, default, spec):
-    parameter = inspect.signature(dist_relu.ReLUGaussian).parameters[name]
+@pytest.mark.parametrize("estimator, name, default, spec", DECLARED,
+                         ids=[f"{estimator.__name__}-{name}" for estimator, name, _, _ in DECLARED])
+def test_a_setting_is_a_parameter_of_the_class_and_an_option_of_the_command(estimator, name, default, spec):
+    parameter = inspect.signature(estimator).parameters[name]
     assert parameter.kind is inspect.Parameter.KEYWORD_ONLY and parameter.default == default
-    assert f"{name} : " in dist_relu.ReLUGaussian.__doc__
+    assert f"{name} : " in estimator.__doc__
     (option,) = [p for p in fit.params if p.name == name]
     assert option.opts == ["--" + name.replace("_", "-")]
     assert option.default == default
