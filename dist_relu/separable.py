@@ -193,8 +193,13 @@ def first_pass(x, first_row, p, keep):
     whole = finite.all(axis=1)
     rows = np.flatnonzero(whole)
     values = np.asarray(x[rows], dtype=np.float64)
-    candidates = select_candidates(Candidates(rows + first_row, values), p, keep, tie_tolerance(x.dtype))
-    return FirstPass(values.T @ values, (~finite).sum(axis=0).astype(np.int64), int(rows.size), candidates)
+    gram = values.T @ values
+    # Rows whose projection is within the noise of the origin have no direction (with noise, they would
+    # surround the origin and leave no pointed cone): 20 σ̂ √p, σ̂ the chunk's own (noise_level).
+    strong = np.linalg.norm(values @ top_basis(gram, p), axis=1) > 20 * noise_level(gram, rows.size, p) * np.sqrt(p)
+    candidates = select_candidates(Candidates(rows[strong] + first_row, values[strong]), p, keep,
+                                   tie_tolerance(x.dtype))
+    return FirstPass(gram, (~finite).sum(axis=0).astype(np.int64), int(rows.size), candidates)
 
 
 class HiddenPass(NamedTuple):
@@ -219,3 +224,38 @@ def hidden_pass(x, mixing, projection, cutoffs):
     values[~finite] = np.nan
     diagnostics = np.array([outside, np.einsum("ij,ij->", residual, residual), np.einsum("ij,ij->", x[finite], x[finite])])
     return HiddenPass(values, diagnostics)
+
+
+# Noise below this fraction of the data's root-mean-square is rounding: the anchors are then data rows, unrefined.
+NOISELESS = 1e-5
+
+
+def noise_level(gram, rows, p):
+    """Return ``σ̂``: the root-mean-square per coordinate of what lies outside the top-``p`` directions of a Gram.
+
+    ``sqrt(mean(λ_{p+1}, …, λ_d) / rows)`` from the Gram's eigenvalues; 0 when ``d = p``.
+    """
+    eigenvalues = np.linalg.eigvalsh(gram)[::-1]
+    return float(np.sqrt(max(eigenvalues[p:].mean(), 0.0) / rows)) if len(eigenvalues) > p and rows else 0.0
+
+
+def refine_facets(projected, mixing_basis, noise, iterations=30):
+    """Return ``B`` (p × p) refined from ``mixing_basis``: the columns of ``Â`` in the basis, fitted to the facets.
+
+    Unit ``l`` is off exactly where ``f_l·y = 0``, ``f_l`` the rows of
+    ``F = B⁻¹``; with noise, SPA's anchors are noise extremes, but the rows
+    on each facet are many. Each iteration refits every facet as the least
+    eigenvector of ``Σ w_j y_j y_jᵀ``, ``w_j = exp(−(f_l·y_j)²/2s²)``, with
+    ``s`` shrinking from 0.04 ``rms(‖y‖)`` by 0.7 per iteration to ``2σ̂``.
+    ``projected`` (r × p) are rows in the basis.
+    """
+    facets = np.linalg.inv(mixing_basis)
+    facets /= np.linalg.norm(facets, axis=1)[:, None]
+    scale = np.sqrt(np.mean(np.einsum("ij,ij->i", projected, projected)))
+    for iteration in range(iterations):
+        width = max(2 * noise, 0.04 * scale * 0.7**iteration)
+        for l, facet in enumerate(facets):
+            weights = np.exp(-0.5 * (projected @ facet / width) ** 2)
+            least = np.linalg.eigh((projected * weights[:, None]).T @ projected)[1][:, 0]
+            facets[l] = least if least @ facet > 0 else -least
+    return np.linalg.inv(facets)

@@ -278,3 +278,6 @@ class TwoLayerSettings(PipelineSettings, GaussianFitSettings):
         "below minus the "
         "zero tolerance) that is accepted; more, and the data is refused as not separable.",
         kind=float, minimum=0, maximum=1)
+    refine_rows: int | None = setting(
+        None, "Two-layer model: the first rows kept in memory to refit the anchors' facets when the data hold "
+        "noise. Default: a million, and no more than 64 MiB of rows.", minimum=2, others=(None,))

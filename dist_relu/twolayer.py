@@ -25,6 +25,11 @@ from .plan import plan_fit
 from .scheduler import compute
 from .settings import GaussianFitSettings, OneLayerSettings, PipelineSettings, TwoLayerSettings
 
+# Rows of the first rows kept for the refinement of noisy data's anchors, at most, and their bytes at most.
+REFINE_ROWS = 1_000_000
+REFINE_BYTES = 64 * 2**20
+# With noise, hidden values below this many σ̂ ‖Â⁺_l‖ are zeros; one below minus that lies outside the cone.
+NOISE_CUTOFF = 4.0
 # The hidden layer's fit takes these settings from the two-layer model's.
 _HIDDEN_SETTINGS = [name for name, _, _ in GaussianFitSettings.declared() + PipelineSettings.declared()]
 
@@ -35,7 +40,9 @@ class AnchorPass:
 
     gram: np.ndarray  # (d, d) float64
     rows_kept: int
-    anchors: separable.Anchors
+    anchors: separable.Anchors  # with noise, the columns of Â are refined from the anchors' directions
+    noise: float  # σ̂ (separable.noise_level)
+    refined: bool  # whether the facets were refitted (noise above separable.NOISELESS of the data's scale)
 
     def hidden_scales(self):
         """Return the root-mean-square (p,) of each hidden unit's values ``M̂ = X Â⁺ᵀ``, from the Gram."""
@@ -58,10 +65,13 @@ def find_anchors(input, fit_settings, stages, progress=False):
     keep, tie = fit_settings.candidates_per_step, separable.tie_tolerance(samples.dtype)
     passes = graph.first_passes(samples, p, keep)
     gram, problems, rows = graph.first_pass_sums(passes, d, split_every)
+    # The first rows, kept in memory for the refinement of noisy data's anchors; read once, with the pass.
+    row_bytes = d * samples.dtype.itemsize
+    refine_rows = min(n, fit_settings.refine_rows or min(REFINE_ROWS, max(1_000, REFINE_BYTES // row_bytes)))
     with stages("pass 1"):
-        gram, problems, rows, root = compute(gram, problems, rows,
-                                             graph.candidate_tree(passes, p, keep, tie, split_every),
-                                             progress=progress)
+        gram, problems, rows, root, first = compute(gram, problems, rows,
+                                                    graph.candidate_tree(passes, p, keep, tie, split_every),
+                                                    samples[:refine_rows], progress=progress)
     if not fit_settings.drop_nonfinite:
         io.check_values(problems)
     rows = int(rows)
@@ -72,12 +82,20 @@ def find_anchors(input, fit_settings, stages, progress=False):
     if rank < p:
         raise io.InputError(f"the samples span {rank} directions, fewer than the {p} hidden units asked for: "
                             f"give --hidden {rank} or fewer")
+    basis = separable.top_basis(gram, p)
     try:
-        anchors = separable.choose_anchors(root[0], separable.top_basis(gram, p), p, tie)
+        anchors = separable.choose_anchors(root[0], basis, p, tie)
     except ValueError as error:
         raise io.InputError(f"{error}: the data are not those of x = A ReLU(W z + b) with {p} hidden units "
                             "(a smaller --hidden, or the one-layer model, may fit)") from None
-    return AnchorPass(gram, rows, anchors)
+    noise = separable.noise_level(gram, rows, p)
+    refined = noise > separable.NOISELESS * np.sqrt(np.trace(gram) / (rows * d))
+    if refined:
+        first = np.asarray(first, dtype=np.float64)
+        projected = first[np.isfinite(first).all(axis=1)] @ basis
+        mixing = basis @ separable.refine_facets(projected, basis.T @ anchors.mixing, noise)
+        anchors = separable.Anchors(anchors.rows, mixing / np.linalg.norm(mixing, axis=0))
+    return AnchorPass(gram, rows, anchors, noise, bool(refined))
 
 
 @dataclass(frozen=True)
@@ -96,7 +114,8 @@ class TwoLayerPlan:
         n, d = self.input.samples.shape
         return {"n_coordinates": int(d), **self.settings.stored(),
                 "row_chunk": int(max(self.input.samples.chunks[0])),
-                "cutoffs": [float(c) for c in self.cutoffs]}
+                "cutoffs": [float(c) for c in self.cutoffs], "noise_level": self.anchor_pass.noise,
+                "refined_facets": self.anchor_pass.refined}
 
 
 def plan_two_layer(input, fit_settings, stages, progress=False):
@@ -104,8 +123,10 @@ def plan_two_layer(input, fit_settings, stages, progress=False):
     anchor_pass = find_anchors(input, fit_settings, stages, progress)
     mixing = anchor_pass.anchors.mixing
     tolerance = fit_settings.zero_tolerance or separable.zero_tolerance(input.samples.dtype)
-    cutoffs = tolerance * anchor_pass.hidden_scales()
     projection = separable.hidden_projection(mixing)
+    # A zero is a value below its rounding, or with noise within 4 σ̂ of 0 (the noise of M̂_l is σ̂ ‖Â⁺_l‖).
+    cutoffs = np.maximum(tolerance * anchor_pass.hidden_scales(),
+                         NOISE_CUTOFF * anchor_pass.noise * np.linalg.norm(projection, axis=0) * anchor_pass.refined)
     hidden, diagnostics = graph.hidden_layer(whole_rows(input.samples), mixing, projection, cutoffs,
                                              fit_settings.split_every)
     hidden_settings = OneLayerSettings(**{name: getattr(fit_settings, name) for name in _HIDDEN_SETTINGS})

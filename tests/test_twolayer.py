@@ -108,6 +108,32 @@ def test_the_error_falls_with_n(two_layer_store):
 
 
 @pytest.mark.slow
+@pytest.mark.parametrize("seed", [0, 2])
+def test_with_noise_the_facets_are_refitted(two_layer_store, seed):
+    """Noise σ = 0.01 (the samples' norms are about 4–8): SPA alone misses by a sine of about 0.1."""
+    path, mixing, weights, bias = two_layer_store(1_000_000, seed, noise=0.01)
+    fit = dist_relu.TwoLayerReLU(hidden=P).fit(path)
+    errors = fit.model_.errors(mixing, weights @ weights.T, bias)
+    assert fit.settings_["refined_facets"] and abs(fit.settings_["noise_level"] - 0.01) < 1e-3
+    assert errors["anchor_sin_max"] <= 1e-4 and errors["err_sigma"] <= 0.01
+    assert fit.outside_fraction_ <= 0.001
+
+
+def test_noiseless_data_is_not_refined():
+    mixing, weights, bias = dist_relu.two_layer_truth(D, P, seed=1)
+    x = kernels.relu_gaussian_chunk(30_000, weights, bias, 1, 0, np.float64, mixing)
+    fit = dist_relu.TwoLayerReLU(hidden=P).fit(x)
+    assert not fit.settings_["refined_facets"] and fit.settings_["noise_level"] < 1e-6  # the eigensolver's rounding
+    assert fit.model_.errors(mixing, weights @ weights.T, bias)["anchor_sin_max"] < 1e-10
+    hidden = fit.transform(x).compute()
+    assert hidden.shape == (30_000, P) and (hidden >= 0).all()
+    np.testing.assert_allclose(hidden @ fit.mixing_.T, x, atol=1e-9)
+    samples = fit.sample(1_000, seed=0)
+    assert samples.shape == (1_000, D)
+    np.testing.assert_allclose(samples @ np.linalg.pinv(fit.mixing_).T @ fit.mixing_.T, samples, atol=1e-9)
+
+
+@pytest.mark.slow
 def test_the_data_is_read_exactly_twice_and_the_chunking_changes_nothing(two_layer_store, tmp_path):
     path, *_ = two_layer_store(100_000, 1, chunk_rows=7_000)
     with counting_chunk_reads(zarr.storage.LocalStore) as reads:
