@@ -60,7 +60,6 @@ def main():
     if args.quick:
         args.n, args.d, args.chunk_rows = 20_000, 300, 5_000
 
-    import numpy as np
     import zarr
 
     import dist_relu

@@ -251,12 +251,12 @@ def _zarr_output(out, inputs, overwrite):
         yield ZarrOutput.create(partial)
 
 
-class ReLUGaussian:
+class ReLUGaussian(settings.Estimator):
     """Estimate ``Σ = W Wᵀ`` and ``b`` of ``x = ReLU(W z + b)``, ``z ~ N(0, I)``, from samples.
 
     Parameters
     ----------
-    {settings}  (each setting's entry, made from its declaration in dist_relu/settings.py)
+    {settings}
 
     Attributes
     ----------
@@ -298,20 +298,7 @@ class ReLUGaussian:
     
     """
 
-    def __init__(self, **fit_settings):
-        unknown = sorted(set(fit_settings) - set(self._names()))
-        if unknown:
-            raise TypeError(f"ReLUGaussian got unknown setting(s) {', '.join(unknown)}")
-        for name, default, _ in OneLayerSettings.declared():
-            setattr(self, name, fit_settings.get(name, default))
-
-    @staticmethod
-    def _names():
-        return [name for name, _, _ in OneLayerSettings.declared()]
-
-    def get_params(self):
-        """Return the settings and their values (as scikit-learn does)."""
-        return {name: getattr(self, name) for name in self._names()}
+    settings_class = OneLayerSettings  # each setting's entry in Parameters is made from its declaration
 
     def fit(self, X, array="samples", allow_missing_chunks=False, progress=False, checkpoint=None):
         """Fit the estimator on samples ``X`` and return ``self``.
@@ -374,10 +361,6 @@ class ReLUGaussian:
             output.finish(self.settings_)
 
 
-ReLUGaussian.__init__.__signature__ = settings.signature(OneLayerSettings)
-ReLUGaussian.__doc__ = ReLUGaussian.__doc__.replace(
-    "    {settings}  (each setting's entry, made from its declaration in dist_relu/settings.py)",
-    settings.parameters_doc(OneLayerSettings))
 
 
 def relu_gaussian(X, **fit_settings):

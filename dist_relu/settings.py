@@ -141,6 +141,41 @@ class Settings:
         return attributes
 
 
+class Estimator:
+    """Base of the estimator classes: the settings of ``settings_class`` as keyword parameters, checked at fit.
+
+    As in scikit-learn, the constructor only stores the settings; ``fit``
+    checks them (``settings_class(**self.get_params())``). A subclass gets
+    the keyword-only signature of its settings, and its docstring's line
+    ``{settings}`` becomes their numpydoc entries.
+    """
+
+    settings_class = Settings
+
+    def __init_subclass__(cls, **kwargs):
+        super().__init_subclass__(**kwargs)
+
+        def __init__(self, **fit_settings):
+            Estimator.__init__(self, **fit_settings)
+
+        __init__.__signature__ = signature(cls.settings_class)
+        cls.__init__ = __init__
+        if cls.__doc__:
+            cls.__doc__ = cls.__doc__.replace("    {settings}\n", parameters_doc(cls.settings_class) + "\n")
+
+    def __init__(self, **fit_settings):
+        names = [name for name, _, _ in self.settings_class.declared()]
+        unknown = sorted(set(fit_settings) - set(names))
+        if unknown:
+            raise TypeError(f"{type(self).__name__} got unknown setting(s) {', '.join(unknown)}")
+        for name, default, _ in self.settings_class.declared():
+            setattr(self, name, fit_settings.get(name, default))
+
+    def get_params(self):
+        """Return the settings and their values (as scikit-learn does)."""
+        return {name: getattr(self, name) for name, _, _ in self.settings_class.declared()}
+
+
 def signature(settings_class):
     """Return the keyword-only signature ``(self, *, name=default, ...)`` of an estimator taking these settings."""
     parameters = [inspect.Parameter("self", inspect.Parameter.POSITIONAL_OR_KEYWORD)]

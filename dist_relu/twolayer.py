@@ -21,7 +21,7 @@ from .estimator import write_fit
 from .fitstore import MemoryOutput, ZarrOutput
 from .model import TwoLayerRectifiedGaussian
 from .pipeline import Input, Stages, rechunk_by_tasks
-from .plan import plan_fit
+from .plan import FitPlan, plan_fit
 from .scheduler import compute
 from .settings import GaussianFitSettings, OneLayerSettings, PipelineSettings, TwoLayerSettings
 
@@ -106,7 +106,7 @@ class TwoLayerPlan:
     input: Input
     anchor_pass: AnchorPass
     cutoffs: np.ndarray  # (p,): hidden values below are zeros
-    hidden: "plan.FitPlan"  # noqa: F821 (the one-layer plan of M̂)
+    hidden: FitPlan  # the one-layer plan of M̂
     diagnostics: object  # lazy (3,): rows outside the cone, energy outside span(Â), energy
 
     def record(self):
@@ -185,7 +185,7 @@ def _zarr_outputs(out, inputs, overwrite):
         yield ZarrOutput.create(partial), ZarrOutput.create(f"{partial}/hidden")
 
 
-class TwoLayerReLU:
+class TwoLayerReLU(settings.Estimator):
     """Estimate ``A``, ``W Wᵀ`` and ``b`` of ``x = A ReLU(W z + b)``, ``z ~ N(0, I_k)``, from samples.
 
     ``A`` (d × p) has full column rank and any signs; the hidden layer
@@ -195,7 +195,7 @@ class TwoLayerReLU:
 
     Parameters
     ----------
-    {settings}  (each setting's entry, made from its declaration in dist_relu/settings.py)
+    {settings}
 
     Attributes
     ----------
@@ -216,20 +216,7 @@ class TwoLayerReLU:
         How the fit was made, as stored with a saved fit.
     """
 
-    def __init__(self, **fit_settings):
-        unknown = sorted(set(fit_settings) - set(self._names()))
-        if unknown:
-            raise TypeError(f"TwoLayerReLU got unknown setting(s) {', '.join(unknown)}")
-        for name, default, _ in TwoLayerSettings.declared():
-            setattr(self, name, fit_settings.get(name, default))
-
-    @staticmethod
-    def _names():
-        return [name for name, _, _ in TwoLayerSettings.declared()]
-
-    def get_params(self):
-        """Return the settings and their values (as scikit-learn does)."""
-        return {name: getattr(self, name) for name in self._names()}
+    settings_class = TwoLayerSettings  # each setting's entry in Parameters is made from its declaration
 
     def fit(self, X, array="samples", allow_missing_chunks=False, progress=False):
         """Fit the model on samples ``X`` (as ``ReLUGaussian.fit`` takes them) and return ``self``.
@@ -273,10 +260,6 @@ class TwoLayerReLU:
             group.finish(output.attributes)
 
 
-TwoLayerReLU.__init__.__signature__ = settings.signature(TwoLayerSettings)
-TwoLayerReLU.__doc__ = TwoLayerReLU.__doc__.replace(
-    "    {settings}  (each setting's entry, made from its declaration in dist_relu/settings.py)",
-    settings.parameters_doc(TwoLayerSettings))
 
 
 def two_layer_relu(X, **fit_settings):

@@ -1,6 +1,8 @@
 import collections
 import contextlib
+import hashlib
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -24,6 +26,16 @@ def simulated(tmp_path_factory):
         return cache[key]
 
     return make
+
+
+def digest(root):
+    """Return the digest of every file and directory name under ``root``, hidden ones included."""
+    sha = hashlib.sha256()
+    for path in sorted(Path(root).rglob("*")):
+        sha.update(str(path.relative_to(root)).encode())
+        if path.is_file():
+            sha.update(path.read_bytes())
+    return sha.hexdigest()
 
 
 def errors(estimator, weights, bias):

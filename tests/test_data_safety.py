@@ -5,7 +5,6 @@ one line on stderr, and every file under the test's directory byte for byte
 as it was (the digest of the whole tree).
 """
 
-import hashlib
 import json
 import os
 import shutil
@@ -24,6 +23,7 @@ import dist_relu
 from dist_relu.cli import EXIT_BAD_INPUT, EXIT_ENVIRONMENT
 
 from .clusters import free_port, hangup_as_in_a_terminal, wait_for
+from .conftest import digest
 
 pytestmark = pytest.mark.slow  # processes, services or statistical sweeps: not in `make test-fast`
 
@@ -34,16 +34,6 @@ TIMEOUT = 300
 def run(*args, cwd=None, env=None, timeout=TIMEOUT):
     return subprocess.run([DIST_RELU, *map(str, args)], capture_output=True, text=True, cwd=cwd, timeout=timeout,
                           env=None if env is None else {**os.environ, **env})
-
-
-def digest(root):
-    """Return the digest of every file and directory name under ``root``, hidden ones included."""
-    sha = hashlib.sha256()
-    for path in sorted(Path(root).rglob("*")):
-        sha.update(str(path.relative_to(root)).encode())
-        if path.is_file():
-            sha.update(path.read_bytes())
-    return sha.hexdigest()
 
 
 @pytest.fixture(scope="module")

@@ -1,6 +1,5 @@
 """The two-layer model x = A ReLU(W z + b): anchors against the truth, the hidden fit against an oracle, refusals."""
 
-import hashlib
 import subprocess
 import sys
 from pathlib import Path
@@ -15,7 +14,7 @@ from dist_relu import kernels, separable
 from dist_relu.cli import EXIT_BAD_INPUT
 from dist_relu.model import gauged_truth
 
-from .conftest import counting_chunk_reads
+from .conftest import counting_chunk_reads, digest
 
 DIST_RELU = str(Path(sys.executable).with_name("dist-relu"))
 D, P = 20, 5
@@ -146,15 +145,6 @@ def test_the_data_is_read_exactly_twice_and_the_chunking_changes_nothing(two_lay
         np.testing.assert_array_equal(fit.mixing_, stored.mixing_)
         np.testing.assert_allclose(fit.hidden_.covariance, stored.hidden_.covariance, rtol=1e-9, atol=1e-12)
         np.testing.assert_allclose(fit.hidden_.bias, stored.hidden_.bias, rtol=1e-9, atol=1e-12)
-
-
-def digest(root):
-    sha = hashlib.sha256()
-    for path in sorted(Path(root).rglob("*")):
-        sha.update(str(path.relative_to(root)).encode())
-        if path.is_file():
-            sha.update(path.read_bytes())
-    return sha.hexdigest()
 
 
 @pytest.mark.slow
