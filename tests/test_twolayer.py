@@ -193,3 +193,18 @@ def test_the_command_line_writes_the_layout_and_evaluate_reads_it(two_layer_stor
     foreign = subprocess.run([DIST_RELU, "fit", str(path), "--model", "two-layer", "--hidden", "5", "--passes", "2",
                               "--out", str(tmp_path / "two.zarr")], capture_output=True, text=True, timeout=300)
     assert foreign.returncode == EXIT_BAD_INPUT and "--passes does not apply" in foreign.stderr
+
+
+@pytest.mark.slow
+def test_threads_and_a_local_cluster_give_identical_fits(two_layer_store):
+    from distributed import Client, LocalCluster
+
+    path, *_ = two_layer_store(100_000, 2, chunk_rows=20_000)
+    threaded = dist_relu.TwoLayerReLU(hidden=P).fit(path)
+    with LocalCluster(n_workers=2, threads_per_worker=1, processes=True, host="127.0.0.1",
+                      dashboard_address=None) as cluster, Client(cluster):
+        distributed = dist_relu.TwoLayerReLU(hidden=P).fit(path)
+    np.testing.assert_array_equal(distributed.anchor_rows_, threaded.anchor_rows_)
+    np.testing.assert_array_equal(distributed.mixing_, threaded.mixing_)
+    np.testing.assert_array_equal(distributed.hidden_.covariance, threaded.hidden_.covariance)
+    np.testing.assert_array_equal(distributed.hidden_.bias, threaded.hidden_.bias)
