@@ -32,6 +32,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/scaling_n.py
 	$(BIN)/python benchmarks/count_kernels.py
 	$(BIN)/python benchmarks/large_d.py
+	$(BIN)/python benchmarks/two_layer.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

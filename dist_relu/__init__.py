@@ -10,6 +10,8 @@ __version__ = "0.1.0"
 # handles interrupts before numpy, dask and numba are loaded.
 _EXPORTS = {"ReLUGaussian": "estimator", "relu_gaussian": "estimator", "fit_to_zarr": "estimator",
             "merge_fits": "estimator", "TwoLayerReLU": "twolayer", "two_layer_relu": "twolayer",
+            "RandomBiasReLU": "randombias", "random_bias_relu": "randombias", "RandomBiasModel": "model",
+            "random_bias_truth": "simulate",
             "open_fit": "fitstore", "RectifiedGaussian": "model", "TwoLayerRectifiedGaussian": "model",
             "figure1_truth": "simulate", "two_layer_truth": "simulate", "simulate_to_zarr": "simulate"}
 __all__ = sorted(_EXPORTS)

@@ -9,26 +9,45 @@ import shutil
 import sys
 import tempfile
 import time
+import warnings
+from dataclasses import dataclass
 from pathlib import Path
+from typing import Callable
 
 import click
-from click.core import ParameterSource
 import numpy as np
 import zarr
+from click.core import ParameterSource
 
-from . import __version__, io, kernels, storage
-from .entry import interrupted_exit
-from .errors import ENVIRONMENT_ERRNOS, EnvironmentProblem
+from . import __version__, io, kernels, latent, storage
 from .convert import FORMATS
 from .convert import convert as convert_file
+from .entry import interrupted_exit
+from .errors import ENVIRONMENT_ERRNOS, EnvironmentProblem
 from .estimator import fit_to_zarr, merge_fits
 from .fitstore import open_fit
+from .randombias import NotConverged
+from .randombias import fit_to_zarr as fit_random_bias
 from .scheduler import scheduler
-from .settings import OneLayerSettings, TwoLayerSettings
+from .settings import OneLayerSettings, RandomBiasSettings, TwoLayerSettings
+from .kernels import LATENT_LAWS
+from .simulate import (BIAS_KINDS, figure1_truth, open_truth, open_truth_group, random_bias_truth, simulate_to_zarr,
+                       two_layer_truth)
 from .twolayer import fit_to_zarr as fit_two_layer
 
-MODELS = {"one-layer": OneLayerSettings, "two-layer": TwoLayerSettings}
-from .simulate import BIAS_KINDS, figure1_truth, open_truth, simulate_to_zarr, two_layer_truth
+
+@dataclass(frozen=True)
+class Model:
+    """A model of `--model`: its settings, the function that fits it to Zarr, and the option it needs."""
+
+    settings: type
+    fit: Callable
+    needs: str | None = None
+
+
+MODELS = {"one-layer": Model(OneLayerSettings, fit_to_zarr),
+          "two-layer": Model(TwoLayerSettings, fit_two_layer, "hidden"),
+          "random-bias": Model(RandomBiasSettings, fit_random_bias, "rank")}
 
 EXIT_BAD_INPUT = 2
 EXIT_INTERNAL = 3
@@ -252,9 +271,15 @@ def _log_to_stderr():
 @click.option("--dtype", type=click.Choice(["float32", "float64"]), default="float32", show_default=True)
 @click.option("--model", type=click.Choice(list(MODELS)), default="one-layer", show_default=True,
               help="one-layer: x = ReLU(W z + b). two-layer: x = A ReLU(W z + b) with A (d × hidden) standard "
-              "Gaussian and W, b of the paper's Figure 1 for the hidden layer (square W: separable).")
+              "Gaussian and W, b of the paper's Figure 1 for the hidden layer (square W: separable). "
+              "random-bias: y = ReLU(A c + b), A (d × rank) and b standard normal, c of the law --latent.")
 @click.option("--hidden", type=click.IntRange(min=1), default=None,
               help="Hidden units of --model two-layer (required there).")
+@click.option("--rank", type=click.IntRange(min=1), default=None,
+              help="Latent dimension of --model random-bias (required there).")
+@click.option("--latent", type=click.Choice(LATENT_LAWS), default="uniform", show_default=True,
+              help="The latents' law for --model random-bias: uniform on [−1, 1], Student t₃, sparse "
+              "(Bernoulli(0.3) × normal) or Gaussian.")
 @click.option("--noise", type=click.FloatRange(min=0), default=0.0, show_default=True,
               help="Standard deviation of Gaussian noise added to every value (the one-layer model's samples "
               "then have negative values, which its fit refuses).")
@@ -262,8 +287,8 @@ def _log_to_stderr():
 @_scheduler_options
 @_progress_option
 @_handle_errors
-def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtype, model, hidden, noise, overwrite,
-             address, workers, progress, **tls):
+def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtype, model, hidden, rank, latent,
+             noise, overwrite, address, workers, progress, **tls):
     """Simulate samples of ReLU(W z + b) into a Zarr group, with the truth beside them.
 
     W and b are drawn as in the paper's Figure 1: W an orthonormal matrix
@@ -275,18 +300,25 @@ def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtyp
     Example:
       dist-relu simulate --n 1000000 --d 50 --out sim.zarr --workers 2
       dist-relu simulate --n 100000 --d 20 --model two-layer --hidden 5 --out mixed.zarr
+      dist-relu simulate --n 20000 --d 50 --model random-bias --rank 3 --latent t3 --out rb.zarr
     """
-    if (model == "two-layer") != (hidden is not None):
-        raise ValueError("--hidden goes with --model two-layer, and --model two-layer needs --hidden")
-    mixing = None
+    for option, value, owner in (("--hidden", hidden, "two-layer"), ("--rank", rank, "random-bias")):
+        if (model == owner) != (value is not None):
+            raise ValueError(f"{option} goes with --model {owner}, and --model {owner} needs {option}")
+    mixing, law = None, "gaussian"
     if model == "two-layer":
         mixing, weights, bias = two_layer_truth(dimension, hidden, kappa=kappa, seed=seed, bias=bias_kind)
+    elif model == "random-bias":
+        if rank >= dimension:
+            raise ValueError(f"--rank must be below --d ({dimension})")
+        (weights, bias), law = random_bias_truth(dimension, rank, seed=seed), latent
     else:
         weights, bias = figure1_truth(dimension, kappa=kappa, seed=seed, bias=bias_kind)
     start = time.perf_counter()
     with scheduler(address, workers, log=_log, **tls):
         simulate_to_zarr(out, weights, bias, n_samples, chunk_rows=chunk_rows, seed=seed, dtype=dtype,
-                         overwrite=overwrite, progress=_want_progress(progress), mixing=mixing, noise=noise)
+                         overwrite=overwrite, progress=_want_progress(progress), mixing=mixing, noise=noise,
+                         latent=law)
     _log(f"wrote {n_samples:,} samples × {dimension} coordinates to {out} in {time.perf_counter() - start:.1f} s")
 
 
@@ -299,8 +331,9 @@ def simulate(n_samples, dimension, out, kappa, bias_kind, seed, chunk_rows, dtyp
               help="Read chunks absent from the store as the fill value (for writers that skip all-zero chunks).")
 @click.option("--model", type=click.Choice(list(MODELS)), default="one-layer", show_default=True,
               help="one-layer: x = ReLU(W z + b). two-layer: x = A ReLU(W z + b), A of any sign, found by "
-              "separable NMF in a first read (needs --hidden).")
-@_settings_options(OneLayerSettings, TwoLayerSettings)
+              "separable NMF in a first read (needs --hidden). random-bias: y = ReLU(A c + b) with arbitrary "
+              "latents c and a random bias (Mazumdar and Rawat; needs --rank).")
+@_settings_options(*(model.settings for model in MODELS.values()))
 @click.option("--update", metavar="FIT", default=None,
               help="Add SAMPLES to the one-pass fit FIT: count them at FIT's thresholds, with its settings, and "
               "add FIT's statistics and counts. The result is the fit of both, without rereading FIT's data.")
@@ -342,47 +375,52 @@ def fit(samples, out, array, allow_missing_chunks, model, update, thresholds_fro
     """
     if update and thresholds_from:
         raise ValueError("--update already counts at the thresholds of the fit it adds to; drop --thresholds-from")
-    if model == "two-layer" and options["hidden"] is None:
-        raise ValueError("--model two-layer needs --hidden: the number of hidden units p")
-    settings_class = MODELS[model]
-    fit_settings = {name: options[name] for name, _, _ in settings_class.declared()}
+    chosen = MODELS[model]
+    if chosen.needs and options[chosen.needs] is None:
+        raise ValueError(f"--model {model} needs --{chosen.needs}")
+    fit_settings = {name: options[name] for name, _, _ in chosen.settings.declared()}
     context = click.get_current_context()
     given = [name for name in options if context.get_parameter_source(name) is ParameterSource.COMMANDLINE]
     foreign = [f"--{name.replace('_', '-')}" for name in given if name not in fit_settings]
-    if model == "two-layer":
-        foreign += [option for option, value in (("--update", update), ("--thresholds-from", thresholds_from),
-                                                  ("--checkpoint", checkpoint)) if value]
+    one_layer_only = {"checkpoint": checkpoint, "update": update, "thresholds_from": thresholds_from}
+    if model != "one-layer":
+        foreign += [f"--{name.replace('_', '-')}" for name, value in one_layer_only.items() if value]
+        one_layer_only = {}
     if foreign:
         raise ValueError(f"{', '.join(foreign)} do{'es' * (len(foreign) == 1)} not apply to --model {model}")
     tls = {name: options[name] for name in options if name.startswith("tls_")}
-    with scheduler(address, workers, log=_log, **tls):
-        if model == "two-layer":
-            attributes = fit_two_layer(samples, out, array=array, allow_missing_chunks=allow_missing_chunks,
-                                       overwrite=overwrite, progress=_want_progress(progress), **fit_settings)
-        else:
-            attributes = fit_to_zarr(
-                samples, out, array=array, allow_missing_chunks=allow_missing_chunks, overwrite=overwrite,
-                progress=_want_progress(progress), checkpoint=checkpoint, update=update,
-                thresholds_from=thresholds_from, **fit_settings,
-            )
+    with scheduler(address, workers, log=_log, **tls), warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", NotConverged)
+        attributes = chosen.fit(samples, out, array=array, allow_missing_chunks=allow_missing_chunks,
+                                overwrite=overwrite, progress=_want_progress(progress), **one_layer_only,
+                                **fit_settings)
+    for warning in caught:
+        if issubclass(warning.category, NotConverged):
+            _log(f"warning: {warning.message}")
     _print_summary(out, attributes, as_json)
 
 
 def _print_summary(out, attributes, as_json):
     group = zarr.open_group(storage.location(out).url, mode="r")  # the per-coordinate arrays only: Σ̂ may be large
     two_layer = attributes["model"] == "two_layer_relu"
+    random_bias = attributes["model"] == "random_bias_relu"
     if two_layer:
         anchors, group = group["anchor_rows"][:], group["hidden"]
     status = group["status"][:]
+    status_names = latent.STATUS_NAMES if random_bias else kernels.STATUS_NAMES
     summary = {
         "out": str(out),
         "n_samples": attributes["n_samples"],
         "n_coordinates": attributes["n_coordinates"],
         "seconds": attributes["seconds"],
         "timings": attributes["timings"],
-        "status": {kernels.STATUS_NAMES[code]: int((status == code).sum()) for code in np.unique(status)},
-        "min_positive_fraction": float(group["positive_fraction"][:].min()),
+        "status": {status_names[code]: int((status == code).sum()) for code in np.unique(status)},
     }
+    if random_bias:
+        summary.update(rank=attributes["rank"], n_passes=attributes["n_passes"], converged=attributes["converged"],
+                       loss=[float(loss) for loss in group["loss"][:]], change=[float(c) for c in group["change"][:]])
+    else:
+        summary["min_positive_fraction"] = float(group["positive_fraction"][:].min())
     if two_layer:
         summary.update(hidden=attributes["hidden"], anchor_rows=[int(row) for row in anchors],
                        outside_fraction=attributes["outside_fraction"], energy_outside=attributes["energy_outside"])
@@ -395,6 +433,12 @@ def _print_summary(out, attributes, as_json):
                    f"({attributes['method']}, {attributes['inversion']})")
         click.echo(f"anchors: rows {', '.join(map(str, summary['anchor_rows']))}; rows outside their cone: "
                    f"{summary['outside_fraction']:.2%}; energy outside their span: {summary['energy_outside']:.2e}")
+    elif random_bias:
+        click.echo(f"fitted {summary['n_samples']:,} samples × {summary['n_coordinates']} coordinates to "
+                   f"y = ReLU(A c + b) of rank {attributes['rank']} in {summary['seconds']:.1f} s, "
+                   f"{attributes['n_passes']} pass{'es' * (attributes['n_passes'] > 1)} after the pilot"
+                   + ("" if attributes["converged"] else " (not converged)"))
+        click.echo("span(Â) moved by: " + ", ".join(f"{change:.1e}" for change in summary["change"]))
     else:
         click.echo(
             f"fitted {summary['n_samples']:,} samples × {summary['n_coordinates']} coordinates "
@@ -403,10 +447,10 @@ def _print_summary(out, attributes, as_json):
         )
     click.echo("stages: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in summary["timings"].items()))
     click.echo("coordinates: " + ", ".join(f"{count} {name}" for name, count in summary["status"].items()))
-    for code in np.unique(status[status != kernels.STATUS_OK]):
+    for code in np.unique(status[status != 0]):
         columns = np.flatnonzero(status == code)
         listed = ", ".join(map(str, columns[:20])) + (f" and {columns.size - 20} more" if columns.size > 20 else "")
-        click.echo(f"  {kernels.STATUS_NAMES[code]}: column{'s' if columns.size > 1 else ''} {listed}")
+        click.echo(f"  {status_names[code]}: column{'s' if columns.size > 1 else ''} {listed}")
     if attributes.get("checkpoint") and attributes["checkpoint"]["blocks_resumed"]:
         click.echo(f"resumed {attributes['checkpoint']['blocks_resumed']:,} blocks of partial sums "
                    f"from {attributes['checkpoint']['url']}")
@@ -510,9 +554,12 @@ def evaluate(fit_path, truth, as_json):
       dist-relu evaluate fit.zarr --truth sim.zarr
     """
     model, group = open_fit(fit_path)
-    truth_values = open_truth(truth)
     fitted = group.attrs.get("model", "relu_gaussian")
-    if (fitted == "two_layer_relu") != (len(truth_values) == 3):
+    if fitted == "random_bias_relu":
+        truth_values = (open_truth_group(truth)["weights"][:],)
+    else:
+        truth_values = open_truth(truth)
+    if fitted != "random_bias_relu" and (fitted == "two_layer_relu") != (len(truth_values) == 3):
         raise io.InputError(f"{fit_path} is a fit of the {fitted} model; {truth} holds the truth of the "
                             f"{'two' if len(truth_values) == 3 else 'one'}-layer model")
     try:
@@ -523,7 +570,8 @@ def evaluate(fit_path, truth, as_json):
         click.echo(json.dumps(metrics, indent=2))
     else:
         for name, value in metrics.items():
-            click.echo(f"{name:>10} = {value:.3e}" if name == "anchor_sin_max" else f"{name:>10} = {value:.5f}")
+            click.echo(f"{name:>10} = {value:.3e}" if name in ("anchor_sin_max", "subspace_sine") else
+                       f"{name:>10} = {value}" if isinstance(value, int) else f"{name:>10} = {value:.5f}")
 
 
 @main.command()

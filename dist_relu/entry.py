@@ -7,6 +7,7 @@ stderr and the exit code 128 + the signal's number, never a traceback.
 """
 
 import contextlib
+import os
 import signal
 import sys
 import threading
@@ -57,9 +58,16 @@ def interrupted_exit(interrupt, what="no output was written"):
     sys.exit(128 + number)
 
 
+# As distributed's nanny does for its worker processes: dask's threads are the parallelism, so BLAS in each
+# task runs on one thread (not one per core in every task at once). Settings in the environment win.
+ONE_BLAS_THREAD = {"OMP_NUM_THREADS": "1", "MKL_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1"}
+
+
 def run():
     """Run the command line, with interrupts handled from the start."""
     install_interrupt_handlers()
+    for name, value in ONE_BLAS_THREAD.items():
+        os.environ.setdefault(name, value)  # before numpy loads its BLAS
     try:
         from .cli import main
     except KeyboardInterrupt as interrupt:

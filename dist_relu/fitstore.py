@@ -27,13 +27,14 @@ import numpy as np
 import zarr
 
 from . import __version__, graph, io, kernels, storage
-from .model import RectifiedGaussian, TwoLayerRectifiedGaussian
+from .model import RandomBiasModel, RectifiedGaussian, TwoLayerRectifiedGaussian
 from .scheduler import compute
 
 FORMAT = storage.FIT_FORMAT
 FORMAT_VERSION = 1
 MODEL = "relu_gaussian"  # x = ReLU(W z + b), z ~ N(0, I)
 TWO_LAYER_MODEL = "two_layer_relu"  # x = A ReLU(W z + b): mixing, anchor_rows, and hidden/ in this layout
+RANDOM_BIAS_MODEL = "random_bias_relu"  # y = ReLU(A c + b): components, mixing, bias, status, loss, change
 
 
 @dataclass(frozen=True)
@@ -175,7 +176,7 @@ def open_fit(path):
 
     Returns
     -------
-    model : RectifiedGaussian or TwoLayerRectifiedGaussian
+    model : RectifiedGaussian, TwoLayerRectifiedGaussian or RandomBiasModel
         The fitted distribution, read into memory.
     group : zarr.Group
         The group, read-only: its arrays and attributes.
@@ -184,6 +185,8 @@ def open_fit(path):
     if group.attrs.get("model") == TWO_LAYER_MODEL:
         hidden = group["hidden"]
         return TwoLayerRectifiedGaussian(group["mixing"][:], hidden["covariance"][:], hidden["bias"][:]), group
+    if group.attrs.get("model") == RANDOM_BIAS_MODEL:
+        return RandomBiasModel(group["mixing"][:], group["bias"][:], group["status"][:]), group
     return RectifiedGaussian(group["covariance"][:], group["bias"][:]), group
 
 

@@ -14,13 +14,15 @@ never one long serial fold); the lower block triangle is the upper one
 transposed, so only ``B(B+1)/2`` block pairs are counted.
 """
 
+import functools
+
 import dask.array as da
 import numpy as np
 from dask import delayed
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from . import kernels, compiled, separable, sgd
+from . import kernels, compiled, latent, separable, sgd
 
 
 def _statistics_partial(chunk_pass):
@@ -314,21 +316,23 @@ def covariance(counts, n_samples, margins, scale):
     return _mirror_upper_blocks(full)
 
 
-def _simulated_block(weights, bias, seed, dtype, mixing, noise, block_info=None):
+def _simulated_block(weights, bias, seed, dtype, mixing, noise, latent, block_info=None):
     info = block_info[None]
     rows = info["chunk-shape"][0]
-    return kernels.relu_gaussian_chunk(rows, weights, bias, seed, info["chunk-location"][0], dtype, mixing, noise)
+    return kernels.relu_gaussian_chunk(rows, weights, bias, seed, info["chunk-location"][0], dtype, mixing, noise,
+                                       latent)
 
 
-def simulated_samples(n_samples, weights, bias, chunk_rows, seed, dtype=np.float32, mixing=None, noise=0.0):
+def simulated_samples(n_samples, weights, bias, chunk_rows, seed, dtype=np.float32, mixing=None, noise=0.0,
+                      latent="gaussian"):
     """Return a lazy ``(n, d)`` array of samples, one seeded draw per row chunk (``kernels.relu_gaussian_chunk``).
 
     ``ReLU(W z + b)``, or ``A ReLU(W z + b)`` with ``mixing`` ``A``; plus
-    Gaussian noise of standard deviation ``noise``.
+    Gaussian noise of standard deviation ``noise``; latents of the law ``latent``.
     """
     d = weights.shape[0] if mixing is None else mixing.shape[0]
     return da.map_blocks(
-        _simulated_block, weights, bias, seed, np.dtype(dtype), mixing, noise,
+        _simulated_block, weights, bias, seed, np.dtype(dtype), mixing, noise, latent,
         chunks=(da.core.normalize_chunks(chunk_rows, (n_samples,))[0], (d,)),
         dtype=dtype, token=f"simulate-{seed}",
         meta=np.empty((0, 0), dtype=dtype),
@@ -454,8 +458,27 @@ def first_pass_sums(passes, d, split_every=8):
             sum_over_rows(rows, split_every, "first-rows"))
 
 
-def _select_union(p, keep, tie, *parts):
-    return _one_object(separable.select_candidates(separable.union(*(part[0] for part in parts)), p, keep, tie))
+def _combine(combine, *parts):
+    return _one_object(combine(*(part[0] for part in parts)))
+
+
+def reduce_objects(objects, combine, split_every, name):
+    """Return a lazy 1-element object array: ``objects`` (one per slot) reduced by ``combine`` as a tree.
+
+    Each node of fan-in ``split_every`` calls ``combine(*children)``, in
+    slot order, so the result does not depend on the scheduler.
+    """
+    level, depth = objects, 0
+    while level.numblocks[0] > 1:
+        depth += 1
+        layer_name = f"{name}-{depth}-{tokenize(level.name, combine, split_every)}"
+        count = level.numblocks[0]
+        layer = {(layer_name, node): (_combine, combine, *[(level.name, child) for child in
+                                                            range(start, min(start + split_every, count))])
+                 for node, start in enumerate(range(0, count, split_every))}
+        graph = HighLevelGraph.from_collections(layer_name, layer, dependencies=[level])
+        level = da.Array(graph, layer_name, chunks=((1,) * len(layer),), meta=np.empty((0,), dtype=object))
+    return level
 
 
 def _candidates_of(first):
@@ -470,17 +493,8 @@ def candidate_tree(passes, p, keep, tie, split_every=8):
     the relative ``tie`` broken by the least row index).
     """
     level = passes.map_blocks(_candidates_of, dtype=object, token="candidates", meta=np.empty((0,), dtype=object))
-    depth = 0
-    while level.numblocks[0] > 1:
-        depth += 1
-        name = f"candidate-tree-{depth}-{tokenize(level.name, p, keep, tie, split_every)}"
-        count = level.numblocks[0]
-        layer = {(name, node): (_select_union, p, keep, tie, *[(level.name, child) for child in
-                                                         range(start, min(start + split_every, count))])
-                 for node, start in enumerate(range(0, count, split_every))}
-        graph = HighLevelGraph.from_collections(name, layer, dependencies=[level])
-        level = da.Array(graph, name, chunks=((1,) * len(layer),), meta=np.empty((0,), dtype=object))
-    return level
+    return reduce_objects(level, functools.partial(separable.select_union, p=p, keep=keep, tie=tie), split_every,
+                          "candidate-tree")
 
 
 def _hidden_pass_block(x, mixing, projection, cutoffs):
@@ -511,3 +525,28 @@ def hidden_layer(samples, mixing, projection, cutoffs, split_every=8):
     diagnostics = passes.map_blocks(_hidden_diagnostics_partial, new_axis=1, chunks=(passes.chunks[0], (3,)),
                                     dtype=np.float64, token="hidden-diagnostics", meta=np.empty((0, 0)))
     return values, sum_over_rows(diagnostics, split_every, "hidden-diagnostics")
+
+
+# --------------------------------------------------------------------------
+# The random-bias model: a pass of alternating least squares
+# --------------------------------------------------------------------------
+
+
+def _normal_equations_block(x, factors, steps):
+    return _one_object(latent.normal_equations(x, factors, steps))
+
+
+def normal_equations(samples, factors, steps, split_every=8):
+    """Return a lazy 1-element object array: the ``latent.NormalEquations`` of all rows of ``samples``.
+
+    One task per row chunk of whole rows solves its latents given ``factors``
+    and sums its part; the parts add as a tree of fan-in ``split_every``.
+    Memory per task: the chunk, ``8rd`` for it in float64 and its masks, and
+    ``8r(k+1)²`` and ``8d(k+1)²`` for the outer products and their sums.
+    """
+    if samples.numblocks[1] != 1:
+        raise ValueError("normal_equations needs chunks of whole rows")
+    parts = da.map_blocks(_normal_equations_block, samples, factors, steps, drop_axis=1,
+                          chunks=((1,) * samples.numblocks[0],), dtype=object, token="normal-equations",
+                          meta=np.empty((0,), dtype=object))
+    return reduce_objects(parts, latent.add, split_every, "normal-equations-tree")

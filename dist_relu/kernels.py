@@ -196,17 +196,36 @@ def default_pilot_rows(n_rows, row_bytes):
     return int(min(n_rows, 100_000, max(10_000, n_rows // 20), max(1_000, PILOT_BYTES // row_bytes)))
 
 
-def relu_gaussian_chunk(rows, weights, bias, seed, chunk_index, dtype=np.float32, mixing=None, noise=0.0):
+LATENT_LAWS = ("gaussian", "uniform", "t3", "sparse")
+
+
+def draw_latents(rng, rows, k, law="gaussian"):
+    """Return ``rows × k`` latents: standard normal, uniform on [−1, 1], Student t₃, or Bernoulli(0.3) × normal."""
+    if law == "gaussian":
+        return rng.standard_normal((rows, k))
+    if law == "uniform":
+        return rng.uniform(-1.0, 1.0, (rows, k))
+    if law == "t3":
+        return rng.standard_t(3, (rows, k))
+    if law == "sparse":
+        return (rng.random((rows, k)) < 0.3) * rng.standard_normal((rows, k))
+    raise ValueError(f"latent must be one of {', '.join(LATENT_LAWS)}; got {law!r}")
+
+
+def relu_gaussian_chunk(rows, weights, bias, seed, chunk_index, dtype=np.float32, mixing=None, noise=0.0,
+                        latent="gaussian"):
     """Return ``rows`` samples ``ReLU(W z + b)`` drawn from a generator seeded by ``(seed, chunk_index)``.
 
     Seeding by the chunk's index makes the data independent of which worker
     draws which chunk, and of the order they run in. With ``mixing`` ``A``
     (d × p), the samples are ``A ReLU(W z + b)`` (the two-layer model); with
     ``noise`` σ, ``N(0, σ² I)`` is added, drawn after ``z`` from the same
-    generator (so the noiseless draws are the same).
+    generator (so the noiseless draws are the same). ``latent`` other than
+    "gaussian" draws ``z`` from another law (``draw_latents``): Mazumdar and
+    Rawat's random-bias model ``ReLU(A c + b)``, with ``weights`` as ``A``.
     """
     rng = np.random.default_rng([seed, chunk_index])
-    z = rng.standard_normal((rows, weights.shape[1]))
+    z = draw_latents(rng, rows, weights.shape[1], latent)
     samples = np.maximum(0.0, z @ weights.T + bias)
     if mixing is not None:
         samples = samples @ mixing.T

@@ -122,6 +122,17 @@ class RectifiedGaussian:
         }
 
 
+def principal_sine(first, second):
+    """Return the sine of the largest principal angle between the column spaces of ``first`` and ``second``.
+
+    The largest singular value of ``(I − Q₁Q₁ᵀ) Q₂``, accurate down to the
+    rounding of the bases (``sqrt(1 − cos²)`` would stop at about 1.5·10⁻⁸).
+    """
+    q1, _ = np.linalg.qr(first)
+    q2, _ = np.linalg.qr(second)
+    return float(min(1.0, np.linalg.norm(q2 - q1 @ (q1.T @ q2), ord=2)))
+
+
 def match_columns(estimate, truth):
     """Return ``(order, sines)``: the truth's column matched to each column of ``estimate``, and their angles' sines.
 
@@ -197,3 +208,31 @@ def gauged_truth(mixing, truth_mixing, truth_covariance, truth_bias):
     scale = np.linalg.norm(truth_mixing, axis=0)[order]
     covariance = np.asarray(truth_covariance, dtype=np.float64)[np.ix_(order, order)] * np.outer(scale, scale)
     return covariance, np.asarray(truth_bias, dtype=np.float64)[order] * scale
+
+
+class RandomBiasModel:
+    """Mazumdar and Rawat's ``y = ReLU(A c + b)``, as fitted: ``Â``, ``b̂`` and which coordinates are identifiable.
+
+    Parameters
+    ----------
+    mixing : ndarray (d, k)
+    bias : ndarray (d,)
+    status : ndarray (d,) of int8
+        0 where the coordinate's row of ``A`` is identifiable (``latent.STATUS_OK``).
+    """
+
+    def __init__(self, mixing, bias, status):
+        self.mixing = np.asarray(mixing, dtype=np.float64)
+        self.bias = np.asarray(bias, dtype=np.float64)
+        self.status = np.asarray(status)
+
+    def errors(self, truth_mixing):
+        """Return ``subspace_sine``: the sine of the largest principal angle between ``span(Â)`` and ``span(A)``.
+
+        On the coordinates the fit found identifiable; ``identifiable`` is their number.
+        """
+        truth_mixing = np.asarray(truth_mixing, dtype=np.float64)
+        if truth_mixing.shape != self.mixing.shape:
+            raise ValueError(f"the truth's A is {truth_mixing.shape}; the fit's is {self.mixing.shape}")
+        ok = self.status == 0
+        return {"subspace_sine": principal_sine(self.mixing[ok], truth_mixing[ok]), "identifiable": int(ok.sum())}

@@ -97,6 +97,11 @@ def plan_layout(samples, column_block="auto", memory_per_worker=None, split_ever
     return Layout(blocked, passed, memory)
 
 
+def whole_rows(samples):
+    """Return ``samples`` in chunks of whole rows (rechunked if stored in column blocks), for per-row kernels."""
+    return samples if samples.numblocks[1] == 1 else samples.rechunk({1: samples.shape[1]})
+
+
 def first_rows(samples, pilot_rows=None):
     """Return how many first rows make the pilot: ``pilot_rows``, or ``kernels.default_pilot_rows``, at most n."""
     n, d = samples.shape

@@ -161,12 +161,13 @@ def compute(*collections, progress=False):
         # A batch system stops the whole job at once (SLURM at a time limit signals every step): the
         # scheduler can be gone a moment before this process's own SIGTERM arrives. Wait for it, so that
         # the command ends as interrupted (the interrupt is raised from the sleep) and not as failed.
-        time.sleep(LOST_SCHEDULER_GRACE)
+        time.sleep(float(os.environ.get("DIST_RELU_LOST_SCHEDULER_GRACE", LOST_SCHEDULER_GRACE)))
         raise SchedulerLost(f"lost the dask scheduler at {client.scheduler.address} during the computation: "
                             "it stopped, or cannot be reached") from error
 
 
-# Seconds to wait, after the scheduler's loss, for an interrupt that may come with it.
+# Seconds to wait, after the scheduler's loss, for an interrupt that may come with it; the environment
+# variable DIST_RELU_LOST_SCHEDULER_GRACE sets another (deploy/README.md).
 LOST_SCHEDULER_GRACE = 2.0
 
 

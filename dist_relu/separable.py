@@ -82,14 +82,16 @@ def successive_projection(points, p, keep=1, rows=None, tie=0.0):
     chosen, candidates = [], []
     for _ in range(min(p, len(residual))):
         norms = np.sqrt(np.einsum("ij,ij->i", residual, residual))
-        order = np.argsort(norms)[::-1]
-        if norms[order[0]] <= 0:
+        largest = norms.max()
+        if largest <= 0:
             break
-        tied = np.flatnonzero(norms >= norms[order[0]] * (1 - tie))
+        tied = np.flatnonzero(norms >= largest * (1 - tie))
         pick = tied[np.argmin(rows[tied])]
         chosen.append(pick)
         candidates.append(pick)
-        candidates.extend(order[: keep - 1])
+        more = min(keep - 1, len(norms))  # the next largest, found without a full sort
+        if more:
+            candidates.extend(np.argpartition(norms, len(norms) - more)[len(norms) - more:])
         u = residual[pick] / norms[pick]
         residual -= np.outer(residual @ u, u)
     return np.array(chosen, dtype=np.int64), np.unique(np.array(candidates, dtype=np.int64))
@@ -134,6 +136,11 @@ def union(*parts):
     """Return the candidates of all ``parts`` together."""
     return Candidates(np.concatenate([part.rows for part in parts]),
                       np.concatenate([part.values for part in parts]))
+
+
+def select_union(*parts, p, keep, tie):
+    """Return the ``Candidates`` that ``select_candidates`` keeps of the union of ``parts``: a node of the tree."""
+    return select_candidates(union(*parts), p, keep, tie)
 
 
 class Anchors(NamedTuple):

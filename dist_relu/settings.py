@@ -316,3 +316,26 @@ class TwoLayerSettings(PipelineSettings, GaussianFitSettings):
     refine_rows: int | None = setting(
         None, "Two-layer model: the first rows kept in memory to refit the anchors' facets when the data hold "
         "noise. Default: a million, and no more than 64 MiB of rows.", minimum=2, others=(None,))
+
+
+@dataclass(frozen=True, kw_only=True)
+class RandomBiasSettings(PipelineSettings):
+    """The settings of Mazumdar and Rawat's random-bias model ``y = ReLU(A c + b)`` (``RandomBiasReLU``).
+
+    Its pilot (``pilot_rows``) is the rows its alternating least squares
+    starts on, in memory; default: 40 per coordinate, at least 2,000.
+    """
+
+    rank: int | None = setting(
+        None, "Random-bias model: the latent dimension k, the rank of A (required for that model; 1 ≤ k < d).",
+        minimum=1)
+    max_passes: int = setting(
+        5, "Random-bias model: the most passes over the data after the pilot; a fit that has not converged "
+        "by then is returned with a warning.", minimum=1)
+    tolerance: float = setting(
+        1e-7, "Random-bias model: the fit has converged when span(Â) moves by a sine below this in a pass.",
+        kind=float, minimum=0, open_minimum=True)
+    latent_steps: int = setting(
+        5, "Random-bias model: active-set least-squares steps per sample's latent.", minimum=1)
+    pilot_iterations: int = setting(
+        200, "Random-bias model: rounds of alternating least squares on the pilot, in memory.", minimum=1)

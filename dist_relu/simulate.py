@@ -2,7 +2,7 @@
 
 import numpy as np
 
-from . import graph, io, storage
+from . import graph, io, kernels, storage
 
 BIAS_KINDS = ("clipped", "gaussian")
 
@@ -46,7 +46,7 @@ def figure1_truth(d, kappa=1.0, seed=0, bias="clipped"):
 
 
 def simulate_to_zarr(out, weights, bias, n_samples, chunk_rows=65_536, seed=0, dtype="float32",
-                     overwrite=False, progress=False, mixing=None, noise=0.0):
+                     overwrite=False, progress=False, mixing=None, noise=0.0, latent="gaussian"):
     """Write ``n_samples`` samples of ``ReLU(W z + b)`` (or ``A ReLU(W z + b)``) and the truth as a Zarr group at ``out``.
 
     Chunks are drawn in parallel on the current scheduler, each from a
@@ -73,6 +73,10 @@ def simulate_to_zarr(out, weights, bias, n_samples, chunk_rows=65_536, seed=0, d
         ``bias`` are then the hidden layer's (p × k, p).
     noise : float, default 0
         Standard deviation of Gaussian noise added to every value.
+    latent : {"gaussian", "uniform", "t3", "sparse"}, default "gaussian"
+        The law of the latents ``z`` (``kernels.draw_latents``): other than
+        Gaussian, the samples are Mazumdar and Rawat's random-bias model
+        ``ReLU(A c + b)`` with ``A`` = ``weights``.
 
     Returns
     -------
@@ -93,8 +97,11 @@ def simulate_to_zarr(out, weights, bias, n_samples, chunk_rows=65_536, seed=0, d
         raise ValueError("n_samples and chunk_rows must be positive")
     if not noise >= 0:
         raise ValueError(f"noise must be ≥ 0; got {noise}")
-    samples = graph.simulated_samples(n_samples, weights, bias, chunk_rows, seed, dtype, mixing, noise)
-    model = "x = ReLU(W z + b), z ~ N(0, I)" if mixing is None else "x = A ReLU(W z + b), z ~ N(0, I)"
+    if latent not in kernels.LATENT_LAWS:
+        raise ValueError(f"latent must be one of {', '.join(kernels.LATENT_LAWS)}; got {latent!r}")
+    samples = graph.simulated_samples(n_samples, weights, bias, chunk_rows, seed, dtype, mixing, noise, latent)
+    law = "z ~ N(0, I)" if latent == "gaussian" else f"z ~ {latent}"
+    model = f"x = ReLU(W z + b), {law}" if mixing is None else f"x = A ReLU(W z + b), {law}"
     attributes = {
         "format": storage.SAMPLES_FORMAT, "generator": "dist_relu.simulate",
         "model": model + (f" + N(0, {noise:g}² I)" if noise else ""),
@@ -106,7 +113,7 @@ def simulate_to_zarr(out, weights, bias, n_samples, chunk_rows=65_536, seed=0, d
         if mixing is not None:
             truth["mixing"] = mixing
         io.write_group(f"{partial}/truth", truth, {"note": "the parameters the samples were drawn from",
-                                                   "noise": float(noise)})
+                                                   "noise": float(noise), "latent": latent})
     return attributes
 
 
@@ -119,21 +126,32 @@ def two_layer_truth(d, hidden, kappa=1.0, seed=0, bias="clipped"):
     return np.random.default_rng([seed, 2]).standard_normal((d, hidden)), weights, b
 
 
-def open_truth(path):
-    """Return the truth stored beside simulated samples at ``path``.
+def random_bias_truth(d, rank, seed=0):
+    """Return ``(A, b)`` of a random-bias truth: both standard normal, ``A`` d × ``rank``."""
+    rng = np.random.default_rng([seed, 3])
+    return rng.standard_normal((d, rank)), rng.standard_normal(d)
 
-    ``(covariance, bias)``, or ``(mixing, covariance, bias)`` for samples of
-    the two-layer model.
-    """
+
+def open_truth_group(path):
+    """Return the ``truth`` group stored beside simulated samples at ``path``."""
     import zarr
 
     where = storage.location(path)
     if not where.exists():
         raise io.InputError(f"{path}: no such file or directory")
     try:
-        truth = zarr.open_group(where.url, mode="r")["truth"]
+        return zarr.open_group(where.url, mode="r")["truth"]
     except (KeyError, FileNotFoundError, zarr.errors.GroupNotFoundError) as error:
         raise io.InputError(f"{path} holds no truth/ group: it was not written by dist-relu simulate") from error
+
+
+def open_truth(path):
+    """Return the truth stored beside simulated samples at ``path``.
+
+    ``(covariance, bias)``, or ``(mixing, covariance, bias)`` for samples of
+    the two-layer model.
+    """
+    truth = open_truth_group(path)
     if "mixing" in truth:
         return truth["mixing"][:], truth["covariance"][:], truth["bias"][:]
     return truth["covariance"][:], truth["bias"][:]

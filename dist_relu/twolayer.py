@@ -20,7 +20,7 @@ from . import fitstore, graph, io, separable, settings, storage
 from .estimator import write_fit
 from .fitstore import MemoryOutput, ZarrOutput
 from .model import TwoLayerRectifiedGaussian
-from .pipeline import Input, Stages, rechunk_by_tasks
+from .pipeline import Input, Stages, rechunk_by_tasks, whole_rows
 from .plan import FitPlan, plan_fit
 from .scheduler import compute
 from .settings import GaussianFitSettings, OneLayerSettings, PipelineSettings, TwoLayerSettings
@@ -48,11 +48,6 @@ class AnchorPass:
         """Return the root-mean-square (p,) of each hidden unit's values ``M̂ = X Â⁺ᵀ``, from the Gram."""
         projection = separable.hidden_projection(self.anchors.mixing)
         return np.sqrt(np.maximum(np.einsum("il,ij,jl->l", projection, self.gram, projection), 0) / self.rows_kept)
-
-
-def whole_rows(samples):
-    """Return ``samples`` in chunks of whole rows, as the two-layer passes read them."""
-    return samples if samples.numblocks[1] == 1 else samples.rechunk({1: samples.shape[1]})
 
 
 def find_anchors(input, fit_settings, stages, progress=False):

@@ -66,3 +66,11 @@ def test_large_d_benchmark_quick(tmp_path):
     assert set(record["timings"]) == {"pass", "inversion", "write"}
     assert record["peak_above_baseline_mb"] > 0 and record["errors"]["err_sigma"] < 0.05
     assert (tmp_path / "large_d_quick.png").stat().st_size > 10_000
+
+
+def test_two_layer_benchmark_quick(tmp_path):
+    subprocess.run([sys.executable, str(BENCHMARKS / "two_layer.py"), "--quick", "--out", str(tmp_path)],
+                   check=True, capture_output=True, timeout=600)
+    record = json.loads((tmp_path / "two_layer_quick.json").read_text())
+    assert record["timing"] and record["accuracy"]
+    assert (tmp_path / "two_layer_quick.png").stat().st_size > 10_000

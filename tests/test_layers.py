@@ -11,18 +11,18 @@ PACKAGE = Path(__file__).parent.parent / "dist_relu"
 # Lowest first. A module may import only from strictly lower layers.
 LAYERS = [
     {"errors", "kernels", "model", "separable", "sgd"},  # the math, on plain arrays
-    {"entry", "compiled", "budget"},
+    {"entry", "compiled", "budget", "latent"},
     {"storage", "scheduler", "settings"},
     {"io", "checkpoint"},  # Zarr in and out; saved partial sums
     {"graph"},  # dask graphs of the kernels
     {"pipeline", "fitstore"},  # the seam every model uses; the fit format
     {"plan", "simulate", "convert"},
     {"estimator"},  # the one-layer model's front doors
-    {"twolayer"},  # a model made of the pipeline and the one-layer fit
+    {"twolayer", "randombias"},  # models made of the pipeline (and the one-layer fit)
     {"cli"},
 ]
 LAYER = {module: level for level, modules in enumerate(LAYERS) for module in modules}
-MATH = LAYERS[0] | {"compiled"}
+MATH = LAYERS[0] | {"compiled", "latent"}
 
 
 def imports(module):
