@@ -15,6 +15,7 @@ zeros whose inequality is violated), which are sums over samples.
 
 from typing import NamedTuple
 
+import numba
 import numpy as np
 
 
@@ -24,36 +25,111 @@ STATUS_FEW_POSITIVES = 1  # fewer than k + 1 positive samples: its row of A is n
 STATUS_NAMES = {STATUS_OK: "ok", STATUS_FEW_POSITIVES: "few_positives"}
 
 
+@numba.njit(cache=True, nogil=True)
+def _cholesky_solve(matrix, right, out):
+    """Solve ``matrix · out = right`` in place of ``matrix`` (symmetric positive definite, lower triangle used)."""
+    k = len(right)
+    for j in range(k):
+        total = matrix[j, j]
+        for m in range(j):
+            total -= matrix[j, m] * matrix[j, m]
+        matrix[j, j] = np.sqrt(total)
+        for i in range(j + 1, k):
+            total = matrix[i, j]
+            for m in range(j):
+                total -= matrix[i, m] * matrix[j, m]
+            matrix[i, j] = total / matrix[j, j]
+    for i in range(k):
+        total = right[i]
+        for m in range(i):
+            total -= matrix[i, m] * out[m]
+        out[i] = total / matrix[i, i]
+    for i in range(k - 1, -1, -1):
+        total = out[i]
+        for m in range(i + 1, k):
+            total -= matrix[m, i] * out[m]
+        out[i] = total / matrix[i, i]
+
+
+@numba.njit(cache=True, nogil=True)
+def _row_latent(y, mixing, bias, steps, ridge, active, fitted, normal, right, latent):
+    """Solve one row's latent into ``latent``; leave its final active set and fitted values in ``active``, ``fitted``."""
+    d, k = mixing.shape
+    for i in range(d):
+        active[i] = y[i] > 0
+    for _ in range(steps):
+        normal[:, :] = 0.0
+        right[:] = 0.0
+        for i in range(d):
+            if active[i]:
+                target = (y[i] if y[i] > 0 else 0.0) - bias[i]
+                for a in range(k):
+                    right[a] += mixing[i, a] * target
+                    for b in range(a + 1):
+                        normal[a, b] += mixing[i, a] * mixing[i, b]
+        for a in range(k):
+            normal[a, a] += ridge
+        _cholesky_solve(normal, right, latent)
+        changed = False
+        for i in range(d):
+            value = bias[i]
+            for a in range(k):
+                value += mixing[i, a] * latent[a]
+            fitted[i] = value
+            now = y[i] > 0 or value > 0
+            if now != active[i]:
+                changed = True
+                active[i] = now
+        if not changed:
+            break
+
+
+@numba.njit(cache=True, nogil=True)
+def _latents(y, mixing, bias, steps, ridge):
+    rows, d = y.shape
+    k = mixing.shape[1]
+    latents = np.empty((rows, k))
+    active, fitted = np.empty(d, dtype=np.bool_), np.empty(d)
+    normal, right = np.empty((k, k)), np.empty(k)
+    for j in range(rows):
+        _row_latent(y[j], mixing, bias, steps, ridge, active, fitted, normal, right, latents[j])
+    return latents
+
+
+@numba.njit(cache=True, nogil=True)
+def _latents_and_active(y, mixing, bias, steps, ridge, latents, active):
+    """Solve every row's latent into ``latents`` and its final active set into ``active``; return the loss."""
+    rows, d = y.shape
+    k = mixing.shape[1]
+    fitted = np.empty(d)
+    normal, right = np.empty((k, k)), np.empty(k)
+    loss = 0.0
+    for j in range(rows):
+        _row_latent(y[j], mixing, bias, steps, ridge, active[j], fitted, normal, right, latents[j])
+        for i in range(d):
+            if y[j, i] > 0:
+                loss += (y[j, i] - fitted[i]) ** 2
+            elif fitted[i] > 0:
+                loss += fitted[i] * fitted[i]
+    return loss
+
+
+def _ridge(mixing):
+    """The ridge that keeps a row's system solvable when its active set does not span ``R^k``."""
+    return 1e-10 * float(np.einsum("ij,ij->", mixing, mixing)) / mixing.shape[1]
+
+
 def solve_latents(y, factors, steps=5):
     """Return the latents ``c`` (r × k) of the rows of ``y`` (r × d) given ``U = [A, b]`` (d × (k+1)).
 
     Each row's ``c`` minimises the loss over its active set: the positives,
     fitted exactly, and the zeros whose ``a_i·c + b_i`` is positive. Starting
     from the positives alone, each step adds the zeros that the current
-    ``c`` violates and solves again (``steps`` at most). The ``k × k``
-    systems of all rows are formed by one matrix product and solved together.
+    ``c`` violates (and drops those it no longer does) and solves again,
+    until the active set holds still (``steps`` at most). Compiled, row by row.
     """
-    mixing, bias = factors[:, :-1], factors[:, -1]
-    k = mixing.shape[1]
-    positive = y > 0
-    outer = (mixing[:, :, None] * mixing[:, None, :]).reshape(len(mixing), k * k)  # (d, k²): a_i a_iᵀ
-    targets = np.where(positive, y - bias, -bias)  # a_i·c should equal this on the active set
-    active = positive | (bias > 0)  # the positives, and the zeros that c = 0 violates
-    latents = np.zeros((len(y), k))
-    ridge = 1e-10 * np.einsum("ij,ij->", mixing, mixing) / k * np.eye(k)
-    pending = np.arange(len(y))  # rows whose active set changed in the last step
-    for _ in range(steps):
-        weights = active[pending].astype(np.float64)
-        normal = (weights @ outer).reshape(-1, k, k) + ridge
-        right = (weights * targets[pending]) @ mixing
-        latents[pending] = np.linalg.solve(normal, right[:, :, None])[:, :, 0]
-        now = positive[pending] | (latents[pending] @ mixing.T + bias > 0)
-        changed = (now != active[pending]).any(axis=1)
-        active[pending] = now
-        pending = pending[changed]
-        if pending.size == 0:
-            break
-    return latents
+    mixing, bias = np.ascontiguousarray(factors[:, :-1]), np.ascontiguousarray(factors[:, -1])
+    return _latents(np.ascontiguousarray(y, dtype=np.float64), mixing, bias, steps, _ridge(mixing))
 
 
 class NormalEquations(NamedTuple):
@@ -76,19 +152,17 @@ def normal_equations(y, factors, steps=5):
     y = np.asarray(y, dtype=np.float64)
     finite = np.isfinite(y)
     problems = np.stack([(y < 0).sum(axis=0), (~finite).sum(axis=0)], axis=1).astype(np.int64)
-    y = y[finite.all(axis=1)]
-    latents = solve_latents(y, factors, steps)
-    extended = np.column_stack([latents, np.ones(len(y))])  # c̃
-    fitted = extended @ factors.T
-    positive = y > 0
-    active = positive | (fitted > 0)
-    residual = np.where(positive, y - fitted, np.maximum(fitted, 0.0))
-    k1 = extended.shape[1]
-    outer = (extended[:, :, None] * extended[:, None, :]).reshape(len(y), k1 * k1)
-    gram = (active.T.astype(np.float64) @ outer).reshape(-1, k1, k1)
-    right = np.where(positive, y, 0.0).T @ extended
-    return NormalEquations(gram, right, float(np.einsum("ij,ij->", residual, residual)),
-                           positive.sum(axis=0).astype(np.int64), extended.T @ extended, problems, len(y))
+    y = np.ascontiguousarray(y[finite.all(axis=1)])
+    mixing, bias = np.ascontiguousarray(factors[:, :-1]), np.ascontiguousarray(factors[:, -1])
+    rows, (d, k) = len(y), mixing.shape
+    latents, active = np.empty((rows, k)), np.empty((rows, d), dtype=np.bool_)
+    loss = _latents_and_active(y, mixing, bias, steps, _ridge(mixing), latents, active)
+    extended = np.column_stack([latents, np.ones(rows)])  # c̃
+    outer = (extended[:, :, None] * extended[:, None, :]).reshape(rows, (k + 1) ** 2)
+    gram = (active.T.astype(np.float64) @ outer).reshape(d, k + 1, k + 1)
+    right = y.T @ extended  # the zeros add nothing (negative values refuse the fit: problems)
+    return NormalEquations(gram, right, loss, (y > 0).sum(axis=0).astype(np.int64), extended.T @ extended,
+                           problems, rows)
 
 
 def add(*parts):
