@@ -381,7 +381,8 @@ def fit(samples, out, array, allow_missing_chunks, model, update, thresholds_fro
     fit_settings = {name: options[name] for name, _, _ in chosen.settings.declared()}
     context = click.get_current_context()
     given = [name for name in options if context.get_parameter_source(name) is ParameterSource.COMMANDLINE]
-    foreign = [f"--{name.replace('_', '-')}" for name in given if name not in fit_settings]
+    foreign = [f"--{name.replace('_', '-')}" for name in given
+               if name not in fit_settings and not name.startswith("tls_")]
     one_layer_only = {"checkpoint": checkpoint, "update": update, "thresholds_from": thresholds_from}
     if model != "one-layer":
         foreign += [f"--{name.replace('_', '-')}" for name, value in one_layer_only.items() if value]

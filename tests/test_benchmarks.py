@@ -74,3 +74,12 @@ def test_two_layer_benchmark_quick(tmp_path):
     record = json.loads((tmp_path / "two_layer_quick.json").read_text())
     assert record["timing"] and record["accuracy"]
     assert (tmp_path / "two_layer_quick.png").stat().st_size > 10_000
+
+
+def test_random_bias_benchmark_quick(tmp_path):
+    subprocess.run([sys.executable, str(BENCHMARKS / "random_bias.py"), "--quick", "--out", str(tmp_path)],
+                   check=True, capture_output=True, timeout=600)
+    record = json.loads((tmp_path / "random_bias_quick.json").read_text())
+    assert record["timing"]["ratios"]["fit"]["pass_over_read"] and record["passes"]["runs"]
+    assert {e["law"] for e in record["table"]["per_law"]} == {"uniform", "t3", "sparse", "gaussian"}
+    assert (tmp_path / "random_bias_quick.png").stat().st_size > 10_000

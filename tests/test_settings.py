@@ -62,3 +62,13 @@ def test_the_stored_settings_are_the_declared_ones_and_the_sgd_group_only_with_t
     sgd = dist_relu.ReLUGaussian(method="sgd", sgd_radius=4, seed=3).fit(x).settings_
     assert sgd["sgd"] == {"seed": 3, "batches": 1, "radius": 4.0, "lambda": 0.1, "minibatch": 10}
     assert isinstance(sgd["sgd"]["radius"], float)
+
+
+def test_the_command_line_refuses_a_setting_of_another_model_and_takes_its_own(tmp_path):
+    path = tmp_path / "x.zarr"
+    dist_relu.simulate_to_zarr(path, *dist_relu.figure1_truth(3), 2_000)
+    refused = CliRunner().invoke(main, ["fit", str(path), "--out", str(tmp_path / "f.zarr"), "--rank", "2"])
+    assert refused.exit_code == EXIT_BAD_INPUT and "--rank does not apply to --model one-layer" in refused.output
+    taken = CliRunner().invoke(main, ["fit", str(path), "--out", str(tmp_path / "g.zarr"), "--pilot-rows", "500",
+                                      "--tls-ca-file", str(path / "zarr.json")])  # TLS files go to the scheduler
+    assert "does not apply" not in taken.output
