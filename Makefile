@@ -33,6 +33,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/count_kernels.py
 	$(BIN)/python benchmarks/large_d.py
 	$(BIN)/python benchmarks/two_layer.py
+	$(BIN)/python benchmarks/random_bias.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
