@@ -64,6 +64,9 @@ def scheduler(address=None, workers=None, log=None, tls_ca_file=None, tls_cert=N
                     LocalCluster(
                         n_workers=workers, threads_per_worker=1, processes=True,
                         host="127.0.0.1", dashboard_address="127.0.0.1:0",
+                        # The workers share this process's stderr. Closed after an interrupt while they run
+                        # tasks, each logs a warning per task cancelled; errors still show.
+                        silence_logs=logging.ERROR,
                     )
                 )
             client = stack.enter_context(Client(cluster))
