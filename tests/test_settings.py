@@ -8,10 +8,11 @@ from click.testing import CliRunner
 
 import dist_relu
 from dist_relu.cli import EXIT_BAD_INPUT, fit, main
-from dist_relu.settings import OneLayerSettings, Spec, TwoLayerSettings
+from dist_relu.settings import OneLayerSettings, RandomBiasSettings, Spec, TwoLayerSettings
 
 DECLARED = [(dist_relu.ReLUGaussian, *setting) for setting in OneLayerSettings.declared()]
 DECLARED += [(dist_relu.TwoLayerReLU, *setting) for setting in TwoLayerSettings.declared()]
+DECLARED += [(dist_relu.RandomBiasReLU, *setting) for setting in RandomBiasSettings.declared()]
 
 
 @pytest.mark.parametrize("estimator, name, default, spec", DECLARED,
