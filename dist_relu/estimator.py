@@ -16,7 +16,7 @@ import dask.array as da
 import numpy as np
 
 from . import compiled, fitstore, graph, io, kernels, settings, storage
-from .fitstore import MemoryOutput, ZarrOutput
+from .fitstore import MemoryOutput
 from .model import RectifiedGaussian
 from .pipeline import Input, Stages, check_checkpoint_location, rechunk_by_tasks
 from .plan import likelihood_of, plan_fit
@@ -244,13 +244,6 @@ def _fit(source, fit_settings, output, *, array="samples", allow_missing_chunks=
                          plan.main, stored, input.label, input.identity, parts, progress)
 
 
-@contextlib.contextmanager
-def _zarr_output(out, inputs, overwrite):
-    """Yield a ``ZarrOutput`` that appears at ``out`` only when complete (``storage.atomic_output``)."""
-    with storage.atomic_output(out, fitstore.FORMAT, inputs, overwrite) as partial:
-        yield ZarrOutput.create(partial)
-
-
 class ReLUGaussian(settings.Estimator):
     """Estimate ``Σ = W Wᵀ`` and ``b`` of ``x = ReLU(W z + b)``, ``z ~ N(0, I)``, from samples.
 
@@ -356,7 +349,7 @@ class ReLUGaussian(settings.Estimator):
         overwrite : bool, default False
             Replace an earlier fit at ``path`` (never anything else).
         """
-        with _zarr_output(path, [self.settings_["source"]], overwrite) as output:
+        with fitstore.zarr_output(path, [self.settings_["source"]], overwrite) as output:
             output.store(self._arrays)
             output.finish(self.settings_)
 
@@ -447,7 +440,7 @@ def fit_to_zarr(source, out, *, array="samples", allow_missing_chunks=False, ove
         parts = fitstore.parts(bases, fitstore.part(input.label, None, None, input.identity))
     if checkpoint is not None:
         check_checkpoint_location(checkpoint, out, inputs)
-    return _fit(source, fit_settings, _zarr_output(out, inputs, overwrite), progress=progress,
+    return _fit(source, fit_settings, fitstore.zarr_output(out, inputs, overwrite), progress=progress,
                 checkpoint=checkpoint, thresholds=thresholds, bases=bases, parts=parts, checked_input=input)
 
 
@@ -485,6 +478,6 @@ def merge_fits(fits, out, *, overwrite=False, progress=False):
     record.update(checkpoint=None, memory=None)
     fit_settings = OneLayerSettings(**{key: first[key] for key in fitstore.ADDITIVE_SETTINGS})
     stored = [fitstore.stored_sums(group, fit_settings.column_block) for group in bases]
-    with _zarr_output(out, fits, overwrite) as output:
+    with fitstore.zarr_output(out, fits, overwrite) as output:
         return write_fit(output, fit_settings, fit_settings.column_block, record, stages,
                          bases[0]["thresholds"][:], bases=stored, parts=parts, progress=progress)

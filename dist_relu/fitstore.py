@@ -15,6 +15,7 @@ store the same arrays under the same names, so one orchestration writes
 both and ``ReLUGaussian.save`` writes what ``dist-relu fit`` writes.
 """
 
+import contextlib
 import datetime
 import functools
 import operator
@@ -84,12 +85,17 @@ def sums_arrays(sums, thresholds):
 class ZarrOutput:
     """A fit's Zarr group: ``create`` a new one (inside ``storage.atomic_output``'s partial directory)."""
 
-    def __init__(self, group):
+    def __init__(self, group, path=None):
         self.group = group
+        self.path = path  # where it was created, for its subgroups
 
     @classmethod
     def create(cls, path):
-        return cls(io.new_group(path))
+        return cls(io.new_group(path), str(path))
+
+    def subgroup(self, name):
+        """Return a new ``ZarrOutput`` for the group ``name`` inside this one."""
+        return ZarrOutput.create(f"{self.path}/{name}")
 
     def store(self, arrays, also=(), progress=False):
         """Write ``arrays`` (dask arrays block by block); return the values of ``also``, computed in the same graph."""
@@ -126,6 +132,13 @@ class MemoryOutput:
 
     def finish(self, attributes):
         self.attributes = attributes
+
+
+@contextlib.contextmanager
+def zarr_output(out, inputs, overwrite):
+    """Yield a new ``ZarrOutput`` that appears at ``out`` only when complete (``storage.atomic_output``)."""
+    with storage.atomic_output(out, FORMAT, inputs, overwrite) as partial:
+        yield ZarrOutput.create(partial)
 
 
 def stored_statistics(output, column_block):

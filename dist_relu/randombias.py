@@ -19,7 +19,7 @@ import dask.array as da
 import numpy as np
 
 from . import fitstore, graph, io, latent, settings, storage
-from .fitstore import MemoryOutput, ZarrOutput
+from .fitstore import MemoryOutput
 from .model import RandomBiasModel, principal_sine
 from .pipeline import Input, Stages, rechunk_by_tasks, whole_rows
 from .scheduler import compute
@@ -147,12 +147,6 @@ def _fit(source, fit_settings, outputs, *, array="samples", allow_missing_chunks
                                  fit_settings, stages)
 
 
-@contextlib.contextmanager
-def _zarr_output(out, inputs, overwrite):
-    with storage.atomic_output(out, fitstore.FORMAT, inputs, overwrite) as partial:
-        yield ZarrOutput.create(partial)
-
-
 def _latents_block(x, factors, steps):
     x = np.asarray(x, dtype=np.float64)
     return latent.solve_latents(x, factors, steps)
@@ -216,7 +210,7 @@ class RandomBiasReLU(settings.Estimator):
 
     def save(self, path, overwrite=False):
         """Write the fit as a Zarr group at ``path``, as ``dist-relu fit --model random-bias`` writes it."""
-        with _zarr_output(path, [self.settings_["source"]], overwrite) as output:
+        with fitstore.zarr_output(path, [self.settings_["source"]], overwrite) as output:
             output.store(self._arrays)
             output.finish(self.settings_)
 
@@ -252,4 +246,4 @@ def fit_to_zarr(source, out, *, array="samples", allow_missing_chunks=False, ove
     storage.check_output(out, fitstore.FORMAT, [label], overwrite)
     fit_settings = RandomBiasSettings(**fit_settings)
     input = Input.open(source, array, allow_missing_chunks)
-    return _fit(source, fit_settings, _zarr_output(out, [label], overwrite), progress=progress, checked_input=input)
+    return _fit(source, fit_settings, fitstore.zarr_output(out, [label], overwrite), progress=progress, checked_input=input)

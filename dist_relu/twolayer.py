@@ -18,7 +18,7 @@ import numpy as np
 
 from . import fitstore, graph, io, separable, settings, storage
 from .estimator import write_fit
-from .fitstore import MemoryOutput, ZarrOutput
+from .fitstore import MemoryOutput
 from .model import TwoLayerRectifiedGaussian
 from .pipeline import Input, Stages, rechunk_by_tasks, whole_rows
 from .plan import FitPlan, plan_fit
@@ -176,8 +176,8 @@ def _fit(source, fit_settings, outputs, *, array="samples", allow_missing_chunks
 @contextlib.contextmanager
 def _zarr_outputs(out, inputs, overwrite):
     """Yield the outputs of a two-layer fit at ``out``: the group, and its subgroup ``hidden``."""
-    with storage.atomic_output(out, fitstore.FORMAT, inputs, overwrite) as partial:
-        yield ZarrOutput.create(partial), ZarrOutput.create(f"{partial}/hidden")
+    with fitstore.zarr_output(out, inputs, overwrite) as output:
+        yield output, output.subgroup("hidden")
 
 
 class TwoLayerReLU(settings.Estimator):
@@ -253,8 +253,6 @@ class TwoLayerReLU(settings.Estimator):
             hidden_group.finish(hidden_output.attributes)
             group.store(output.arrays)
             group.finish(output.attributes)
-
-
 
 
 def two_layer_relu(X, **fit_settings):
