@@ -541,9 +541,9 @@ def normal_equations(samples, factors, steps, split_every=8):
 
     One task per row chunk of whole rows solves its latents given ``factors``
     and sums its part; the parts add as a tree of fan-in ``split_every``.
-    Memory per task: the chunk, ``16rd + 2rd`` for it and its active sets in
-    float64 and their masks, and ``8r(k+1)²`` and ``8d(k+1)²`` for the
-    latents' outer products and their sums.
+    Memory per task: the chunk as read, and terms in ``d`` and ``k`` alone
+    (the sums and ``U``; docs/design.md §10): the rows are solved and summed
+    one at a time, without a float64 copy of the chunk.
     """
     if samples.numblocks[1] != 1:
         raise ValueError("normal_equations needs chunks of whole rows")

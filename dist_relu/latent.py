@@ -51,72 +51,155 @@ def _cholesky_solve(matrix, right, out):
         out[i] = total / matrix[i, i]
 
 
-@numba.njit(cache=True, nogil=True)
-def _row_latent(y, mixing, bias, steps, ridge, active, fitted, normal, right, latent):
-    """Solve one row's latent into ``latent``; leave its final active set and fitted values in ``active``, ``fitted``."""
-    d, k = mixing.shape
+def _system_table(mixing, bias):
+    """Return each coordinate's part of a row's latent system, a column each: ``a_i a_iᵀ`` (packed lower triangle), then ``−a_i b_i``.
+
+    A row's system over its active set is the sum of its active coordinates'
+    columns of this table, plus ``a_i y_i`` over its positives.
+    """
+    lower = np.tril_indices(mixing.shape[1])
+    return np.ascontiguousarray(np.vstack([(mixing[:, lower[0]] * mixing[:, lower[1]]).T, -(mixing * bias[:, None]).T]))
+
+
+# The kernels run their inner loops along the d coordinates, so that they
+# vectorise; "reassoc" lets the sums over coordinates vectorise too (the
+# order is fixed by the compiled code, the same for every chunk).
+_FAST = {"reassoc", "contract"}
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
+def _row_latent(row, mixing_t, bias, table, ridge, steps, active, fitted, system, normal, latent):
+    """Solve one row's latent into ``latent``; leave its final active set and fitted values in ``active``, ``fitted``.
+
+    The system starts from the positives; each step solves it, then adds
+    the table columns of the zeros the latent violates and takes away those
+    of the zeros it no longer does, until the active set holds still.
+    """
+    k, d = mixing_t.shape
+    packed = k * (k + 1) // 2
     for i in range(d):
-        active[i] = y[i] > 0
-    for _ in range(steps):
-        normal[:, :] = 0.0
-        right[:] = 0.0
+        active[i] = row[i] > 0
+        fitted[i] = row[i] - bias[i] if active[i] else 0.0  # the targets, for now
+    for p in range(packed):
+        total = 0.0
         for i in range(d):
-            if active[i]:
-                target = (y[i] if y[i] > 0 else 0.0) - bias[i]
-                for a in range(k):
-                    right[a] += mixing[i, a] * target
-                    for b in range(a + 1):
-                        normal[a, b] += mixing[i, a] * mixing[i, b]
+            total += table[p, i] if active[i] else 0.0
+        system[p] = total
+    for a in range(k):
+        total = 0.0
+        for i in range(d):
+            total += mixing_t[a, i] * fitted[i]
+        system[packed + a] = total
+    for _ in range(steps):
+        p = 0
         for a in range(k):
+            for b in range(a + 1):
+                normal[a, b] = system[p]
+                p += 1
             normal[a, a] += ridge
-        _cholesky_solve(normal, right, latent)
+        _cholesky_solve(normal, system[packed:], latent)
+        fitted[:] = bias
+        for a in range(k):
+            value = latent[a]
+            for i in range(d):
+                fitted[i] += mixing_t[a, i] * value
         changed = False
         for i in range(d):
-            value = bias[i]
-            for a in range(k):
-                value += mixing[i, a] * latent[a]
-            fitted[i] = value
-            now = y[i] > 0 or value > 0
-            if now != active[i]:
-                changed = True
-                active[i] = now
+            changed |= ((row[i] > 0) | (fitted[i] > 0)) != active[i]
         if not changed:
             break
+        for i in range(d):
+            now = (row[i] > 0) | (fitted[i] > 0)
+            if now != active[i]:
+                active[i] = now
+                sign = 1.0 if now else -1.0
+                for p in range(packed + k):
+                    system[p] += sign * table[p, i]
 
 
-@numba.njit(cache=True, nogil=True)
-def _latents(y, mixing, bias, steps, ridge):
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _latents(y, mixing_t, bias, table, ridge, steps):
     rows, d = y.shape
-    k = mixing.shape[1]
+    k = mixing_t.shape[0]
     latents = np.empty((rows, k))
-    active, fitted = np.empty(d, dtype=np.bool_), np.empty(d)
-    normal, right = np.empty((k, k)), np.empty(k)
+    row, active, fitted = np.empty(d), np.empty(d, dtype=np.bool_), np.empty(d)
+    system, normal = np.empty(table.shape[0]), np.empty((k, k))
     for j in range(rows):
-        _row_latent(y[j], mixing, bias, steps, ridge, active, fitted, normal, right, latents[j])
+        row[:] = y[j]
+        _row_latent(row, mixing_t, bias, table, ridge, steps, active, fitted, system, normal, latents[j])
     return latents
 
 
-@numba.njit(cache=True, nogil=True)
-def _latents_and_active(y, mixing, bias, steps, ridge, latents, active):
-    """Solve every row's latent into ``latents`` and its final active set into ``active``; return the loss."""
+@numba.njit(cache=True, nogil=True, error_model="numpy", fastmath=_FAST)
+def _chunk_sums(y, mixing_t, bias, table, ridge, steps):
+    """Sum a chunk's ``NormalEquations``, transposed (a row per term, a column per coordinate), gram and moments packed.
+
+    One pass over the rows as read: each row is checked, its latent solved
+    and its parts added.
+    """
     rows, d = y.shape
-    k = mixing.shape[1]
-    fitted = np.empty(d)
-    normal, right = np.empty((k, k)), np.empty(k)
-    loss = 0.0
+    k = mixing_t.shape[0]
+    k1 = k + 1
+    packed = k1 * (k1 + 1) // 2
+    gram, right = np.zeros((packed, d)), np.zeros((k1, d))
+    positives, negatives, nonfinite = np.zeros(d, dtype=np.int64), np.zeros(d, dtype=np.int64), np.zeros(d, dtype=np.int64)
+    moments, outer, extended = np.zeros(packed), np.empty(packed), np.ones(k1)
+    row, active, fitted = np.empty(d), np.empty(d, dtype=np.bool_), np.empty(d)
+    system, normal = np.empty(table.shape[0]), np.empty((k, k))
+    loss, kept = 0.0, 0
     for j in range(rows):
-        _row_latent(y[j], mixing, bias, steps, ridge, active[j], fitted, normal, right, latents[j])
+        finite = True
         for i in range(d):
-            if y[j, i] > 0:
-                loss += (y[j, i] - fitted[i]) ** 2
-            elif fitted[i] > 0:
-                loss += fitted[i] * fitted[i]
-    return loss
+            value = np.float64(y[j, i])
+            negatives[i] += value < 0
+            if not np.isfinite(value):
+                nonfinite[i] += 1
+                finite = False
+            row[i] = value
+        if not finite:
+            continue
+        kept += 1
+        _row_latent(row, mixing_t, bias, table, ridge, steps, active, fitted, system, normal, extended[:k])
+        p = 0
+        for a in range(k1):
+            for b in range(a + 1):
+                outer[p] = extended[a] * extended[b]
+                moments[p] += outer[p]
+                p += 1
+        for i in range(d):
+            positive = row[i] > 0
+            residual = row[i] - fitted[i] if positive else max(fitted[i], 0.0)
+            loss += residual * residual
+            positives[i] += positive
+        for a in range(k1):
+            value = extended[a]
+            for i in range(d):
+                right[a, i] += row[i] * value
+        for p in range(packed):
+            value = outer[p]
+            for i in range(d):
+                gram[p, i] += value if active[i] else 0.0
+    return gram.T, right.T, loss, positives, moments, np.column_stack((negatives, nonfinite)), kept
+
+
+def _unpack(packed, k1):
+    """Return the symmetric matrices (..., k1, k1) whose lower triangles are packed in the last axis."""
+    lower = np.tril_indices(k1)
+    full = np.zeros(packed.shape[:-1] + (k1, k1))
+    full[..., lower[0], lower[1]] = packed
+    full[..., lower[1], lower[0]] = packed
+    return full
 
 
 def _ridge(mixing):
     """The ridge that keeps a row's system solvable when its active set does not span ``R^k``."""
     return 1e-10 * float(np.einsum("ij,ij->", mixing, mixing)) / mixing.shape[1]
+
+
+def _compiled_factors(factors):
+    """Return the kernels' view of ``U``: ``Aᵀ``, ``b``, the system table, the ridge."""
+    mixing, bias = factors[:, :-1], np.ascontiguousarray(factors[:, -1])
+    return np.ascontiguousarray(mixing.T), bias, _system_table(mixing, bias), _ridge(mixing)
 
 
 def solve_latents(y, factors, steps=5):
@@ -128,8 +211,7 @@ def solve_latents(y, factors, steps=5):
     ``c`` violates (and drops those it no longer does) and solves again,
     until the active set holds still (``steps`` at most). Compiled, row by row.
     """
-    mixing, bias = np.ascontiguousarray(factors[:, :-1]), np.ascontiguousarray(factors[:, -1])
-    return _latents(np.ascontiguousarray(y, dtype=np.float64), mixing, bias, steps, _ridge(mixing))
+    return _latents(np.ascontiguousarray(y), *_compiled_factors(factors), steps)
 
 
 class NormalEquations(NamedTuple):
@@ -145,24 +227,16 @@ class NormalEquations(NamedTuple):
 
 
 def normal_equations(y, factors, steps=5):
-    """Return the ``NormalEquations`` of rows ``y`` (r × d): latents solved given ``factors``, then summed.
+    """Return the ``NormalEquations`` of rows ``y`` (r × d, float32 or float64): latents solved given ``factors``, then summed.
 
-    Rows holding NaN or ±inf are left out, and counted in ``problems``.
+    One compiled pass over the rows as they are read: each row's values are
+    checked, its latent solved and its parts added. Rows holding NaN or
+    ±inf are left out, and counted in ``problems``.
     """
-    y = np.asarray(y, dtype=np.float64)
-    finite = np.isfinite(y)
-    problems = np.stack([(y < 0).sum(axis=0), (~finite).sum(axis=0)], axis=1).astype(np.int64)
-    y = np.ascontiguousarray(y[finite.all(axis=1)])
-    mixing, bias = np.ascontiguousarray(factors[:, :-1]), np.ascontiguousarray(factors[:, -1])
-    rows, (d, k) = len(y), mixing.shape
-    latents, active = np.empty((rows, k)), np.empty((rows, d), dtype=np.bool_)
-    loss = _latents_and_active(y, mixing, bias, steps, _ridge(mixing), latents, active)
-    extended = np.column_stack([latents, np.ones(rows)])  # c̃
-    outer = (extended[:, :, None] * extended[:, None, :]).reshape(rows, (k + 1) ** 2)
-    gram = (active.T.astype(np.float64) @ outer).reshape(d, k + 1, k + 1)
-    right = y.T @ extended  # the zeros add nothing (negative values refuse the fit: problems)
-    return NormalEquations(gram, right, loss, (y > 0).sum(axis=0).astype(np.int64), extended.T @ extended,
-                           problems, rows)
+    k1 = factors.shape[1]
+    gram, right, loss, positives, moments, problems, rows = _chunk_sums(np.ascontiguousarray(y),
+                                                                        *_compiled_factors(factors), steps)
+    return NormalEquations(_unpack(gram, k1), right, loss, positives, _unpack(moments, k1), problems, rows)
 
 
 def add(*parts):

@@ -47,13 +47,46 @@ def test_latents_are_exact_given_the_truth():
     np.testing.assert_allclose(latent.solve_latents(y, np.column_stack([mixing, bias])), latents, atol=1e-8)
 
 
+def test_a_chunk_sums_the_normal_equations_of_their_definition():
+    """The compiled pass against the sums written out: latents that are least squares over their active sets."""
+    rng = np.random.default_rng(5)
+    d, k, rows = 30, 3, 400
+    mixing, bias = rng.standard_normal((d, k)), rng.standard_normal(d)
+    y = np.maximum(0, rng.uniform(-1, 1, (rows, k)) @ mixing.T + bias)
+    factors = np.column_stack([mixing, bias]) + 0.1 * rng.standard_normal((d, k + 1))  # off the truth
+    y[7, 3], y[11, 4], y[12, 5] = np.nan, -1.0, -np.inf
+    for dtype in (np.float32, np.float64):
+        samples = y.astype(dtype)
+        equations = latent.normal_equations(samples, factors)
+        clean = samples[np.isfinite(samples).all(axis=1)].astype(np.float64)
+        latents = latent.solve_latents(clean, factors)
+        extended = np.column_stack([latents, np.ones(len(clean))])
+        fitted = extended @ factors.T
+        active = (clean > 0) | (fitted > 0)
+        assert active.sum() > (clean > 0).sum() + 100  # zeros the latents violate are in the sums
+        # Each latent is least squares over its active set: the positives fitted, the active zeros pulled to 0.
+        stationary = np.einsum("ji,ia->ja", np.where(active, fitted - np.maximum(clean, 0), 0), factors[:, :k])
+        held = (np.abs(stationary) < 1e-8).all(axis=1)
+        assert held.mean() > 0.99  # one step alone leaves 0.57
+        np.testing.assert_allclose(equations.gram, np.einsum("ji,ja,jb->iab", active, extended, extended), rtol=1e-12)
+        np.testing.assert_allclose(equations.right, clean.T @ extended, rtol=1e-12, atol=1e-12)
+        np.testing.assert_allclose(equations.moments, extended.T @ extended, rtol=1e-12)
+        residual = np.where(clean > 0, clean - fitted, np.maximum(fitted, 0))
+        assert equations.loss == pytest.approx(np.sum(residual ** 2), rel=1e-12)
+        np.testing.assert_array_equal(equations.positives, (clean > 0).sum(axis=0))
+        assert equations.rows == rows - 2
+        expected = np.zeros((d, 2), dtype=np.int64)
+        expected[[4, 5], 0] = 1
+        expected[[3, 5], 1] = 1
+        np.testing.assert_array_equal(equations.problems, expected)
+
+
 def test_the_gauge_centres_and_whitens_the_latents_and_keeps_every_fit():
     rng = np.random.default_rng(1)
     factors = rng.standard_normal((20, 4))
     latents = rng.standard_normal((1000, 3)) @ rng.standard_normal((3, 3)) + [1.0, -2.0, 0.5]
     extended = np.column_stack([latents, np.ones(1000)])
     gauged = latent.gauge(factors, extended.T @ extended)
-    np.testing.assert_allclose(extended @ factors.T, extended @ factors.T)
     # The same fitted values, from latents with mean 0 and covariance I.
     whitened = np.linalg.lstsq(gauged[:, :3], (extended @ factors.T - gauged[:, 3]).T, rcond=None)[0].T
     np.testing.assert_allclose(whitened.mean(axis=0), 0, atol=1e-10)
