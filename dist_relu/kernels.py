@@ -10,6 +10,8 @@ per coordinate ``n0`` zeros, ``n1`` positives, ``S1 = Σ_{x>0} x``,
 ``I = (X > t)``.
 """
 
+from typing import NamedTuple
+
 import numpy as np
 from scipy import special
 
@@ -345,6 +347,66 @@ def fit_coordinates(statistics, method="censored", exponents=None):
     return bias, scale, status
 
 
+class _Standardised(NamedTuple):
+    """Coordinates' statistics per sample, with the positives standardised by their mean and standard deviation."""
+
+    mean: np.ndarray  # m, the positives' mean
+    sd: np.ndarray  # s, their standard deviation (the value itself where they are all equal)
+    likelihood: tuple  # (cut, w_cens, sign, w1, s1, s2) of ``_likelihood``
+
+
+def _standardised(statistics, method):
+    """Return the ``_Standardised`` statistics of coordinates with some positive values (``(d, 4)``, units as stored)."""
+    n0, n1, s1_raw, s2_raw = statistics.T
+    n = n0 + n1
+    m = s1_raw / n1
+    v = np.maximum(s2_raw / n1 - m**2, 0.0)
+    # Positives all equal but zeros present: standardise by the value itself.
+    s = np.where(v > 1e-12 * m**2, np.sqrt(v), m)
+    w1 = n1 / n
+    s1 = (s1_raw - n1 * m) / (s * n)
+    s2 = (s2_raw - 2 * m * s1_raw + n1 * m**2) / (s**2 * n)
+    if method == "censored":
+        w_cens, sign = n0 / n, 1.0
+    elif method == "truncated":
+        w_cens, sign = -w1, -1.0
+    else:
+        raise ValueError(f"unknown method {method!r}: use 'censored' or 'truncated'")
+    return _Standardised(m, s, (-m / s, w_cens, sign, w1, s1, s2))
+
+
+def coordinate_information(statistics, bias, scale, status, method="censored", exponents=None):
+    """Return ``V`` (d, 2, 2): ``n`` times the covariance of ``(b̂_i, σ̂_i)``, the inverse observed information per sample.
+
+    The Hessian of the log-likelihood per sample at the estimates, in
+    Olsen's parameters of the standardised positives (``_likelihood``),
+    inverted and carried to ``(b, σ)`` in the data's units by the Jacobian
+    of ``b = m + s γ/τ``, ``σ = s/τ``. NaN where the status is neither ok nor
+    few positives (no estimate to have an error).
+    """
+    statistics = np.asarray(statistics, dtype=np.float64)
+    exponents = np.zeros(len(statistics), dtype=np.int64) if exponents is None else np.asarray(exponents)
+    information = np.full((len(statistics), 2, 2), np.nan)
+    solved = np.isin(status, (STATUS_OK, STATUS_FEW_POSITIVES)) & (np.asarray(scale) > 0)
+    if not solved.any():
+        return information
+    standard = _standardised(statistics[solved], method)
+    scale_units = np.ldexp(np.asarray(scale, dtype=np.float64)[solved], -exponents[solved])
+    bias_units = np.ldexp(np.asarray(bias, dtype=np.float64)[solved], -exponents[solved])
+    tau = standard.sd / scale_units
+    gamma = (bias_units - standard.mean) / scale_units
+    with np.errstate(invalid="ignore", divide="ignore", over="ignore"):
+        _, _, _, h_gg, h_gt, h_tt = _likelihood(gamma, tau, *standard.likelihood)
+        hessian = np.stack([np.stack([h_gg, h_gt], -1), np.stack([h_gt, h_tt], -1)], -2)
+        jacobian = np.zeros_like(hessian)  # d(b, σ)/d(γ, τ)
+        jacobian[:, 0, 0] = standard.sd / tau
+        jacobian[:, 0, 1] = -standard.sd * gamma / tau**2
+        jacobian[:, 1, 1] = -standard.sd / tau**2
+        covariance = jacobian @ np.linalg.inv(-hessian) @ jacobian.transpose(0, 2, 1)
+    information[solved] = covariance * np.ldexp(1.0, 2 * exponents[solved])[:, None, None]
+    return information
+
+
 def _fit_coordinates(statistics, method):
     n0, n1, s1_raw, s2_raw = statistics.T
     n = n0 + n1
@@ -364,23 +426,10 @@ def _fit_coordinates(statistics, method):
 
     solve = ~all_zero & ~constant
     if solve.any():
-        m, v = mean[solve], var[solve]
-        # Positives all equal but zeros present: standardise by the value itself.
-        s = np.where(v > 1e-12 * m**2, np.sqrt(v), m)
-        w_all = n[solve]
-        w1 = n1[solve] / w_all
-        s1 = (s1_raw[solve] - n1[solve] * m) / (s * w_all)
-        s2 = (s2_raw[solve] - 2 * m * s1_raw[solve] + n1[solve] * m**2) / (s**2 * w_all)
-        cut = -m / s
-        if method == "censored":
-            w_cens, sign = n0[solve] / w_all, 1.0
-        elif method == "truncated":
-            w_cens, sign = -w1, -1.0
-        else:
-            raise ValueError(f"unknown method {method!r}: use 'censored' or 'truncated'")
-        gamma, tau, converged = _maximise(cut, w_cens, sign, w1, s1, s2)
-        bias[solve] = m + s * gamma / tau
-        scale[solve] = s / tau
+        standard = _standardised(statistics[solve], method)
+        gamma, tau, converged = _maximise(*standard.likelihood)
+        bias[solve] = standard.mean + standard.sd * gamma / tau
+        scale[solve] = standard.sd / tau
         sub = status[solve]
         sub[n1[solve] < MIN_POSITIVES] = STATUS_FEW_POSITIVES
         sub[~converged] = STATUS_NOT_CONVERGED
