@@ -15,7 +15,7 @@ import os
 import dask.array as da
 import numpy as np
 
-from . import compiled, fitstore, graph, io, kernels, settings, storage
+from . import compiled, fitstore, graph, io, kernels, settings, storage, uncertainty
 from .fitstore import MemoryOutput
 from .model import RectifiedGaussian
 from .pipeline import Input, Stages, check_checkpoint_location, rechunk_by_tasks
@@ -51,7 +51,10 @@ def estimates(statistics, counts, n_samples, thresholds, method, inversion, clip
     dict of dask arrays
         ``covariance`` (d, d), ``bias``, ``scale``, ``status`` and
         ``positive_fraction`` (d,). Compute the per-coordinate arrays first and
-        ``check_estimates`` them: ``Σ̂`` may not be representable.
+        ``check_estimates`` them: ``Σ̂`` may not be representable. Not
+        stored, for the standard errors: ``margins`` (d,), the inversion's,
+        and ``likelihood_bias``, the maximum likelihood ``b̂`` before any
+        clipping or SGD.
 
     Notes
     -----
@@ -60,6 +63,7 @@ def estimates(statistics, counts, n_samples, thresholds, method, inversion, clip
     (``inversion="tetrachoric"``) or ``(b̂_i − t_i)/σ̂_i`` (``"model"``).
     """
     bias, scale, status = graph.coordinate_estimates(statistics, likelihood_of(method), exponents)
+    likelihood_bias = bias
     if sgd_estimates is not None:
         bias, scale = graph.with_degenerate(da.asarray(sgd_estimates), bias, scale, status)
     if clip_bias:
@@ -76,6 +80,8 @@ def estimates(statistics, counts, n_samples, thresholds, method, inversion, clip
         "scale": scale,
         "status": status,
         "positive_fraction": statistics[:, 1] / n_samples,
+        "margins": margins,
+        "likelihood_bias": likelihood_bias,
     }
 
 
@@ -215,6 +221,9 @@ def write_fit(output, fit_settings, column_block, record, stages, thresholds, ma
         (nonfinite,) = output.store({"covariance": covariance}, also=[graph.nonfinite_per_row(covariance)],
                                     progress=progress)
         check_estimates(*checked, covariance_nonfinite=nonfinite)
+    with stages("standard errors"):
+        per_coordinate.update(_standard_errors(output, column_block, kept, fit_settings, per_coordinate,
+                                               progress))
     with stages("write"):
         if fit_settings.drop_nonfinite:
             per_coordinate["rows_dropped"] = np.int64(record["rows_dropped"])
@@ -229,6 +238,35 @@ def write_fit(output, fit_settings, column_block, record, stages, thresholds, ma
                                for part in parts]
     output.finish(attributes)
     return attributes
+
+
+def _standard_errors(output, column_block, n_samples, fit_settings, per_coordinate, progress):
+    """Store ``correlation_se`` and ``covariance_se`` (d, d); return ``bias_se`` and ``scale_se`` (d,).
+
+    By the delta method from what the fit stored (``uncertainty``), with no
+    read of the samples. The SGD's ``b̂`` and ``σ̂`` have no likelihood to
+    give their errors: with ``method="sgd"`` only ``SE(ρ̂)`` of the
+    tetrachoric inversion is made, the rest is NaN.
+    """
+    margins, likelihood_bias = per_coordinate.pop("margins"), per_coordinate.pop("likelihood_bias")
+    scale, status = per_coordinate["scale"], per_coordinate["status"]
+    if fit_settings.method == "sgd":
+        information = np.full((len(scale), 2, 2), np.nan)
+    else:
+        statistics = np.stack([output.read(name) for name in kernels.STATISTICS], axis=1)
+        information = kernels.coordinate_information(statistics, likelihood_bias, scale, status,
+                                                     fit_settings.method, output.read("statistics_exponent"))
+    counts = output.lazy("counts", column_block)
+    (exceedances,) = compute(da.diagonal(counts))
+    terms = uncertainty.coordinate_terms(likelihood_bias, scale, margins, information, exceedances,
+                                         likelihood_of(fit_settings.method))
+    correlation_se, covariance_se = graph.standard_errors(
+        counts, n_samples, output.lazy("covariance", column_block), terms.stack(),
+        fit_settings.inversion)
+    output.store({"correlation_se": correlation_se, "covariance_se": covariance_se}, progress=progress)
+    with np.errstate(invalid="ignore"):
+        return {"bias_se": np.sqrt(information[:, 0, 0] / n_samples),
+                "scale_se": np.sqrt(information[:, 1, 1] / n_samples)}
 
 
 @rechunk_by_tasks
@@ -262,6 +300,15 @@ class ReLUGaussian(settings.Estimator):
     positive_fraction_ : ndarray (d,)
         Fraction of positive samples per coordinate: a coordinate with few
         positives (``b ≪ 0``) needs many samples.
+    covariance_se_, correlation_se_ : ndarray (d, d)
+        Standard errors of ``Σ̂`` and of the correlations ``ρ̂_ij``, by the
+        delta method (docs/design.md §11): ``inf`` where the counts carry no
+        information (``ρ̂`` pinned at ±1, a threshold nobody or everybody
+        exceeds), NaN where a coordinate has no estimate (``σ̂ = 0``) or, with
+        ``method="sgd"``, for ``Σ̂``.
+    bias_se_, scale_se_ : ndarray (d,)
+        Standard errors of ``b̂`` and ``σ̂``, from the likelihood's observed
+        information; NaN for degenerate coordinates and with ``method="sgd"``.
     thresholds_ : ndarray (d,)
     counts_ : ndarray (d, d) of int64
         Co-exceedance counts ``C_ij = #{m : x_mi > t_i, x_mj > t_j}``.
@@ -330,6 +377,10 @@ class ReLUGaussian(settings.Estimator):
         self.scale_ = arrays["scale"]
         self.status_ = arrays["status"]
         self.positive_fraction_ = arrays["positive_fraction"]
+        self.covariance_se_ = arrays["covariance_se"]
+        self.correlation_se_ = arrays["correlation_se"]
+        self.bias_se_ = arrays["bias_se"]
+        self.scale_se_ = arrays["scale_se"]
         self.thresholds_ = arrays["thresholds"]
         self.counts_ = arrays["counts"]
         self.statistics_ = np.stack([arrays[name] for name in kernels.STATISTICS], axis=1)

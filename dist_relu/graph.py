@@ -22,7 +22,7 @@ from dask import delayed
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from . import kernels, compiled, latent, separable, sgd
+from . import compiled, kernels, latent, separable, sgd, uncertainty
 
 
 def _statistics_partial(chunk_pass):
@@ -314,6 +314,26 @@ def covariance(counts, n_samples, margins, scale):
         dtype=np.float64, token="covariance-block",
     )
     return _mirror_upper_blocks(full)
+
+
+def standard_errors(counts, n_samples, covariance, terms, inversion):
+    """Return lazy ``(SE(ρ̂), SE(Σ̂))``, each ``(d, d)``: one task per block of the upper triangle, mirrored.
+
+    ``terms`` (``(d, 20)``, ``uncertainty.CoordinateTerms.stack()``) are in
+    memory; ``covariance`` is ``Σ̂`` as stored. Both outputs come from the
+    same tasks, so stored together they are computed once.
+    """
+    chunks = (counts.chunks[0],)
+    terms = da.from_array(np.asarray(terms), chunks=(chunks[0], terms.shape[1]))
+    index = da.arange(counts.shape[0], chunks=chunks)
+    stacked = da.blockwise(
+        uncertainty.standard_error_block, "sij",
+        counts, "ij", n_samples, _scalar_index(n_samples), covariance.rechunk(counts.chunks), "ij",
+        terms, "ik", terms, "jk",
+        index, "i", index, "j", inversion, None,
+        new_axes={"s": 2}, concatenate=True, dtype=np.float64, token="standard-error-block",
+    )
+    return _mirror_upper_blocks(stacked[0]), _mirror_upper_blocks(stacked[1])
 
 
 def _simulated_block(weights, bias, seed, dtype, mixing, noise, latent, block_info=None):

@@ -117,25 +117,26 @@ class CoordinateTerms(NamedTuple):
     information: np.ndarray  # (d, 2, 2) V: n · Cov(b̂, σ̂) (kernels.coordinate_information)
     score_below: np.ndarray  # (d, 2, 3): the score (∂b, ∂σ) per sample where z ≤ u, polynomial in z
     score_step: np.ndarray  # (d, 2, 3): what it adds where z > u
+    exceedances: np.ndarray  # c_i = C_ii, the samples above the threshold
 
     def stack(self):
-        """Return the terms as one (d, 22) array, to pass through a graph chunked by coordinates."""
+        """Return the terms as one (d, 20) float64 array, to pass through a graph chunked by coordinates."""
         d = len(self.scale)
         return np.column_stack([self.scale, self.zero_point, self.margin, self.information.reshape(d, 4),
-                                self.score_below.reshape(d, 6), self.score_step.reshape(d, 6)])
+                                self.score_below.reshape(d, 6), self.score_step.reshape(d, 6), self.exceedances])
 
     @classmethod
     def unstack(cls, stacked):
         d = len(stacked)
         return cls(stacked[:, 0], stacked[:, 1], stacked[:, 2], stacked[:, 3:7].reshape(d, 2, 2),
-                   stacked[:, 7:13].reshape(d, 2, 3), stacked[:, 13:19].reshape(d, 2, 3))
+                   stacked[:, 7:13].reshape(d, 2, 3), stacked[:, 13:19].reshape(d, 2, 3), stacked[:, 19])
 
     def take(self, index):
         return CoordinateTerms(*(field[index] for field in self))
 
 
-def coordinate_terms(bias, scale, margins, information, method="censored"):
-    """Return the ``CoordinateTerms`` of the Step 1 estimates.
+def coordinate_terms(bias, scale, margins, information, exceedances, method="censored"):
+    """Return the ``CoordinateTerms`` of the Step 1 estimates, the inversion's margins and ``C_ii``.
 
     The score of ``(b, σ)`` per sample, with ``z = (x − b)/σ`` and
     ``u = −b/σ``: where ``x > 0`` it is ``(z, z² − 1)/σ`` (minus
@@ -162,7 +163,8 @@ def coordinate_terms(bias, scale, margins, information, method="censored"):
         step[:, 1, 2] = 1.0 / scale
         step[:, 1, 0] += -1.0 / scale
         step -= below  # where x > 0 the score is below + step
-    return CoordinateTerms(scale, u, margins, np.asarray(information, dtype=np.float64), below, step)
+    return CoordinateTerms(scale, u, margins, np.asarray(information, dtype=np.float64), below, step,
+                           np.asarray(exceedances, dtype=np.float64))
 
 
 # --------------------------------------------------------------------------
@@ -269,3 +271,68 @@ def pair_variances(terms_i, terms_j, rho, p11, inversion="tetrachoric"):
     c[:, 4] += rho * scale_j
     c[:, 6] += rho * scale_i
     return var_rho, np.einsum("pa,pab,pb->p", c, cov, c)
+
+
+# Pairs per slab of a block: each holds about 2 KB of temporaries (``pair_variances``).
+SLAB_PAIRS = 8_192
+
+
+def standard_error_block(counts, n, covariance, terms_i, terms_j, index_i, index_j, inversion="tetrachoric"):
+    """Return the standard errors ``(SE(ρ̂), SE(Σ̂))`` of a block of pairs, stacked: shape (2, d_i, d_j).
+
+    Parameters
+    ----------
+    counts, covariance : ndarray (d_i, d_j)
+        The block's co-exceedance counts ``C_ij`` and its ``Σ̂``.
+    n : int
+    terms_i, terms_j : ndarray (d_i, 20), (d_j, 20)
+        ``CoordinateTerms.stack()`` of the block's rows and columns.
+    index_i, index_j : ndarray of int
+        Their coordinate numbers: where equal, ``ρ = 1`` exactly and
+        ``SE(Σ̂_ii) = 2 σ̂_i SE(σ̂_i)``.
+    inversion : {"tetrachoric", "model"}
+
+    Returns
+    -------
+    ndarray (2, d_i, d_j)
+        NaN where a coordinate has no estimate to err (``σ̂ = 0``, or its
+        Step 1 has no information, as with the SGD's estimates for ``SE(Σ̂)``),
+        ``inf`` where the counts carry no information on how close ``ρ`` is
+        to ``±1``: a cell of the pair's 2×2 table of exceedances is empty
+        (then the orthant probability is at its bound, and ``ρ̂`` at or
+        numerically near ``±1``).
+    """
+    terms_i, terms_j = CoordinateTerms.unstack(terms_i), CoordinateTerms.unstack(terms_j)
+    out = np.full((2,) + counts.shape, np.nan)
+    diagonal = counts.shape[0] == counts.shape[1] and np.array_equal(index_i, index_j)
+    if diagonal:
+        rows, columns = np.triu_indices(counts.shape[0], k=1)
+    else:
+        rows, columns = (k.ravel() for k in np.indices(counts.shape))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for start in range(0, rows.size, SLAB_PAIRS):
+            i, j = rows[start:start + SLAB_PAIRS], columns[start:start + SLAB_PAIRS]
+            pair_i, pair_j = terms_i.take(i), terms_j.take(j)
+            rho = covariance[i, j] / (pair_i.scale * pair_j.scale)
+            both = counts[i, j]
+            cells = np.stack([both, pair_i.exceedances - both, pair_j.exceedances - both,
+                              n - pair_i.exceedances - pair_j.exceedances + both])
+            informed = (cells.min(axis=0) > 0) & np.isfinite(pair_i.margin) & np.isfinite(pair_j.margin)
+            informed &= np.abs(rho) < 1
+            estimated = (pair_i.scale > 0) & (pair_j.scale > 0)
+            error = np.where(estimated, np.inf, np.nan)
+            se = np.stack([error, error.copy()])
+            fit = np.flatnonzero(informed & estimated)
+            if fit.size:
+                var_rho, var_sigma = pair_variances(pair_i.take(fit), pair_j.take(fit), rho[fit], both[fit] / n,
+                                                    inversion)
+                se[0, fit], se[1, fit] = np.sqrt(var_rho / n), np.sqrt(var_sigma / n)
+            out[:, i, j] = se
+        if diagonal:
+            out[:, columns, rows] = out[:, rows, columns]
+        same = index_i[:, None] == index_j[None, :]
+        sigma_se = np.sqrt(terms_i.information[:, 1, 1] / n)
+        own_sigma = np.broadcast_to((2 * terms_i.scale * sigma_se)[:, None], counts.shape)
+        out[0][same] = np.where(terms_i.scale[:, None] > 0, 0.0, np.nan).repeat(counts.shape[1], 1)[same]
+        out[1][same] = own_sigma[same]
+    return out

@@ -11,7 +11,7 @@ PACKAGE = Path(__file__).parent.parent / "dist_relu"
 # Lowest first. A module may import only from strictly lower layers.
 LAYERS = [
     {"errors", "kernels", "model", "separable", "sgd"},  # the math, on plain arrays
-    {"entry", "compiled", "budget", "latent"},
+    {"entry", "compiled", "budget", "latent", "uncertainty"},
     {"storage", "scheduler", "settings"},
     {"io", "checkpoint"},  # Zarr in and out; saved partial sums
     {"graph"},  # dask graphs of the kernels
@@ -22,7 +22,7 @@ LAYERS = [
     {"cli"},
 ]
 LAYER = {module: level for level, modules in enumerate(LAYERS) for module in modules}
-MATH = LAYERS[0] | {"compiled", "latent"}
+MATH = LAYERS[0] | {"compiled", "latent", "uncertainty"}
 
 
 def imports(module):

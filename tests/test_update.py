@@ -15,7 +15,8 @@ pytestmark = pytest.mark.slow  # processes, services or statistical sweeps: not 
 
 BIN = Path(sys.executable).parent
 EXACT = ("counts", "n_zero", "n_positive", "thresholds", "value_problems")
-ROUNDED = ("sum_positive", "sum_sq_positive", "covariance", "bias", "scale", "positive_fraction")
+ROUNDED = ("sum_positive", "sum_sq_positive", "covariance", "bias", "scale", "positive_fraction", "covariance_se",
+           "correlation_se", "bias_se", "scale_se")
 
 
 @pytest.fixture(scope="module")

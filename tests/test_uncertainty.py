@@ -1,0 +1,145 @@
+"""Standard errors by the delta method: the orthant moments, then each estimate's error against its spread."""
+
+import numpy as np
+import pytest
+from scipy import integrate, stats
+
+import dist_relu
+from dist_relu import kernels, uncertainty
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("h, k, rho", [(0.3, -0.5, 0.6), (-1.2, 0.7, -0.4), (1.5, 1.0, 0.95), (0.5, -np.inf, 0.3)])
+def test_orthant_moments_are_the_integrals(h, k, rho):
+    sd = np.sqrt(1 - rho**2)
+    got = uncertainty.orthant_moments(h, k, rho)
+    for p in range(3):
+        for q in range(3):
+            density = lambda zj, zi: zi**p * zj**q * stats.norm.pdf(zi) * stats.norm.pdf((zj - rho * zi) / sd) / sd  # noqa: E731
+            expected = integrate.dblquad(density, max(h, -12), 12, max(k, -12), 12, epsabs=1e-11, epsrel=1e-9)[0]
+            assert got[p, q] == pytest.approx(expected, abs=1e-8), (p, q)
+
+
+def test_unbounded_moments_are_the_normal_moments():
+    rho = 0.4
+    expected = [[1, 0, 1], [0, rho, 0], [1, 0, 1 + 2 * rho**2]]  # E[z_i^p z_j^q]
+    np.testing.assert_allclose(uncertainty.orthant_moments(-np.inf, -np.inf, rho), expected, atol=1e-15)
+    # One bound: E[z_j 1{z_i > h}] = ρ φ(h), E[z_i 1{z_i > h}] = φ(h).
+    half = uncertainty.orthant_moments(0.7, -np.inf, rho)
+    assert half[0, 1] == pytest.approx(rho * stats.norm.pdf(0.7)) and half[1, 0] == pytest.approx(stats.norm.pdf(0.7))
+
+
+def censored_statistics(samples):
+    """Return the sufficient statistics (coordinates, 4) of samples (rows, coordinates)."""
+    positive = samples > 0
+    return np.stack([(~positive).sum(0), positive.sum(0), samples.sum(0), (samples**2).sum(0)], 1).astype(float)
+
+
+@pytest.mark.parametrize("method", ["censored", "truncated"])
+def test_the_errors_of_b_and_sigma_are_their_spread(method):
+    # 2,000 replications of n = 2,000 samples, fitted at once as 2,000 coordinates.
+    rng = np.random.default_rng(0)
+    n, replications = 2_000, 2_000
+    for bias in (-0.5, 0.0, 1.0):
+        samples = np.maximum(0, bias + 1.5 * rng.standard_normal((n, replications)))
+        statistics = censored_statistics(samples)
+        b, sigma, status = kernels.fit_coordinates(statistics, method)
+        information = kernels.coordinate_information(statistics, b, sigma, status, method)
+        se = np.sqrt(information[:, [0, 1], [0, 1]] / n)
+        # The spread's own relative error is 1/√(2·2000) = 1.6%; a factor √2 or a missing zero term is far off.
+        np.testing.assert_allclose(se.mean(axis=0), [b.std(), sigma.std()], rtol=0.06)
+        coverage = np.mean(np.abs(np.stack([b - bias, sigma - 1.5], 1)) < 1.96 * se, axis=0)
+        assert np.all((coverage > 0.93) & (coverage < 0.97)), coverage
+
+
+def replicated_pairs(rng, bias, scale, rho, n, replications, thresholds, method, inversion):
+    """Return ``(ρ̂, Σ̂_01, SE(ρ̂), SE(Σ̂_01))`` of independent replications of a two-coordinate fit."""
+    covariance = np.array([[scale[0] ** 2, rho * scale[0] * scale[1]], [rho * scale[0] * scale[1], scale[1] ** 2]])
+    z = rng.standard_normal((replications, n, 2)) @ np.linalg.cholesky(covariance).T
+    samples = np.maximum(0, z + bias)
+    statistics = np.concatenate([censored_statistics(samples[:, :, c].T) for c in (0, 1)])  # (2R, 4)
+    b, sigma, status = kernels.fit_coordinates(statistics, method)
+    exceed = samples > thresholds
+    exceedances = np.concatenate([exceed[:, :, 0].sum(1), exceed[:, :, 1].sum(1)])
+    both = (exceed[:, :, 0] & exceed[:, :, 1]).sum(1)
+    if inversion == "tetrachoric":
+        margins = kernels.tetrachoric_margins(exceedances, n)
+    else:
+        margins = kernels.threshold_margins(b, sigma, np.repeat(thresholds, replications))
+    first, second = np.arange(replications), np.arange(replications, 2 * replications)
+    rho_hat = kernels.invert_orthant(margins[first], margins[second], both / n)
+    information = kernels.coordinate_information(statistics, b, sigma, status, method)
+    terms = uncertainty.coordinate_terms(b, sigma, margins, information, exceedances, method)
+    var_rho, var_sigma = uncertainty.pair_variances(terms.take(first), terms.take(second), rho_hat, both / n,
+                                                    inversion)
+    return rho_hat, rho_hat * sigma[first] * sigma[second], np.sqrt(var_rho / n), np.sqrt(var_sigma / n)
+
+
+@pytest.mark.parametrize("rho, method, inversion, bias", [(0.6, "censored", "tetrachoric", [0.3, -0.5]),
+                                                          (0.9, "censored", "tetrachoric", [0.3, -0.5]),
+                                                          (-0.5, "censored", "tetrachoric", [0.3, -0.5]),
+                                                          (0.9, "censored", "model", [0.3, -0.5]),
+                                                          (0.6, "truncated", "tetrachoric", [1.0, 0.8])])
+def test_the_errors_of_rho_and_sigma_ij_are_their_spread(rho, method, inversion, bias):
+    rng = np.random.default_rng(1)
+    bias, scale = np.array(bias), np.array([1.0, 1.5])
+    rho_hat, sigma_hat, rho_se, sigma_se = replicated_pairs(rng, bias, scale, rho, 5_000, 1_000,
+                                                            np.maximum(bias, 0), method, inversion)
+    # 1,000 replications: the spread is known to 2.2%. Leaving out the covariance of σ̂_0 and σ̂_1
+    # (about ρ² of their variances) would make SE(Σ̂) 15% too small at ρ = 0.9.
+    assert rho_se.mean() == pytest.approx(rho_hat.std(), rel=0.07)
+    assert sigma_se.mean() == pytest.approx(sigma_hat.std(), rel=0.07)
+    coverage = np.mean(np.abs(sigma_hat - rho * scale[0] * scale[1]) < 1.96 * sigma_se)
+    assert 0.93 < coverage < 0.975
+
+
+def test_a_fit_stores_errors_that_cover_the_truth(tmp_path):
+    # Negative biases included: b ~ N(0, 1) as drawn.
+    d, n = 8, 20_000
+    weights, bias = dist_relu.figure1_truth(d, seed=3, bias="gaussian")
+    truth = weights @ weights.T
+    rng = np.random.default_rng(3)
+    z_sigma, z_bias = [], []
+    for _ in range(25):
+        samples = np.maximum(0, rng.standard_normal((n, d)) @ weights.T + bias).astype(np.float32)
+        fit = dist_relu.ReLUGaussian().fit(samples)
+        z_sigma.append(((fit.covariance_ - truth) / fit.covariance_se_)[np.triu_indices(d)])
+        z_bias.append((fit.bias_ - bias) / fit.bias_se_)
+    z_sigma, z_bias = np.concatenate(z_sigma), np.concatenate(z_bias)
+    assert 0.93 < np.mean(np.abs(z_sigma) < 1.96) < 0.975
+    assert 0.9 < z_sigma.std() < 1.1
+    assert 0.92 < np.mean(np.abs(z_bias) < 1.96) < 0.98
+    np.testing.assert_array_equal(np.diag(fit.correlation_se_), 0.0)
+    np.testing.assert_allclose(np.diag(fit.covariance_se_), 2 * fit.scale_ * fit.scale_se_)
+    np.testing.assert_array_equal(fit.covariance_se_, fit.covariance_se_.T)
+
+    path = tmp_path / "fit.zarr"
+    fit.save(path)
+    stored = dist_relu.fitstore.open_fit_group(path)
+    for name in ("covariance_se", "correlation_se", "bias_se", "scale_se"):
+        np.testing.assert_array_equal(stored[name][:], getattr(fit, name + "_"))
+
+
+def test_no_information_and_no_estimate_say_so():
+    rng = np.random.default_rng(4)
+    n = 20_000
+    z = rng.standard_normal((n, 3))
+    # Coordinate 1 is positive only where coordinate 0 is far above its threshold: every one of its
+    # exceedances is one of 0's, a cell of their 2×2 table is empty, and the counts cannot tell ρ from 1.
+    samples = np.column_stack([np.maximum(0, z[:, 0]), np.maximum(0, z[:, 0] - 2.5), np.zeros(n),
+                               np.maximum(0, 0.5 + z[:, 2])]).astype(np.float32)
+    fit = dist_relu.ReLUGaussian().fit(samples)
+    assert fit.status_[2] == kernels.STATUS_ALL_ZERO
+    assert np.isnan(fit.bias_se_[2]) and np.isnan(fit.covariance_se_[2]).all()
+    assert fit.counts_[0, 1] == fit.counts_[1, 1] > 0
+    assert np.isinf(fit.covariance_se_[0, 1]) and np.isinf(fit.correlation_se_[0, 1])
+    assert np.isfinite(fit.covariance_se_[[0, 1], 3]).all() and np.isfinite(fit.bias_se_[1])
+
+
+def test_the_sgd_has_errors_of_rho_only():
+    weights, bias = dist_relu.figure1_truth(5, seed=0)
+    samples = np.maximum(0, np.random.default_rng(0).standard_normal((20_000, 5)) @ weights.T + bias)
+    fit = dist_relu.ReLUGaussian(method="sgd").fit(samples.astype(np.float32))
+    assert np.isnan(fit.bias_se_).all() and np.isnan(fit.scale_se_).all() and np.isnan(fit.covariance_se_).all()
+    off = ~np.eye(5, dtype=bool)
+    assert np.isfinite(fit.correlation_se_[off]).all() and (fit.correlation_se_[off] > 0).all()
