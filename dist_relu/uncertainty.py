@@ -19,51 +19,106 @@ moments ``E[z_i^p z_j^q 1{z_i > h} 1{z_j > k}]`` (``orthant_moments``), so
 no second read of the data is needed.
 """
 
+import math
 from typing import NamedTuple
 
+import numba
 import numpy as np
 from scipy import special
 
 from . import kernels
 
-_NORMAL = 1.0 / np.sqrt(2.0 * np.pi)
+_NORMAL = 1.0 / math.sqrt(2.0 * math.pi)
+# Gauss–Legendre rules for the orthant probability's integral over θ = arcsin ρ: 20 nodes are exact to
+# rounding for |θ| ≤ 1.2 and bounds within ±3 (as measured for the inversion, compiled.py), else 32.
+_SHORT_NODES, _SHORT_WEIGHTS = np.polynomial.legendre.leggauss(20)
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _pdf(x):
-    with np.errstate(over="ignore", invalid="ignore"):
-        return np.where(np.isinf(x), 0.0, _NORMAL * np.exp(-0.5 * x * x))
+    return 0.0 if math.isinf(x) else _NORMAL * math.exp(-0.5 * x * x)
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy")
 def _times_pdf(power, x):
-    """Return ``x**power · φ(x)``, 0 at ``x = ±inf``."""
-    with np.errstate(over="ignore", invalid="ignore"):
-        return np.where(np.isinf(x), 0.0, x**power * _NORMAL * np.exp(-0.5 * x * x))
+    """``x**power · φ(x)``, 0 at ±inf."""
+    return 0.0 if math.isinf(x) else x**power * _NORMAL * math.exp(-0.5 * x * x)
 
 
-def tail_moments(c):
-    """Return ``E[z^p 1{z > c}]`` for ``p = 0, 1, 2``, ``z`` standard normal, stacked on the last axis."""
-    c = np.asarray(c, dtype=np.float64)
-    upper = special.ndtr(-c)
-    return np.stack([upper, _pdf(c), upper + _times_pdf(1, c)], axis=-1)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _above(x):
+    """``P(z > x)``."""
+    return 0.5 * math.erfc(x / math.sqrt(2.0))
 
 
-def _conditional_moments(mean, sd, c):
-    """Return ``E[Y^p 1{Y > c}]``, ``p = 0, 1, 2``, for ``Y ~ N(mean, sd²)``, ``sd > 0``; ``c`` may be −inf."""
-    with np.errstate(invalid="ignore"):
-        alpha = np.where(np.isinf(c), -np.inf, (c - mean) / sd)
-    upper, density = special.ndtr(-alpha), _pdf(alpha)
-    finite_c = np.where(np.isinf(c), 0.0, c)
-    return (upper,
-            mean * upper + sd * density,
-            (mean * mean + sd * sd) * upper + sd * (finite_c + mean) * density)
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _orthant(h, k, rho, short_nodes, short_weights, nodes, weights):
+    """``P(z_i > h, z_j > k)``: ``P(z_i > h) P(z_j > k) + (1/2π) ∫₀^θ exp(−(h² + k² − 2hk sin s)/(2 cos² s)) ds``."""
+    if math.isinf(h) or math.isinf(k):
+        return _above(h) * _above(k)
+    theta = math.asin(rho)
+    if abs(theta) <= 1.2 and max(abs(h), abs(k)) <= 3.0:
+        nodes, weights = short_nodes, short_weights
+    squares, product = h * h + k * k, 2.0 * h * k
+    total = 0.0
+    for m in range(nodes.size):
+        sine = math.sin(theta * 0.5 * (nodes[m] + 1.0))
+        c2 = (1.0 - sine) * (1.0 + sine)
+        if c2 > 0.0:
+            total += weights[m] * math.exp(-(squares - product * sine) / (2.0 * c2))
+    return _above(h) * _above(k) + theta * total / (4.0 * math.pi)
 
 
-def orthant_moments(h, k, rho, upper=None):
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _face_moments(h, k, rho, sd, out):
+    """Write ``φ(h) h^p E[Y^q 1{Y > k}]`` into ``out[p, q]`` (p, q ≤ 2), ``Y ~ N(ρh, sd²)``: the face ``z_i = h``."""
+    if math.isinf(h):
+        out[:, :] = 0.0
+        return
+    mean = rho * h
+    if math.isinf(k):
+        tail = (1.0, mean, mean * mean + sd * sd)
+    else:
+        alpha = (k - mean) / sd
+        upper, density = _above(alpha), _pdf(alpha)
+        tail = (upper, mean * upper + sd * density, (mean * mean + sd * sd) * upper + sd * (k + mean) * density)
+    face = _pdf(h)
+    for q in range(3):
+        out[0, q] = face * tail[q]
+        out[1, q] = face * h * tail[q]
+        out[2, q] = face * h * h * tail[q]
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _orthant_moments(h, k, rho, upper, t):
+    """Fill ``t`` (3, 3) with ``E[z_i^p z_j^q 1{z_i > h} 1{z_j > k}]``, ``upper`` being ``t[0, 0]`` (see ``orthant_moments``)."""
+    sd = math.sqrt((1.0 - rho) * (1.0 + rho))
+    b_i, b_j = np.empty((3, 3)), np.empty((3, 3))
+    _face_moments(h, k, rho, sd, b_i)  # b_i[p, q] = B_i(p, q)
+    _face_moments(k, h, rho, sd, b_j)  # b_j[q, p] = B_j(p, q)
+    t[0, 0] = upper
+    t[1, 0] = b_i[0, 0] + rho * b_j[0, 0]
+    t[0, 1] = b_j[0, 0] + rho * b_i[0, 0]
+    t[1, 1] = b_i[0, 1] + rho * (t[0, 0] + b_j[1, 0])
+    t[2, 0] = t[0, 0] + b_i[1, 0] + rho * b_j[0, 1]
+    t[0, 2] = t[0, 0] + b_j[1, 0] + rho * b_i[0, 1]
+    t[2, 1] = t[0, 1] + b_i[1, 1] + rho * (t[1, 0] + b_j[1, 1])
+    t[1, 2] = t[1, 0] + b_j[1, 1] + rho * (t[0, 1] + b_i[1, 1])
+    t[2, 2] = t[0, 2] + b_i[1, 2] + rho * (2.0 * t[1, 1] + b_j[2, 1])
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _orthant_moments_many(h, k, rho, out, short_nodes, short_weights, nodes, weights):
+    for m in range(h.size):
+        _orthant_moments(h[m], k[m], rho[m], _orthant(h[m], k[m], rho[m], short_nodes, short_weights, nodes, weights),
+                         out[m])
+
+
+def orthant_moments(h, k, rho):
     """Return ``T[..., p, q] = E[z_i^p z_j^q 1{z_i > h} 1{z_j > k}]`` for ``p, q ≤ 2`` (shape ``(..., 3, 3)``).
 
     ``(z_i, z_j)`` is standard bivariate normal with correlation ``|ρ| < 1``;
-    ``h`` and ``k`` may be −inf (no bound). ``upper`` is ``T[..., 0, 0]``,
-    ``P(z_i > h, z_j > k)``, when it is known already.
+    ``h`` and ``k`` may be −inf (no bound). Broadcasts.
 
     Notes
     -----
@@ -74,33 +129,13 @@ def orthant_moments(h, k, rho, upper=None):
     of ``z_j`` on the face ``z_i = h``), and ``B_j`` likewise.
     """
     h, k, rho = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (h, k, rho)))
-    sd = np.sqrt((1.0 - rho) * (1.0 + rho))
-    if upper is None:
-        # Bounds beyond ±40 standard deviations are the same as infinite ones, and keep the integrand finite.
-        upper = kernels.orthant_probability(-np.clip(h, -40, 40), -np.clip(k, -40, 40), rho)
-    finite_h, finite_k = np.where(np.isinf(h), 0.0, h), np.where(np.isinf(k), 0.0, k)
-    on_h = _conditional_moments(rho * finite_h, sd, k)  # z_j on the face z_i = h
-    on_k = _conditional_moments(rho * finite_k, sd, h)
-    face_h = [_times_pdf(p, h) for p in range(2)]  # φ(h) h^p
-    face_k = [_times_pdf(q, k) for q in range(3)]
+    out = np.empty(h.shape + (3, 3))
+    _orthant_moments_many(np.ascontiguousarray(h).reshape(-1), np.ascontiguousarray(k).reshape(-1),
+                          np.ascontiguousarray(rho).reshape(-1), out.reshape(-1, 3, 3), *_RULES)
+    return out
 
-    def b_i(p, q):
-        return face_h[p] * on_h[q]
 
-    def b_j(p, q):
-        return face_k[q] * on_k[p]
-
-    t = np.empty(h.shape + (3, 3))
-    t[..., 0, 0] = upper
-    t[..., 1, 0] = b_i(0, 0) + rho * b_j(0, 0)
-    t[..., 0, 1] = b_j(0, 0) + rho * b_i(0, 0)
-    t[..., 1, 1] = b_i(0, 1) + rho * (t[..., 0, 0] + b_j(0, 1))
-    t[..., 2, 0] = t[..., 0, 0] + b_i(1, 0) + rho * b_j(1, 0)
-    t[..., 0, 2] = t[..., 0, 0] + b_j(0, 1) + rho * b_i(0, 1)
-    t[..., 2, 1] = t[..., 0, 1] + b_i(1, 1) + rho * (t[..., 1, 0] + b_j(1, 1))
-    t[..., 1, 2] = t[..., 1, 0] + b_j(1, 1) + rho * (t[..., 0, 1] + b_i(1, 1))
-    t[..., 2, 2] = t[..., 0, 2] + b_i(1, 2) + rho * (2.0 * t[..., 1, 1] + b_j(1, 2))
-    return t
+_RULES = (_SHORT_NODES, _SHORT_WEIGHTS, kernels.GL_NODES, kernels.GL_WEIGHTS)
 
 
 # --------------------------------------------------------------------------
@@ -146,7 +181,7 @@ def coordinate_terms(bias, scale, margins, information, exceedances, method="cen
     bias, scale, margins = (np.asarray(v, dtype=np.float64) for v in (bias, scale, margins))
     with np.errstate(divide="ignore", invalid="ignore"):
         u = -bias / scale
-        density = _pdf(u)
+        density = np.where(np.isinf(u), 0.0, _NORMAL * np.exp(-0.5 * u * u))
         below = np.zeros(scale.shape + (2, 3))
         step = np.zeros(scale.shape + (2, 3))
         if method == "censored":
@@ -172,13 +207,137 @@ def coordinate_terms(bias, scale, margins, information, exceedances, method="cen
 # --------------------------------------------------------------------------
 
 
-def pair_variances(terms_i, terms_j, rho, p11, inversion="tetrachoric"):
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _quadratic(c, cov):
+    """``cᵀ cov c`` over the nonzero entries of ``c`` (an entry of ``cov`` that ``c`` does not weigh may be NaN)."""
+    total = 0.0
+    for a in range(c.size):
+        if c[a] != 0.0:
+            for b in range(c.size):
+                if c[b] != 0.0:
+                    total += c[a] * cov[a, b] * c[b]
+    return total
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _influence(information, coefficients, moments, row, column, cov):
+    """Write ``V Σ_x coefficients[:, x] moments[x]`` (a score's moment, carried by ``V``) into ``cov[row, column:column+2]``."""
+    first = second = 0.0
+    for x in range(3):
+        first += coefficients[0, x] * moments[x]
+        second += coefficients[1, x] * moments[x]
+    cov[row, column] += information[0, 0] * first + information[0, 1] * second
+    cov[row, column + 1] += information[1, 0] * first + information[1, 1] * second
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _score_products(first, second, moments, out):
+    """Add ``Σ_xy first[c, x] second[e, y] moments[x, y]`` to ``out[c, e]``."""
+    for c in range(2):
+        for e in range(2):
+            for x in range(3):
+                for y in range(3):
+                    out[c, e] += first[c, x] * second[e, y] * moments[x, y]
+
+
+# Where a pair's orthant moments are kept (``_pair_variance``'s scratch).
+_BOTH, _AT_H_I, _AT_H_J, _AT_U_I, _AT_U_J, _U_I_H_J, _H_I_U_J, _U_I_U_J, _EVERYWHERE = range(9)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _pair_variance(scale, zero_point, margin, information, below, step, i, j, rho, p11, tetrachoric, rules,
+                   moments, cov, c, scores, out):
+    """Write ``(var_ρ, var_Σ)`` of the pair ``(i, j)`` into ``out`` (see ``pair_variances``); the rest is scratch."""
+    short_nodes, short_weights, nodes, weights = rules
+    a_i, a_j, u_i, u_j = margin[i], margin[j], zero_point[i], zero_point[j]
+    h_i, h_j = max(-a_i, u_i), max(-a_j, u_j)
+    p_i, p_j = _above(-a_i), _above(-a_j)
+    sd = math.sqrt((1.0 - rho) * (1.0 + rho))
+    density = math.exp(-(a_i * a_i - 2.0 * rho * a_i * a_j + a_j * a_j) / (2.0 * sd * sd)) / (2.0 * math.pi * sd)
+    weight_i, weight_j = _above(-(a_j - rho * a_i) / sd), _above(-(a_i - rho * a_j) / sd)
+
+    cov[:, :] = 0.0  # of (I_i I_j, I_i, I_j, ψ_i, ψ_j)
+    cov[0, 0] = p11 * (1.0 - p11)
+    cov[0, 1] = p11 * (1.0 - p_i)
+    cov[0, 2] = p11 * (1.0 - p_j)
+    cov[1, 1] = p_i * (1.0 - p_i)
+    cov[2, 2] = p_j * (1.0 - p_j)
+    cov[1, 2] = p11 - p_i * p_j
+
+    none = -math.inf
+    bounds = ((h_i, h_j), (h_i, none), (none, h_j), (u_i, none), (none, u_j), (u_i, h_j), (h_i, u_j), (u_i, u_j),
+              (none, none))
+    for m in range(9):
+        h, k = bounds[m]
+        if h == h_i and k == h_j:
+            upper = p11
+        else:
+            upper = _orthant(h, k, rho, short_nodes, short_weights, nodes, weights)
+        _orthant_moments(h, k, rho, upper, moments[m])
+
+    below_i, step_i, below_j, step_j = below[i], step[i], below[j], step[j]
+    v_i, v_j = information[i], information[j]
+    for coefficients, bound in ((below_i, _BOTH), (step_i, _BOTH)):  # E[I_i I_j s_i], s_i = below + step there
+        _influence(v_i, coefficients, moments[bound, :, 0], 0, 3, cov)
+    for coefficients, bound in ((below_j, _BOTH), (step_j, _BOTH)):
+        _influence(v_j, coefficients, moments[bound, 0, :], 0, 5, cov)
+    for coefficients in (below_i, step_i):  # E[I_i s_i]
+        _influence(v_i, coefficients, moments[_AT_H_I, :, 0], 1, 3, cov)
+    for coefficients in (below_j, step_j):  # E[I_j s_j]
+        _influence(v_j, coefficients, moments[_AT_H_J, 0, :], 2, 5, cov)
+    _influence(v_i, below_i, moments[_AT_H_J, :, 0], 2, 3, cov)  # E[I_j s_i]
+    _influence(v_i, step_i, moments[_U_I_H_J, :, 0], 2, 3, cov)
+    _influence(v_j, below_j, moments[_AT_H_I, 0, :], 1, 5, cov)  # E[I_i s_j]
+    _influence(v_j, step_j, moments[_H_I_U_J, 0, :], 1, 5, cov)
+    scores[:, :] = 0.0  # E[s_i s_jᵀ]
+    _score_products(below_i, below_j, moments[_EVERYWHERE], scores)
+    _score_products(step_i, below_j, moments[_AT_U_I], scores)
+    _score_products(below_i, step_j, moments[_AT_U_J], scores)
+    _score_products(step_i, step_j, moments[_U_I_U_J], scores)
+    for x in range(2):
+        for y in range(2):
+            cov[3 + x, 3 + y], cov[5 + x, 5 + y] = v_i[x, y], v_j[x, y]
+            total = 0.0
+            for e in range(2):
+                for f in range(2):
+                    total += v_i[x, e] * scores[e, f] * v_j[f, y]
+            cov[3 + x, 5 + y] = total
+    for a in range(7):
+        for b in range(a):
+            cov[a, b] = cov[b, a]
+
+    c[:] = 0.0
+    c[0] = 1.0 / density
+    if tetrachoric:
+        c[1], c[2] = -weight_i / density, -weight_j / density
+    else:
+        slope_i, slope_j = _pdf(a_i) * weight_i / (scale[i] * density), _pdf(a_j) * weight_j / (scale[j] * density)
+        c[3], c[4], c[5], c[6] = -slope_i, slope_i * a_i, -slope_j, slope_j * a_j
+    out[0] = _quadratic(c, cov)
+    for a in range(7):
+        c[a] *= scale[i] * scale[j]
+    c[4] += rho * scale[j]
+    c[6] += rho * scale[i]
+    out[1] = _quadratic(c, cov)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _pair_variances(scale, zero_point, margin, information, below, step, first, second, rho, p11, tetrachoric,
+                    rules, out):
+    moments, cov, c, scores = np.empty((9, 3, 3)), np.empty((7, 7)), np.empty(7), np.empty((2, 2))
+    for m in range(rho.size):
+        _pair_variance(scale, zero_point, margin, information, below, step, first[m], second[m], rho[m], p11[m],
+                       tetrachoric, rules, moments, cov, c, scores, out[m])
+
+
+def pair_variances(terms, first, second, rho, p11, inversion="tetrachoric"):
     """Return ``(var_ρ, var_Σ)`` per sample (divide by ``n``) of pairs ``i ≠ j`` with ``|ρ| < 1``.
 
     Parameters
     ----------
-    terms_i, terms_j : CoordinateTerms
-        Of each pair's two coordinates (fields of shape (P, ...)).
+    terms : CoordinateTerms
+    first, second : ndarray of int (P,)
+        Each pair's coordinates, rows of ``terms``.
     rho : ndarray (P,)
         ``ρ̂_ij``.
     p11 : ndarray (P,)
@@ -194,86 +353,16 @@ def pair_variances(terms_i, terms_j, rho, p11, inversion="tetrachoric"):
     so each variance is ``cᵀ Cov(B) c``. ``Cov(ψ_i) = V_i``; the rest are
     orthant moments at the fitted ``(u, −a, ρ)``. Where the indicator meets
     a score, its bound is taken at least ``u`` (the thresholds are not
-    negative, so in the model ``−a ≥ u``).
+    negative, so in the model ``−a ≥ u``). Compiled, pair by pair.
     """
-    a_i, a_j = terms_i.margin, terms_j.margin
-    h_i = np.maximum(-a_i, terms_i.zero_point)
-    h_j = np.maximum(-a_j, terms_j.zero_point)
-    u_i, u_j = terms_i.zero_point, terms_j.zero_point
-    p_i, p_j = special.ndtr(a_i), special.ndtr(a_j)
-    sd = np.sqrt((1.0 - rho) * (1.0 + rho))
-    density = np.exp(-(a_i * a_i - 2 * rho * a_i * a_j + a_j * a_j) / (2 * sd * sd)) / (2 * np.pi * sd)
-    weight_i, weight_j = special.ndtr((a_j - rho * a_i) / sd), special.ndtr((a_i - rho * a_j) / sd)
-
-    pairs = len(rho)
-    cov = np.zeros((pairs, 7, 7))
-    cov[:, 0, 0] = p11 * (1 - p11)
-    cov[:, 0, 1] = cov[:, 1, 0] = p11 * (1 - p_i)
-    cov[:, 0, 2] = cov[:, 2, 0] = p11 * (1 - p_j)
-    cov[:, 1, 1] = p_i * (1 - p_i)
-    cov[:, 2, 2] = p_j * (1 - p_j)
-    cov[:, 1, 2] = cov[:, 2, 1] = p11 - p_i * p_j
-    if inversion == "tetrachoric":
-        c_rho = np.stack([np.ones(pairs), -weight_i, -weight_j], axis=1) / density[:, None]
-        var_rho = np.einsum("pa,pab,pb->p", c_rho, cov[:, :3, :3], c_rho)
-    none = np.full(pairs, -np.inf)
-    both = orthant_moments(h_i, h_j, rho, upper=p11)
-    i_only, j_only = tail_moments(h_i), tail_moments(h_j)
-    at_h_i = orthant_moments(h_i, none, rho, upper=i_only[:, 0])  # 1{z_i > h_i} z_i^p z_j^q
-    at_h_j = orthant_moments(none, h_j, rho, upper=j_only[:, 0])
-    zero_i, zero_j = special.ndtr(-u_i), special.ndtr(-u_j)
-    at_u_i = orthant_moments(u_i, none, rho, upper=zero_i)
-    at_u_j = orthant_moments(none, u_j, rho, upper=zero_j)
-    u_i_h_j = orthant_moments(u_i, h_j, rho)
-    h_i_u_j = orthant_moments(h_i, u_j, rho)
-    u_i_u_j = orthant_moments(u_i, u_j, rho)
-    everywhere = orthant_moments(none, none, rho, upper=np.ones(pairs))
-
-    below_i, step_i = terms_i.score_below, terms_i.score_step  # (P, 2, 3)
-    below_j, step_j = terms_j.score_below, terms_j.score_step
-    above_i, above_j = below_i + step_i, below_j + step_j
-    # E[score · indicator]: (P, 2) each.
-    both_i = np.einsum("pcx,px->pc", above_i, both[:, :, 0])  # E[I_i I_j s_i]
-    both_j = np.einsum("pcy,py->pc", above_j, both[:, 0, :])
-    own_i = np.einsum("pcx,px->pc", above_i, i_only)  # E[I_i s_i]
-    own_j = np.einsum("pcy,py->pc", above_j, j_only)
-    other_i = (np.einsum("pcx,px->pc", below_i, at_h_j[:, :, 0])  # E[I_j s_i]
-               + np.einsum("pcx,px->pc", step_i, u_i_h_j[:, :, 0]))
-    other_j = (np.einsum("pcy,py->pc", below_j, at_h_i[:, 0, :])
-               + np.einsum("pcy,py->pc", step_j, h_i_u_j[:, 0, :]))
-    scores = (np.einsum("pcx,pdy,pxy->pcd", below_i, below_j, everywhere)  # E[s_i s_jᵀ]
-              + np.einsum("pcx,pdy,pxy->pcd", step_i, below_j, at_u_i)
-              + np.einsum("pcx,pdy,pxy->pcd", below_i, step_j, at_u_j)
-              + np.einsum("pcx,pdy,pxy->pcd", step_i, step_j, u_i_u_j))
-    v_i, v_j = terms_i.information, terms_j.information
-    influence_i = lambda moments: np.einsum("pcd,pd->pc", v_i, moments)  # noqa: E731
-    influence_j = lambda moments: np.einsum("pcd,pd->pc", v_j, moments)  # noqa: E731
-    cov[:, 0, 3:5], cov[:, 1, 3:5], cov[:, 2, 3:5] = influence_i(both_i), influence_i(own_i), influence_i(other_i)
-    cov[:, 0, 5:7], cov[:, 1, 5:7], cov[:, 2, 5:7] = influence_j(both_j), influence_j(other_j), influence_j(own_j)
-    cov[:, 3:5, 0:3] = cov[:, 0:3, 3:5].transpose(0, 2, 1)
-    cov[:, 5:7, 0:3] = cov[:, 0:3, 5:7].transpose(0, 2, 1)
-    cov[:, 3:5, 3:5], cov[:, 5:7, 5:7] = v_i, v_j
-    cov[:, 3:5, 5:7] = v_i @ scores @ v_j
-    cov[:, 5:7, 3:5] = cov[:, 3:5, 5:7].transpose(0, 2, 1)
-
-    c = np.zeros((pairs, 7))
-    if inversion == "tetrachoric":
-        c[:, :3] = c_rho
-    else:
-        scale_i, scale_j = terms_i.scale, terms_j.scale
-        c[:, 0] = 1.0
-        c[:, 3:5] = -(_pdf(a_i) * weight_i / scale_i)[:, None] * np.stack([np.ones(pairs), -a_i], 1)
-        c[:, 5:7] = -(_pdf(a_j) * weight_j / scale_j)[:, None] * np.stack([np.ones(pairs), -a_j], 1)
-        c /= density[:, None]
-        var_rho = np.einsum("pa,pab,pb->p", c, cov, c)
-    scale_i, scale_j = terms_i.scale, terms_j.scale
-    c *= (scale_i * scale_j)[:, None]
-    c[:, 4] += rho * scale_j
-    c[:, 6] += rho * scale_i
-    return var_rho, np.einsum("pa,pab,pb->p", c, cov, c)
+    out = np.empty((len(rho), 2))
+    _pair_variances(*(np.ascontiguousarray(field, dtype=np.float64) for field in terms[:6]),
+                    np.asarray(first, dtype=np.int64), np.asarray(second, dtype=np.int64),
+                    np.asarray(rho, dtype=np.float64), np.asarray(p11, dtype=np.float64),
+                    inversion == "tetrachoric", _RULES, out)
+    return out[:, 0], out[:, 1]
 
 
-# Pairs per slab of a block: each holds about 2 KB of temporaries (``pair_variances``).
 SLAB_PAIRS = 8_192
 
 
@@ -302,6 +391,7 @@ def standard_error_block(counts, n, covariance, terms_i, terms_j, index_i, index
         (then the orthant probability is at its bound, and ``ρ̂`` at or
         numerically near ``±1``).
     """
+    terms = CoordinateTerms.unstack(np.concatenate([terms_i, terms_j]))  # the rows', then the columns'
     terms_i, terms_j = CoordinateTerms.unstack(terms_i), CoordinateTerms.unstack(terms_j)
     out = np.full((2,) + counts.shape, np.nan)
     diagonal = counts.shape[0] == counts.shape[1] and np.array_equal(index_i, index_j)
@@ -324,9 +414,12 @@ def standard_error_block(counts, n, covariance, terms_i, terms_j, index_i, index
             se = np.stack([error, error.copy()])
             fit = np.flatnonzero(informed & estimated)
             if fit.size:
-                var_rho, var_sigma = pair_variances(pair_i.take(fit), pair_j.take(fit), rho[fit], both[fit] / n,
-                                                    inversion)
-                se[0, fit], se[1, fit] = np.sqrt(var_rho / n), np.sqrt(var_sigma / n)
+                var_rho, var_sigma = pair_variances(terms, i[fit], len(terms_i.scale) + j[fit], rho[fit],
+                                                    both[fit] / n, inversion)
+                # The delta method fails where the orthant density vanishes (ρ̂ numerically at ±1): no information.
+                se[0, fit] = np.where(var_rho > 0, np.sqrt(var_rho / n), np.inf)
+                se[1, fit] = np.where(var_sigma > 0, np.sqrt(var_sigma / n), np.where(np.isnan(var_sigma), np.nan,
+                                                                                      np.inf))
             out[:, i, j] = se
         if diagonal:
             out[:, columns, rows] = out[:, rows, columns]

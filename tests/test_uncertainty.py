@@ -70,8 +70,7 @@ def replicated_pairs(rng, bias, scale, rho, n, replications, thresholds, method,
     rho_hat = kernels.invert_orthant(margins[first], margins[second], both / n)
     information = kernels.coordinate_information(statistics, b, sigma, status, method)
     terms = uncertainty.coordinate_terms(b, sigma, margins, information, exceedances, method)
-    var_rho, var_sigma = uncertainty.pair_variances(terms.take(first), terms.take(second), rho_hat, both / n,
-                                                    inversion)
+    var_rho, var_sigma = uncertainty.pair_variances(terms, first, second, rho_hat, both / n, inversion)
     return rho_hat, rho_hat * sigma[first] * sigma[second], np.sqrt(var_rho / n), np.sqrt(var_sigma / n)
 
 
