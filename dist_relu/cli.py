@@ -1,4 +1,4 @@
-"""The ``dist-relu`` command line: simulate, fit, evaluate, demo."""
+"""The ``dist-relu`` command line: simulate, fit, evaluate, report, demo."""
 
 import ctypes
 import functools
@@ -19,7 +19,8 @@ import numpy as np
 import zarr
 from click.core import ParameterSource
 
-from . import __version__, io, kernels, latent, storage
+from . import __version__, fitstore, io, kernels, latent, storage
+from . import report as reporting
 from .convert import FORMATS
 from .convert import convert as convert_file
 from .entry import interrupted_exit
@@ -555,7 +556,21 @@ def evaluate(fit_path, truth, as_json):
       dist-relu evaluate fit.zarr --truth sim.zarr
     """
     model, group = open_fit(fit_path)
-    fitted = group.attrs.get("model", "relu_gaussian")
+    _, metrics = _against_truth(fit_path, model, group.attrs.get("model", "relu_gaussian"), truth)
+    if as_json:
+        click.echo(json.dumps(metrics, indent=2))
+    else:
+        for name, value in metrics.items():
+            click.echo(f"{name:>10} = {value:.3e}" if name in ("anchor_sin_max", "subspace_sine") else
+                       f"{name:>10} = {value}" if isinstance(value, int) else f"{name:>10} = {value:.5f}")
+
+
+def _against_truth(fit_path, model, fitted, truth):
+    """Return the truth stored at ``truth`` (a tuple of arrays), and the metrics of ``model`` against it.
+
+    ``fitted`` names the model that ``model`` is a fit of (its ``model`` attribute); ``evaluate`` and
+    ``report`` compare with the truth through this one function.
+    """
     if fitted == "random_bias_relu":
         truth_values = (open_truth_group(truth)["weights"][:],)
     else:
@@ -564,15 +579,49 @@ def evaluate(fit_path, truth, as_json):
         raise io.InputError(f"{fit_path} is a fit of the {fitted} model; {truth} holds the truth of the "
                             f"{'two' if len(truth_values) == 3 else 'one'}-layer model")
     try:
-        metrics = model.errors(*truth_values)
+        return truth_values, model.errors(*truth_values)
     except ValueError as error:
         raise io.InputError(f"{truth} does not match the fit {fit_path}: {error}") from None
-    if as_json:
-        click.echo(json.dumps(metrics, indent=2))
-    else:
-        for name, value in metrics.items():
-            click.echo(f"{name:>10} = {value:.3e}" if name in ("anchor_sin_max", "subspace_sine") else
-                       f"{name:>10} = {value}" if isinstance(value, int) else f"{name:>10} = {value:.5f}")
+
+
+@main.command()
+@click.argument("fit_path", metavar="FIT")
+@click.option("--out", required=True, help="HTML file to create (a path or fsspec URL).")
+@click.option("--truth", default=None,
+              help="A store written by `dist-relu simulate`: adds the fit's errors against its truth (as "
+              "`dist-relu evaluate` gives them) and the estimates plotted against the truth.")
+@click.option("--overwrite", is_flag=True, help="Replace an existing report at --out (never any other file).")
+@_handle_errors
+def report(fit_path, out, truth, overwrite):
+    """Write one self-contained HTML file showing how far to trust a one-layer fit.
+
+    It holds the fit's provenance and stage timings; a heatmap of the
+    correlations ρ̂ = Σ̂ᵢⱼ / (σ̂ᵢ σ̂ⱼ) (block-averaged to at most 256 × 256
+    cells at large d); b̂ and σ̂ per coordinate; the positive fraction and
+    status of each coordinate; and the eigenvalues of Σ̂ (is it positive
+    semidefinite?). When the fit stores standard errors (`covariance_se`,
+    `bias_se`, `scale_se`), a heatmap of those of Σ̂ relative to σ̂ᵢ σ̂ⱼ
+    and ±1.96 SE bars on b̂ and σ̂. With --truth, err_sigma, err_b and
+    tv_bound and the estimates plotted against the truth.
+
+    Images are embedded: the file refers to nothing outside itself. It
+    appears only when complete. Fits of the two-layer and random-bias
+    models are refused. Needs matplotlib: `pip install 'dist_relu[report]'`.
+
+    \b
+    Example:
+      dist-relu report fit.zarr --out report.html
+      dist-relu report fit.zarr --out report.html --truth sim.zarr
+    """
+    reporting.require_matplotlib()
+    storage.check_output(out, storage.REPORT_FORMAT, (fit_path, truth), overwrite)  # before reading Σ̂
+    fitted = reporting.read_fit(fit_path)
+    known = None
+    if truth is not None:
+        (covariance, bias), metrics = _against_truth(fit_path, fitted.model, fitstore.MODEL, truth)
+        known = reporting.Truth(str(truth), covariance, bias, metrics)
+    size = reporting.write_report(fitted, out, known, overwrite=overwrite)
+    _log(f"wrote {out} ({size / 1e6:.1f} MB)")
 
 
 @main.command()

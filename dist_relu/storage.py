@@ -19,6 +19,10 @@ Every output is written by ``atomic_output``:
 - the output is written into ``.NAME.partial-TOKEN`` and renamed into place
   only once complete.
 
+A single file (a report) is written the same way by ``write_file``; it names
+its format in its first bytes (``REPORT_MARK``), as a store does in its
+attributes.
+
 Object stores (``s3://``, ``gs://``) have no rename and no directories. There
 the finished store is copied into place object by object (``_copy_into_place``),
 under a marker ``.NAME.commit-TOKEN`` written first: the group's root metadata
@@ -51,10 +55,15 @@ log = logging.getLogger("dist_relu")
 FIT_FORMAT = "dist_relu.fit"
 SAMPLES_FORMAT = "dist_relu.samples"
 CHECKPOINT_FORMAT = "dist_relu.checkpoint"
+REPORT_FORMAT = "dist_relu.report"
+# A file output names its format in its first bytes: a report's HTML head holds this line.
+REPORT_MARK = f'<meta name="format" content="{REPORT_FORMAT}">'
+_FILE_HEAD = 1024
 # Stores written before outputs carried a format attribute name their writer instead.
 _LEGACY_FORMATS = {("generator", "dist_relu.simulate"): SAMPLES_FORMAT,
                    ("converted_by", "dist_relu.convert"): SAMPLES_FORMAT}
-_KIND_NAMES = {FIT_FORMAT: "dist_relu fit", SAMPLES_FORMAT: "dist_relu samples store"}
+_KIND_NAMES = {FIT_FORMAT: "dist_relu fit", SAMPLES_FORMAT: "dist_relu samples store",
+               REPORT_FORMAT: "dist_relu report"}
 
 # A lock's lease: renewed every LEASE/4 while its writer lives; a lock from another
 # host whose lease ran out LEASE ago is stale.
@@ -136,6 +145,9 @@ def location(text):
 
 def output_format(where):
     """Return the format of the dist_relu output at ``where`` (a ``Location``), or None if it is none."""
+    if where.fs.isfile(where.path):
+        head = where.fs.cat_file(where.path, start=0, end=_FILE_HEAD)
+        return REPORT_FORMAT if REPORT_MARK.encode() in head else None
     for metadata in ("zarr.json", ".zattrs"):
         try:
             document = json.loads(where.fs.cat_file(f"{where.path}/{metadata}"))
@@ -236,6 +248,20 @@ def atomic_output(out, kind, inputs=(), overwrite=False):
             _remove_quietly(out.fs, partial)
 
 
+def write_file(out, data, kind, inputs=(), overwrite=False):
+    """Write the bytes ``data`` as the file ``out``, an output of ``kind`` that appears only whole.
+
+    The file is written beside ``out`` under a hidden name and moved into
+    place once complete (``atomic_output``, with its checks, its lock and
+    its rules for ``overwrite``). ``data`` holds the mark of ``kind``
+    (``REPORT_MARK``) in its first 1024 bytes, by which ``overwrite`` knows
+    the file later.
+    """
+    with atomic_output(out, kind, inputs, overwrite) as partial:
+        where = location(partial)
+        where.fs.pipe_file(where.path, data)
+
+
 # The metadata of a Zarr group's root: while it is absent, the group cannot be opened.
 _ROOT_METADATA = ("zarr.json", ".zgroup", ".zattrs", ".zmetadata")
 
@@ -245,8 +271,12 @@ def _copy_into_place(fs, source, target):
 
     The root metadata of the previous output goes first and the new one's
     comes last, so that between them the group cannot be opened, rather than
-    be opened as a mixture of the two outputs.
+    be opened as a mixture of the two outputs. A single file is one object,
+    replaced whole by one copy.
     """
+    if fs.isfile(source):
+        fs.copy(source, target)
+        return
     new = sorted(path[len(source):] for path in fs.find(source))
     root = [f"/{name}" for name in _ROOT_METADATA]
     if not set(new) & set(root):

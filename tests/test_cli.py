@@ -95,7 +95,7 @@ def test_paper_method_through_the_cli(simulated_store, tmp_path):
     assert metrics["err_sigma"] < 0.2 and metrics["err_b"] < 0.1
 
 
-@pytest.mark.parametrize("command", ["simulate", "fit", "evaluate", "demo", "convert"])
+@pytest.mark.parametrize("command", ["simulate", "fit", "evaluate", "report", "demo", "convert"])
 def test_every_command_has_help_with_an_example(command):
     text = run(command, "--help").stdout
     assert "Example" in text and f"dist-relu {command}" in text

@@ -19,6 +19,7 @@ LAYERS = [
     {"plan", "simulate", "convert"},
     {"estimator"},  # the one-layer model's front doors
     {"twolayer", "randombias"},  # models made of the pipeline (and the one-layer fit)
+    {"report"},  # a stored fit shown to a person
     {"cli"},
 ]
 LAYER = {module: level for level, modules in enumerate(LAYERS) for module in modules}
