@@ -423,6 +423,8 @@ def _print_summary(out, attributes, as_json):
                        loss=[float(loss) for loss in group["loss"][:]], change=[float(c) for c in group["change"][:]])
     else:
         summary["min_positive_fraction"] = float(group["positive_fraction"][:].min())
+        if attributes.get("standard_errors"):
+            summary["standard_errors"] = attributes["standard_errors"]
     if two_layer:
         summary.update(hidden=attributes["hidden"], anchor_rows=[int(row) for row in anchors],
                        outside_fraction=attributes["outside_fraction"], energy_outside=attributes["energy_outside"])
@@ -449,6 +451,12 @@ def _print_summary(out, attributes, as_json):
         )
     click.echo("stages: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in summary["timings"].items()))
     click.echo("coordinates: " + ", ".join(f"{count} {name}" for name, count in summary["status"].items()))
+    if "standard_errors" in summary:
+        errors = summary["standard_errors"]
+        click.echo(f"standard errors: of the {errors['entries']:,} entries of Σ̂ (j ≥ i), "
+                   f"{errors['relative_above_10pct']:,} have a relative error above 10%, "
+                   f"{errors['relative_above_50pct']:,} above 50%, {errors['no_information']:,} have no information "
+                   "(an empty cell in their table of exceedances)")
     for code in np.unique(status[status != 0]):
         columns = np.flatnonzero(status == code)
         listed = ", ".join(map(str, columns[:20])) + (f" and {columns.size - 20} more" if columns.size > 20 else "")

@@ -11,6 +11,7 @@ returned.
 import contextlib
 import dataclasses
 import os
+from typing import NamedTuple
 
 import dask.array as da
 import numpy as np
@@ -222,8 +223,10 @@ def write_fit(output, fit_settings, column_block, record, stages, thresholds, ma
                                     progress=progress)
         check_estimates(*checked, covariance_nonfinite=nonfinite)
     with stages("standard errors"):
-        per_coordinate.update(_standard_errors(output, column_block, kept, fit_settings, per_coordinate,
-                                               progress))
+        errors, error_summary = _standard_errors(output, column_block, kept, fit_settings, per_coordinate,
+                                                 progress)
+        per_coordinate.update(errors)
+    record["standard_errors"] = error_summary._asdict()
     with stages("write"):
         if fit_settings.drop_nonfinite:
             per_coordinate["rows_dropped"] = np.int64(record["rows_dropped"])
@@ -240,13 +243,26 @@ def write_fit(output, fit_settings, column_block, record, stages, thresholds, ma
     return attributes
 
 
+class StandardErrorSummary(NamedTuple):
+    """How far a fit's ``Σ̂`` can be trusted, stored with it as the attribute ``standard_errors``."""
+
+    entries: int  # Σ̂_ij with j ≥ i
+    relative_above_10pct: int  # SE(Σ̂_ij)/|Σ̂_ij| > 0.1
+    relative_above_50pct: int
+    no_information: int  # SE(Σ̂_ij) infinite: a cell of the pair's 2×2 table of exceedances is empty
+    undetermined_coordinates: int  # status "undetermined": most of the row's ρ̂ have SE > 0.5
+
+
 def _standard_errors(output, column_block, n_samples, fit_settings, per_coordinate, progress):
-    """Store ``correlation_se`` and ``covariance_se`` (d, d); return ``bias_se`` and ``scale_se`` (d,).
+    """Store ``correlation_se`` and ``covariance_se`` (d, d); return the per-coordinate results and a summary.
 
     By the delta method from what the fit stored (``uncertainty``), with no
     read of the samples. The SGD's ``b̂`` and ``σ̂`` have no likelihood to
     give their errors: with ``method="sgd"`` only ``SE(ρ̂)`` of the
-    tetrachoric inversion is made, the rest is NaN.
+    tetrachoric inversion is made, the rest is NaN. Returns ``bias_se``,
+    ``scale_se`` and the status, where ok coordinates whose correlations are
+    mostly undetermined become ``STATUS_UNDETERMINED``; and the
+    ``StandardErrorSummary``.
     """
     margins, likelihood_bias = per_coordinate.pop("margins"), per_coordinate.pop("likelihood_bias")
     scale, status = per_coordinate["scale"], per_coordinate["status"]
@@ -263,10 +279,17 @@ def _standard_errors(output, column_block, n_samples, fit_settings, per_coordina
     correlation_se, covariance_se = graph.standard_errors(
         counts, n_samples, output.lazy("covariance", column_block), terms.stack(),
         fit_settings.inversion)
-    output.store({"correlation_se": correlation_se, "covariance_se": covariance_se}, progress=progress)
+    covariance = output.lazy("covariance", column_block)
+    (trust,) = output.store({"correlation_se": correlation_se, "covariance_se": covariance_se},
+                            also=[graph.trust_counts(covariance, covariance_se, correlation_se)], progress=progress)
+    d = len(scale)
+    undetermined = trust[:, 3] > (d - 1) / 2
+    status = np.where((status == kernels.STATUS_OK) & undetermined, kernels.STATUS_UNDETERMINED, status)
+    summary = StandardErrorSummary(d * (d + 1) // 2, *(int(total) for total in trust[:, :3].sum(axis=0)),
+                                   int(np.count_nonzero(undetermined)))
     with np.errstate(invalid="ignore"):
         return {"bias_se": np.sqrt(information[:, 0, 0] / n_samples),
-                "scale_se": np.sqrt(information[:, 1, 1] / n_samples)}
+                "scale_se": np.sqrt(information[:, 1, 1] / n_samples), "status": status.astype(np.int8)}, summary
 
 
 @rechunk_by_tasks

@@ -336,6 +336,20 @@ def standard_errors(counts, n_samples, covariance, terms, inversion):
     return _mirror_upper_blocks(stacked[0]), _mirror_upper_blocks(stacked[1])
 
 
+def _trust_counts_block(covariance, covariance_se, correlation_se, block_info=None):
+    (rows, _), (columns, _) = block_info[0]["array-location"]
+    return uncertainty.trust_counts(covariance, covariance_se, correlation_se, rows, columns)[:, None, :]
+
+
+def trust_counts(covariance, covariance_se, correlation_se):
+    """Return lazy ``(d, 4)`` int64 per coordinate: ``uncertainty.trust_counts`` of its row, summed over blocks."""
+    partial = da.map_blocks(_trust_counts_block, covariance, covariance_se.rechunk(covariance.chunks),
+                            correlation_se.rechunk(covariance.chunks), new_axis=2,
+                            chunks=(covariance.chunks[0], (1,) * covariance.numblocks[1], (4,)), dtype=np.int64,
+                            token="trust-counts")
+    return partial.sum(axis=1)
+
+
 def _simulated_block(weights, bias, seed, dtype, mixing, noise, latent, block_info=None):
     info = block_info[None]
     rows = info["chunk-shape"][0]

@@ -31,12 +31,14 @@ STATUS_FEW_POSITIVES = 1  # fewer than MIN_POSITIVES positive values: estimate u
 STATUS_ALL_ZERO = 2  # no positive value: σ̂ = 0 and b̂ ≤ 0 is unidentifiable (reported as 0)
 STATUS_CONSTANT = 3  # one positive value repeated in every sample: σ̂ = 0, b̂ = that value
 STATUS_NOT_CONVERGED = 4  # the likelihood maximisation did not converge
+STATUS_UNDETERMINED = 5  # b̂ and σ̂ estimated, but most of its correlations have no usable information
 STATUS_NAMES = {
     STATUS_OK: "ok",
     STATUS_FEW_POSITIVES: "few positives",
     STATUS_ALL_ZERO: "all zero",
     STATUS_CONSTANT: "constant",
     STATUS_NOT_CONVERGED: "not converged",
+    STATUS_UNDETERMINED: "undetermined correlations",
 }
 MIN_POSITIVES = 30
 

@@ -429,3 +429,28 @@ def standard_error_block(counts, n, covariance, terms_i, terms_j, index_i, index
         out[0][same] = np.where(terms_i.scale[:, None] > 0, 0.0, np.nan).repeat(counts.shape[1], 1)[same]
         out[1][same] = own_sigma[same]
     return out
+
+
+# What the summary calls an undetermined correlation: a 95% interval wider than ±1 (or none at all).
+UNDETERMINED_CORRELATION_SE = 0.5
+RELATIVE_ERROR_LEVELS = (0.1, 0.5)
+
+
+def trust_counts(covariance, covariance_se, correlation_se, first_row, first_column):
+    """Return per row of a block (rows, 4) int64: how far its entries can be trusted.
+
+    Columns: entries ``Σ̂_ij`` with ``j ≥ i`` whose relative standard error
+    ``SE(Σ̂_ij)/|Σ̂_ij|`` is above 10%, above 50%, and infinite (no
+    information); and correlations ``ρ̂_ij``, ``j ≠ i``, that are undetermined
+    (``SE(ρ̂_ij) > 0.5`` or infinite). NaN (no estimate) counts nowhere.
+    ``first_row`` and ``first_column`` place the block in ``Σ̂``.
+    """
+    rows = first_row + np.arange(covariance.shape[0])[:, None]
+    columns = first_column + np.arange(covariance.shape[1])[None, :]
+    upper = columns >= rows
+    with np.errstate(divide="ignore", invalid="ignore"):
+        relative = covariance_se / np.abs(covariance)
+    counts = [((relative > level) & upper).sum(axis=1) for level in RELATIVE_ERROR_LEVELS]
+    counts.append((np.isinf(covariance_se) & upper).sum(axis=1))
+    counts.append(((correlation_se > UNDETERMINED_CORRELATION_SE) & (columns != rows)).sum(axis=1))
+    return np.stack(counts, axis=1).astype(np.int64)

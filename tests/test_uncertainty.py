@@ -142,3 +142,33 @@ def test_the_sgd_has_errors_of_rho_only():
     assert np.isnan(fit.bias_se_).all() and np.isnan(fit.scale_se_).all() and np.isnan(fit.covariance_se_).all()
     off = ~np.eye(5, dtype=bool)
     assert np.isfinite(fit.correlation_se_[off]).all() and (fit.correlation_se_[off] > 0).all()
+
+
+def test_the_summary_says_how_far_to_trust_the_fit(tmp_path):
+    import json
+
+    import zarr
+    from click.testing import CliRunner
+
+    from dist_relu.cli import main
+
+    rng = np.random.default_rng(5)
+    n = 50_000
+    z = rng.standard_normal((n, 4))
+    # Coordinate 3 exceeds 40 times or so, each time with coordinate 0 far out: its correlations have no information.
+    samples = np.column_stack([np.maximum(0, z[:, 0]), np.maximum(0, 0.3 + 0.8 * z[:, 0] + 0.6 * z[:, 1]),
+                               np.maximum(0, z[:, 2]), np.maximum(0, z[:, 0] - 3.0)]).astype(np.float32)
+    zarr.open_group(str(tmp_path / "data.zarr"), mode="w").create_array("samples", data=samples, chunks=(10_000, 4))
+    result = CliRunner().invoke(main, ["fit", str(tmp_path / "data.zarr"), "--out", str(tmp_path / "fit.zarr"),
+                                       "--json"])
+    assert result.exit_code == 0, result.output
+    summary = json.loads(result.output)
+    errors = summary["standard_errors"]
+    assert errors["entries"] == 10 and errors["undetermined_coordinates"] == 1
+    assert errors["no_information"] >= 1  # coordinate 3 with 0: every exceedance of 3 is one of 0's
+    assert summary["status"]["undetermined correlations"] == 1
+    fit = zarr.open_group(str(tmp_path / "fit.zarr"), mode="r")
+    assert fit["status"][3] == kernels.STATUS_UNDETERMINED and np.isfinite(fit["bias_se"][3])
+    text = CliRunner().invoke(main, ["fit", str(tmp_path / "data.zarr"), "--out", str(tmp_path / "again.zarr")]).output
+    assert f"standard errors: of the 10 entries of Σ̂ (j ≥ i), {errors['relative_above_10pct']} have" in text
+    assert "undetermined correlations: column 3" in text
