@@ -423,8 +423,9 @@ def _print_summary(out, attributes, as_json):
                        loss=[float(loss) for loss in group["loss"][:]], change=[float(c) for c in group["change"][:]])
     else:
         summary["min_positive_fraction"] = float(group["positive_fraction"][:].min())
-        if attributes.get("standard_errors"):
-            summary["standard_errors"] = attributes["standard_errors"]
+        for key in ("standard_errors", "model_check"):
+            if attributes.get(key):
+                summary[key] = attributes[key]
     if two_layer:
         summary.update(hidden=attributes["hidden"], anchor_rows=[int(row) for row in anchors],
                        outside_fraction=attributes["outside_fraction"], energy_outside=attributes["energy_outside"])
@@ -457,6 +458,10 @@ def _print_summary(out, attributes, as_json):
                    f"{errors['relative_above_10pct']:,} have a relative error above 10%, "
                    f"{errors['relative_above_50pct']:,} above 50%, {errors['no_information']:,} have no information "
                    "(an empty cell in their table of exceedances)")
+    if "model_check" in summary:
+        check = summary["model_check"]
+        click.echo(f"model check: {check['failed']} of the {check['checked']} coordinates checked (those with "
+                   f"{check['min_positives']:,} positives or more) do not look like a censored normal")
     for code in np.unique(status[status != 0]):
         columns = np.flatnonzero(status == code)
         listed = ", ".join(map(str, columns[:20])) + (f" and {columns.size - 20} more" if columns.size > 20 else "")

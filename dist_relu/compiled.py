@@ -47,10 +47,11 @@ class ChunkPass(NamedTuple):
     problems: np.ndarray  # (d, 2) int64, as kernels.chunk_value_problems
     indicators: np.ndarray  # (d, words) uint64, bit-packed x > t of the kept rows
     rows: int  # kept rows, the number of valid bits per column
+    moments: np.ndarray  # (d, 2) float64: Σ x³ and Σ x⁴ over the positives, in units 2**e (the model check)
 
 
 @numba.njit(nogil=True, cache=True)
-def _chunk_pass(x, first_column, thresholds, multipliers, keep, statistics, problems, packed):
+def _chunk_pass(x, first_column, thresholds, multipliers, keep, statistics, problems, packed, moments):
     rows = x.shape[0]
     d = thresholds.size  # the block: columns first_column ... first_column + d - 1 of x
     # One contiguous accumulator per quantity, and no branch on the values in
@@ -61,6 +62,8 @@ def _chunk_pass(x, first_column, thresholds, multipliers, keep, statistics, prob
     negative = np.zeros(d, dtype=np.int64)
     nonfinite = np.zeros(d, dtype=np.int64)
     word = np.zeros(d, dtype=np.uint64)
+    sums_cube = np.zeros(d, dtype=np.float64)
+    sums_fourth = np.zeros(d, dtype=np.float64)
     kept = 0
     for r in range(rows):
         if not keep[r]:
@@ -72,7 +75,10 @@ def _chunk_pass(x, first_column, thresholds, multipliers, keep, statistics, prob
             positive = (value if value > 0.0 else 0.0) * multipliers[j]
             n_positive[j] += value > 0.0
             sums[j] += positive
-            sums_sq[j] += positive * positive
+            square = positive * positive
+            sums_sq[j] += square
+            sums_cube[j] += square * positive
+            sums_fourth[j] += square * square
             negative[j] += value < 0.0
             nonfinite[j] += not (value - value == 0.0)  # NaN and ±inf
             word[j] |= bit if value > thresholds[j] else np.uint64(0)
@@ -92,6 +98,8 @@ def _chunk_pass(x, first_column, thresholds, multipliers, keep, statistics, prob
         statistics[j, 3] = sums_sq[j]
         problems[j, 0] = negative[j]
         problems[j, 1] = nonfinite[j]
+        moments[j, 0] = sums_cube[j]
+        moments[j, 1] = sums_fourth[j]
     return kept
 
 
@@ -121,8 +129,9 @@ def chunk_pass(x, thresholds, keep=None, first_column=0, exponents=None):
     statistics = np.zeros((d, 4), dtype=np.float64)
     problems = np.zeros((d, 2), dtype=np.int64)
     packed = np.zeros((d, -(-n_kept // 64)), dtype=np.uint64)
-    _chunk_pass(x, first_column, thresholds, multipliers, keep, statistics, problems, packed)
-    return ChunkPass(statistics, problems, packed, n_kept)
+    moments = np.zeros((d, 2), dtype=np.float64)
+    _chunk_pass(x, first_column, thresholds, multipliers, keep, statistics, problems, packed, moments)
+    return ChunkPass(statistics, problems, packed, n_kept, moments)
 
 
 def unpack_indicators(packed, rows):

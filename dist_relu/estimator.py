@@ -222,11 +222,20 @@ def write_fit(output, fit_settings, column_block, record, stages, thresholds, ma
         (nonfinite,) = output.store({"covariance": covariance}, also=[graph.nonfinite_per_row(covariance)],
                                     progress=progress)
         check_estimates(*checked, covariance_nonfinite=nonfinite)
+    likelihood_bias = per_coordinate["likelihood_bias"]
     with stages("standard errors"):
         errors, error_summary = _standard_errors(output, column_block, kept, fit_settings, per_coordinate,
                                                  progress)
         per_coordinate.update(errors)
+        information = per_coordinate.pop("information")
+        per_coordinate["model_check"], per_coordinate["status"] = _model_check(
+            output, kept, fit_settings, per_coordinate | {"information": information}, likelihood_bias)
+    checked = np.isfinite(per_coordinate["model_check"])
     record["standard_errors"] = error_summary._asdict()
+    record["model_check"] = {"threshold": float(uncertainty.MODEL_CHECK_THRESHOLD),
+                             "min_positives": uncertainty.MODEL_CHECK_MIN_POSITIVES,
+                             "checked": int(np.count_nonzero(checked)),
+                             "failed": int(np.count_nonzero(per_coordinate["status"] == kernels.STATUS_NOT_NORMAL))}
     with stages("write"):
         if fit_settings.drop_nonfinite:
             per_coordinate["rows_dropped"] = np.int64(record["rows_dropped"])
@@ -289,7 +298,33 @@ def _standard_errors(output, column_block, n_samples, fit_settings, per_coordina
                                    int(np.count_nonzero(undetermined)))
     with np.errstate(invalid="ignore"):
         return {"bias_se": np.sqrt(information[:, 0, 0] / n_samples),
-                "scale_se": np.sqrt(information[:, 1, 1] / n_samples), "status": status.astype(np.int8)}, summary
+                "scale_se": np.sqrt(information[:, 1, 1] / n_samples), "status": status.astype(np.int8),
+                "information": information}, summary
+
+
+def _model_check(output, n_samples, fit_settings, per_coordinate, likelihood_bias):
+    """Return the model check's statistic (d,) and the status with the coordinates that fail it marked.
+
+    From the stored statistics and moments of the positives
+    (``uncertainty.model_check``), in their units; NaN where not checked
+    (and everywhere with ``method="sgd"``, or for fits stored without the
+    moments).
+    """
+    status = per_coordinate["status"]
+    value = np.full(len(status), np.nan)
+    if fit_settings.method == "sgd" or not all(output.has(name) for name in fitstore.MOMENTS):
+        return value, status
+    exponents = np.asarray(output.read("statistics_exponent"), dtype=np.int64)
+    statistics = np.stack([output.read(name) for name in kernels.STATISTICS], axis=1)
+    moments = np.stack([output.read(name) for name in fitstore.MOMENTS], axis=1)
+    terms = uncertainty.coordinate_terms(
+        np.ldexp(likelihood_bias, -exponents), np.ldexp(per_coordinate["scale"], -exponents),
+        np.zeros(len(status)), per_coordinate["information"] * np.ldexp(1.0, -2 * exponents)[:, None, None],
+        np.zeros(len(status)), likelihood_of(fit_settings.method))
+    value = uncertainty.model_check(statistics, moments, terms, n_samples)
+    fails = np.isin(status, (kernels.STATUS_OK, kernels.STATUS_UNDETERMINED)) & \
+        (value > uncertainty.MODEL_CHECK_THRESHOLD)
+    return value, np.where(fails, kernels.STATUS_NOT_NORMAL, status).astype(np.int8)
 
 
 @rechunk_by_tasks
@@ -332,6 +367,12 @@ class ReLUGaussian(settings.Estimator):
     bias_se_, scale_se_ : ndarray (d,)
         Standard errors of ``b̂`` and ``σ̂``, from the likelihood's observed
         information; NaN for degenerate coordinates and with ``method="sgd"``.
+    model_check_ : ndarray (d,)
+        The model check's statistic: about χ²(2) where the coordinate's
+        positive values follow the fitted censored normal; a coordinate above
+        ``uncertainty.MODEL_CHECK_THRESHOLD`` has the status "not censored
+        normal". NaN where not checked (fewer than 10,000 positives,
+        ``method="sgd"``).
     thresholds_ : ndarray (d,)
     counts_ : ndarray (d, d) of int64
         Co-exceedance counts ``C_ij = #{m : x_mi > t_i, x_mj > t_j}``.
@@ -404,6 +445,7 @@ class ReLUGaussian(settings.Estimator):
         self.correlation_se_ = arrays["correlation_se"]
         self.bias_se_ = arrays["bias_se"]
         self.scale_se_ = arrays["scale_se"]
+        self.model_check_ = arrays["model_check"]
         self.thresholds_ = arrays["thresholds"]
         self.counts_ = arrays["counts"]
         self.statistics_ = np.stack([arrays[name] for name in kernels.STATISTICS], axis=1)

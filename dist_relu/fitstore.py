@@ -52,6 +52,7 @@ class Sums:
     value_problems: da.Array | None  # (d, 2) negative and non-finite values; None: not checked (two passes)
     rows_kept: int | da.Array  # rows summed; lazy (0-d) when rows with NaN or ±inf are dropped in the pass
     rows_read: int
+    moments: da.Array | None = None  # (d, 2): Σ x³, Σ x⁴ of the positives, units as statistics; None: not kept
 
 
 def total(sums):
@@ -59,7 +60,7 @@ def total(sums):
 
     Each part's sums are in its own units ``2**statistics_exponent``; they
     are brought to the largest units of any part, per column, by exact powers
-    of two before adding. ``value_problems`` is kept only if every part has it.
+    of two before adding. ``value_problems`` and ``moments`` are kept only if every part has them.
     """
     if len(sums) == 1:
         return sums[0]
@@ -67,10 +68,18 @@ def total(sums):
     statistics = functools.reduce(operator.add, [
         graph.rescaled_statistics(part.statistics, part.statistics_exponent, exponents) for part in sums])
     problems = [part.value_problems for part in sums]
+    moments = None
+    if all(part.moments is not None for part in sums):
+        moments = functools.reduce(operator.add, [
+            graph.rescaled_moments(part.moments, part.statistics_exponent, exponents) for part in sums])
     return Sums(statistics, exponents, functools.reduce(operator.add, [part.counts for part in sums]),
                 None if any(p is None for p in problems) else functools.reduce(operator.add, problems),
                 functools.reduce(operator.add, [part.rows_kept for part in sums]),
-                sum(part.rows_read for part in sums))
+                sum(part.rows_read for part in sums), moments)
+
+
+# The stored names of ``Sums.moments``' columns.
+MOMENTS = ("sum_cube_positive", "sum_fourth_positive")
 
 
 def sums_arrays(sums, thresholds):
@@ -79,6 +88,8 @@ def sums_arrays(sums, thresholds):
     arrays.update({name: sums.statistics[:, k] for k, name in enumerate(kernels.STATISTICS)})
     if sums.value_problems is not None:
         arrays["value_problems"] = sums.value_problems
+    if sums.moments is not None:
+        arrays.update({name: sums.moments[:, k] for k, name in enumerate(MOMENTS)})
     return arrays
 
 
@@ -108,6 +119,9 @@ class ZarrOutput:
     def read(self, name):
         return self.group[name][...]
 
+    def has(self, name):
+        return name in self.group
+
     def finish(self, attributes):
         self.group.update_attributes(attributes)  # one metadata write, not one per key
 
@@ -129,6 +143,9 @@ class MemoryOutput:
 
     def read(self, name):
         return self.arrays[name]
+
+    def has(self, name):
+        return name in self.arrays
 
     def finish(self, attributes):
         self.attributes = attributes
@@ -211,9 +228,12 @@ def stored_sums(group, column_block):
     else:  # fits stored before the units were kept: units of 1
         exponents = da.zeros(group["sum_positive"].shape, chunks=column_block, dtype=np.int64)
     problems = output.lazy("value_problems", (column_block, 2)) if "value_problems" in group else None
+    moments = None
+    if all(name in group for name in MOMENTS):  # fits stored before the model check have none
+        moments = da.stack([output.lazy(name, column_block) for name in MOMENTS], axis=1)
     kept = int(group.attrs["n_samples"])
     return Sums(stored_statistics(output, column_block), exponents, output.lazy("counts", column_block), problems,
-                kept, kept + int(group.attrs.get("rows_dropped") or 0))
+                kept, kept + int(group.attrs.get("rows_dropped") or 0), moments)
 
 
 # The settings that new samples added to a stored fit must be counted with.

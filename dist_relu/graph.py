@@ -33,6 +33,10 @@ def _value_problems_partial(chunk_pass):
     return chunk_pass.problems[None]
 
 
+def _moments_partial(chunk_pass):
+    return chunk_pass.moments[None]
+
+
 def _coexceedance_partial(pass_i, pass_j, kernel):
     # Blockwise hands a diagonal pair the same object twice, so count_block sees
     # one indicator array on both sides and counts its triangle only.
@@ -191,6 +195,11 @@ def column_statistics(passes, split_every=8, checkpoint=None):
     return _per_column_sums(passes, _statistics_partial, 4, np.float64, "statistics", split_every, checkpoint)
 
 
+def positive_moments(passes, split_every=8, checkpoint=None):
+    """Return the lazy ``(d, 2)`` sums ``Σ x³``, ``Σ x⁴`` of the positives from ``chunk_passes`` (the model check)."""
+    return _per_column_sums(passes, _moments_partial, 2, np.float64, "moments", split_every, checkpoint)
+
+
 def value_problems(passes, split_every=8, checkpoint=None):
     """Return lazy ``(d, 2)`` counts of negative and of non-finite values per column (of the kept rows)."""
     return _per_column_sums(passes, _value_problems_partial, 2, np.int64, "value-problems", split_every, checkpoint)
@@ -230,6 +239,13 @@ def column_exponents(samples):
                            dtype=np.float64, token="largest-values")
     return largest.max(axis=0).rechunk(-1).map_blocks(kernels.statistics_exponents, dtype=np.int64,
                                                       token="statistics-exponents")
+
+
+def rescaled_moments(moments, exponents, target):
+    """Return lazy ``(d, 2)`` moments in units ``2**target`` (``kernels.rescaled_moments``)."""
+    exponents, target = (_per_column(e, moments.chunks[0], 0, np.int64) for e in (exponents, target))
+    return da.blockwise(kernels.rescaled_moments, "ik", moments, "ik", exponents, "i", target, "i",
+                        dtype=np.float64, token="rescaled-moments")
 
 
 def rescaled_statistics(statistics, exponents, target):

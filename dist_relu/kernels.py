@@ -32,6 +32,7 @@ STATUS_ALL_ZERO = 2  # no positive value: σ̂ = 0 and b̂ ≤ 0 is unidentifiab
 STATUS_CONSTANT = 3  # one positive value repeated in every sample: σ̂ = 0, b̂ = that value
 STATUS_NOT_CONVERGED = 4  # the likelihood maximisation did not converge
 STATUS_UNDETERMINED = 5  # b̂ and σ̂ estimated, but most of its correlations have no usable information
+STATUS_NOT_NORMAL = 6  # its positive values do not look like the fitted censored normal (the model check)
 STATUS_NAMES = {
     STATUS_OK: "ok",
     STATUS_FEW_POSITIVES: "few positives",
@@ -39,6 +40,7 @@ STATUS_NAMES = {
     STATUS_CONSTANT: "constant",
     STATUS_NOT_CONVERGED: "not converged",
     STATUS_UNDETERMINED: "undetermined correlations",
+    STATUS_NOT_NORMAL: "not censored normal",
 }
 MIN_POSITIVES = 30
 
@@ -119,6 +121,28 @@ def statistics_exponents(largest):
 def unit_multipliers(exponents):
     """Return ``(d,)`` float64 ``2**-e``: what each value is multiplied by before it is summed."""
     return np.ldexp(1.0, -np.asarray(exponents, dtype=np.int64))
+
+
+def positive_moments(x, keep=None, exponents=None):
+    """Return ``(Σ x³, Σ x⁴)`` over the positive values of each column (d, 2), in units ``2**exponents``.
+
+    The reference of the fused pass's ``moments`` (``compiled.chunk_pass``), for the model check.
+    """
+    x = np.asarray(x, dtype=np.float64)
+    if keep is not None:
+        x = x[np.asarray(keep, dtype=bool)]
+    multipliers = np.ones(x.shape[1]) if exponents is None else unit_multipliers(exponents)
+    positive = np.where(x > 0, x, 0.0) * multipliers
+    return np.stack([(positive**3).sum(axis=0), (positive**4).sum(axis=0)], axis=1)
+
+
+def rescaled_moments(moments, exponents, target):
+    """Return ``positive_moments`` (d, 2) in units ``2**target``: ``Σ x³`` times ``2**3(e − target)``, ``Σ x⁴`` ``2**4(...)``."""
+    shift = np.asarray(exponents, dtype=np.int64) - np.asarray(target, dtype=np.int64)
+    out = np.array(moments, dtype=np.float64)
+    out[:, 0] = np.ldexp(out[:, 0], 3 * shift)
+    out[:, 1] = np.ldexp(out[:, 1], 4 * shift)
+    return out
 
 
 def rescaled_statistics(statistics, exponents, target):

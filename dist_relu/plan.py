@@ -178,6 +178,7 @@ def plan_fit(input, settings, checkpoint=None, thresholds=None, stages=None, pro
         value_problems=graph.value_problems(main_passes, split_every, main) if settings.passes == 1 else None,
         rows_kept=graph.rows_kept(keep, split_every, main) if settings.drop_nonfinite else int(n),
         rows_read=int(n),
+        moments=graph.positive_moments(main_passes, split_every, main),
     )
     return FitPlan(settings, input, layout, checkpoint, pilot_rows, MainPass(sums, thresholds, chosen, estimates))
 

@@ -77,6 +77,9 @@ def test_the_fused_pass_equals_the_numpy_definitions(dtype):
         # Sums in another order: equal to rounding, and inf where an inf was summed.
         np.testing.assert_allclose(result.statistics[finite], expected[finite], rtol=1e-12)
         assert np.isinf(result.statistics[~finite, 2:]).all()
+        moments = kernels.positive_moments(x, mask)
+        np.testing.assert_allclose(result.moments[finite], moments[finite], rtol=1e-12)
+        np.testing.assert_allclose(kernels.positive_moments(np.arange(-1.0, 3.0)[:, None]), [[9.0, 17.0]])
         np.testing.assert_array_equal(compiled.unpack_indicators(result.indicators, result.rows),
                                       kernels.exceedance_indicators(x, thresholds, mask))
 

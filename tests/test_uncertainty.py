@@ -172,3 +172,47 @@ def test_the_summary_says_how_far_to_trust_the_fit(tmp_path):
     text = CliRunner().invoke(main, ["fit", str(tmp_path / "data.zarr"), "--out", str(tmp_path / "again.zarr")]).output
     assert f"standard errors: of the 10 entries of Σ̂ (j ≥ i), {errors['relative_above_10pct']} have" in text
     assert "undetermined correlations: column 3" in text
+
+
+def model_checks(samples, method="censored"):
+    """Return the model check's statistic of each column of ``samples``, fitted as coordinates at once."""
+    statistics = censored_statistics(samples)
+    b, sigma, status = kernels.fit_coordinates(statistics, method)
+    information = kernels.coordinate_information(statistics, b, sigma, status, method)
+    terms = uncertainty.coordinate_terms(b, sigma, np.zeros_like(b), information, np.zeros_like(b), method)
+    return uncertainty.model_check(statistics, kernels.positive_moments(samples), terms, len(samples))
+
+
+@pytest.mark.parametrize("method", ["censored", "truncated"])
+def test_the_model_check_is_chi_square_on_data_from_the_model(method):
+    rng = np.random.default_rng(6)
+    # 30,000 samples: each coordinate has the 10,000 positives the check needs.
+    values = np.concatenate([model_checks(np.maximum(0, bias + 1.3 * rng.standard_normal((30_000, 800))), method)
+                             for bias in (0.0, 0.5, 2.0)])
+    # χ²(2): mean 2, P(> 9.21) = 1%. Leaving out the estimation of b̂ and σ̂ would inflate both.
+    assert values.mean() == pytest.approx(2.0, abs=0.15)
+    assert 0.005 < np.mean(values > 9.21) < 0.02
+    assert not (values > uncertainty.MODEL_CHECK_THRESHOLD).any()
+
+
+def test_the_model_check_finds_positives_of_other_laws():
+    rng = np.random.default_rng(7)
+    n = 100_000
+    z = rng.standard_normal((n, 3))
+    samples = np.column_stack([np.maximum(0, z[:, 0] + 0.2), np.maximum(0, rng.exponential(1.0, n) - 0.5),
+                               np.maximum(0, rng.uniform(-1, 2, n)), np.maximum(0, rng.standard_t(30, n) + 0.3),
+                               np.maximum(0, 0.6 * z[:, 0] + 0.8 * z[:, 1]), np.maximum(0, z[:, 2] - 2.0)])
+    fit = dist_relu.ReLUGaussian().fit(samples.astype(np.float32))
+    np.testing.assert_array_equal(fit.status_, [0, 6, 6, 6, 0, 0])
+    assert np.isnan(fit.model_check_[5])  # 2,300 positives or so: not checked
+    assert fit.settings_["model_check"]["checked"] == 5 and fit.settings_["model_check"]["failed"] == 3
+
+
+@pytest.mark.slow
+def test_the_model_check_flags_no_coordinate_of_data_from_the_model(tmp_path):
+    weights, bias = dist_relu.figure1_truth(50, seed=8, bias="gaussian")
+    dist_relu.simulate_to_zarr(tmp_path / "data.zarr", weights, bias, 1_000_000, chunk_rows=100_000, seed=8)
+    fit = dist_relu.ReLUGaussian().fit(tmp_path / "data.zarr")
+    checked = np.isfinite(fit.model_check_)
+    assert checked.sum() >= 40 and not (fit.status_ == kernels.STATUS_NOT_NORMAL).any()
+    assert np.nanmax(fit.model_check_) < uncertainty.MODEL_CHECK_THRESHOLD

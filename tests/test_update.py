@@ -16,7 +16,7 @@ pytestmark = pytest.mark.slow  # processes, services or statistical sweeps: not 
 BIN = Path(sys.executable).parent
 EXACT = ("counts", "n_zero", "n_positive", "thresholds", "value_problems")
 ROUNDED = ("sum_positive", "sum_sq_positive", "covariance", "bias", "scale", "positive_fraction", "covariance_se",
-           "correlation_se", "bias_se", "scale_se")
+           "correlation_se", "bias_se", "scale_se", "sum_cube_positive", "sum_fourth_positive", "model_check")
 
 
 @pytest.fixture(scope="module")
