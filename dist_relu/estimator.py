@@ -222,14 +222,12 @@ def write_fit(output, fit_settings, column_block, record, stages, thresholds, ma
         (nonfinite,) = output.store({"covariance": covariance}, also=[graph.nonfinite_per_row(covariance)],
                                     progress=progress)
         check_estimates(*checked, covariance_nonfinite=nonfinite)
-    likelihood_bias = per_coordinate["likelihood_bias"]
     with stages("standard errors"):
         errors, error_summary = _standard_errors(output, column_block, kept, fit_settings, per_coordinate,
                                                  progress)
         per_coordinate.update(errors)
-        information = per_coordinate.pop("information")
         per_coordinate["model_check"], per_coordinate["status"] = _model_check(
-            output, kept, fit_settings, per_coordinate | {"information": information}, likelihood_bias)
+            output, kept, fit_settings, per_coordinate["status"], per_coordinate.pop("terms"))
     checked = np.isfinite(per_coordinate["model_check"])
     record["standard_errors"] = error_summary._asdict()
     record["model_check"] = {"threshold": float(uncertainty.MODEL_CHECK_THRESHOLD),
@@ -269,22 +267,24 @@ def _standard_errors(output, column_block, n_samples, fit_settings, per_coordina
     read of the samples. The SGD's ``b̂`` and ``σ̂`` have no likelihood to
     give their errors: with ``method="sgd"`` only ``SE(ρ̂)`` of the
     tetrachoric inversion is made, the rest is NaN. Returns ``bias_se``,
-    ``scale_se`` and the status, where ok coordinates whose correlations are
-    mostly undetermined become ``STATUS_UNDETERMINED``; and the
+    ``scale_se``, the status, where ok coordinates whose correlations are
+    mostly undetermined become ``STATUS_UNDETERMINED``, and the
+    ``uncertainty.CoordinateTerms`` (in the statistics' units); and the
     ``StandardErrorSummary``.
     """
     margins, likelihood_bias = per_coordinate.pop("margins"), per_coordinate.pop("likelihood_bias")
     scale, status = per_coordinate["scale"], per_coordinate["status"]
+    exponents = np.asarray(output.read("statistics_exponent"), dtype=np.int64)
     if fit_settings.method == "sgd":
         information = np.full((len(scale), 2, 2), np.nan)
     else:
         statistics = np.stack([output.read(name) for name in kernels.STATISTICS], axis=1)
         information = kernels.coordinate_information(statistics, likelihood_bias, scale, status,
-                                                     fit_settings.method, output.read("statistics_exponent"))
+                                                     fit_settings.method, exponents)
     counts = output.lazy("counts", column_block)
     (exceedances,) = compute(da.diagonal(counts))
     terms = uncertainty.coordinate_terms(likelihood_bias, scale, margins, information, exceedances,
-                                         likelihood_of(fit_settings.method))
+                                         likelihood_of(fit_settings.method), exponents)
     correlation_se, covariance_se = graph.standard_errors(
         counts, n_samples, output.lazy("covariance", column_block), terms.stack(),
         fit_settings.inversion)
@@ -297,30 +297,24 @@ def _standard_errors(output, column_block, n_samples, fit_settings, per_coordina
     summary = StandardErrorSummary(d * (d + 1) // 2, *(int(total) for total in trust[:, :3].sum(axis=0)),
                                    int(np.count_nonzero(undetermined)))
     with np.errstate(invalid="ignore"):
-        return {"bias_se": np.sqrt(information[:, 0, 0] / n_samples),
-                "scale_se": np.sqrt(information[:, 1, 1] / n_samples), "status": status.astype(np.int8),
-                "information": information}, summary
+        return {"bias_se": np.ldexp(np.sqrt(information[:, 0, 0] / n_samples), exponents),
+                "scale_se": np.ldexp(np.sqrt(information[:, 1, 1] / n_samples), exponents),
+                "status": status.astype(np.int8), "terms": terms}, summary
 
 
-def _model_check(output, n_samples, fit_settings, per_coordinate, likelihood_bias):
+def _model_check(output, n_samples, fit_settings, status, terms):
     """Return the model check's statistic (d,) and the status with the coordinates that fail it marked.
 
     From the stored statistics and moments of the positives
-    (``uncertainty.model_check``), in their units; NaN where not checked
-    (and everywhere with ``method="sgd"``, or for fits stored without the
-    moments).
+    (``uncertainty.model_check``), in their units, and the standard errors'
+    ``terms``; NaN where not checked (and everywhere with ``method="sgd"``,
+    or for fits stored without the moments).
     """
-    status = per_coordinate["status"]
     value = np.full(len(status), np.nan)
     if fit_settings.method == "sgd" or not all(output.has(name) for name in fitstore.MOMENTS):
         return value, status
-    exponents = np.asarray(output.read("statistics_exponent"), dtype=np.int64)
     statistics = np.stack([output.read(name) for name in kernels.STATISTICS], axis=1)
     moments = np.stack([output.read(name) for name in fitstore.MOMENTS], axis=1)
-    terms = uncertainty.coordinate_terms(
-        np.ldexp(likelihood_bias, -exponents), np.ldexp(per_coordinate["scale"], -exponents),
-        np.zeros(len(status)), per_coordinate["information"] * np.ldexp(1.0, -2 * exponents)[:, None, None],
-        np.zeros(len(status)), likelihood_of(fit_settings.method))
     value = uncertainty.model_check(statistics, moments, terms, n_samples)
     fails = np.isin(status, (kernels.STATUS_OK, kernels.STATUS_UNDETERMINED)) & \
         (value > uncertainty.MODEL_CHECK_THRESHOLD)

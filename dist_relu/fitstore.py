@@ -230,7 +230,7 @@ def stored_sums(group, column_block):
     problems = output.lazy("value_problems", (column_block, 2)) if "value_problems" in group else None
     moments = None
     if all(name in group for name in MOMENTS):  # fits stored before the model check have none
-        moments = da.stack([output.lazy(name, column_block) for name in MOMENTS], axis=1)
+        moments = da.stack([output.lazy(name, column_block) for name in MOMENTS], axis=1).rechunk((column_block, 2))
     kept = int(group.attrs["n_samples"])
     return Sums(stored_statistics(output, column_block), exponents, output.lazy("counts", column_block), problems,
                 kept, kept + int(group.attrs.get("rows_dropped") or 0), moments)

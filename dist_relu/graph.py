@@ -335,7 +335,7 @@ def covariance(counts, n_samples, margins, scale):
 def standard_errors(counts, n_samples, covariance, terms, inversion):
     """Return lazy ``(SE(ρ̂), SE(Σ̂))``, each ``(d, d)``: one task per block of the upper triangle, mirrored.
 
-    ``terms`` (``(d, 20)``, ``uncertainty.CoordinateTerms.stack()``) are in
+    ``terms`` (``(d, 21)``, ``uncertainty.CoordinateTerms.stack()``) are in
     memory; ``covariance`` is ``Σ̂`` as stored. Both outputs come from the
     same tasks, so stored together they are computed once.
     """

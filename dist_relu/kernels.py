@@ -404,10 +404,13 @@ def _standardised(statistics, method):
 def coordinate_information(statistics, bias, scale, status, method="censored", exponents=None):
     """Return ``V`` (d, 2, 2): ``n`` times the covariance of ``(b̂_i, σ̂_i)``, the inverse observed information per sample.
 
+    In the statistics' units ``2**exponents`` (``b̂`` and ``σ̂`` are given in
+    the data's): ``V_i · 4**e_i`` in the data's, which float64 may not hold.
+
     The Hessian of the log-likelihood per sample at the estimates, in
     Olsen's parameters of the standardised positives (``_likelihood``),
-    inverted and carried to ``(b, σ)`` in the data's units by the Jacobian
-    of ``b = m + s γ/τ``, ``σ = s/τ``. NaN where the status is neither ok nor
+    inverted and carried to ``(b, σ)`` by the Jacobian of
+    ``b = m + s γ/τ``, ``σ = s/τ``. NaN where the status is neither ok nor
     few positives (no estimate to have an error).
     """
     statistics = np.asarray(statistics, dtype=np.float64)
@@ -429,7 +432,7 @@ def coordinate_information(statistics, bias, scale, status, method="censored", e
         jacobian[:, 0, 1] = -standard.sd * gamma / tau**2
         jacobian[:, 1, 1] = -standard.sd / tau**2
         covariance = jacobian @ np.linalg.inv(-hessian) @ jacobian.transpose(0, 2, 1)
-    information[solved] = covariance * np.ldexp(1.0, 2 * exponents[solved])[:, None, None]
+    information[solved] = covariance
     return information
 
 

@@ -153,25 +153,33 @@ class CoordinateTerms(NamedTuple):
     score_below: np.ndarray  # (d, 2, 3): the score (∂b, ∂σ) per sample where z ≤ u, polynomial in z
     score_step: np.ndarray  # (d, 2, 3): what it adds where z > u
     exceedances: np.ndarray  # c_i = C_ii, the samples above the threshold
+    exponent: np.ndarray  # e: σ̂, the information and the scores are in units 2**e (the statistics')
 
     def stack(self):
-        """Return the terms as one (d, 20) float64 array, to pass through a graph chunked by coordinates."""
+        """Return the terms as one (d, 21) float64 array, to pass through a graph chunked by coordinates."""
         d = len(self.scale)
         return np.column_stack([self.scale, self.zero_point, self.margin, self.information.reshape(d, 4),
-                                self.score_below.reshape(d, 6), self.score_step.reshape(d, 6), self.exceedances])
+                                self.score_below.reshape(d, 6), self.score_step.reshape(d, 6), self.exceedances,
+                                self.exponent])
 
     @classmethod
     def unstack(cls, stacked):
         d = len(stacked)
         return cls(stacked[:, 0], stacked[:, 1], stacked[:, 2], stacked[:, 3:7].reshape(d, 2, 2),
-                   stacked[:, 7:13].reshape(d, 2, 3), stacked[:, 13:19].reshape(d, 2, 3), stacked[:, 19])
+                   stacked[:, 7:13].reshape(d, 2, 3), stacked[:, 13:19].reshape(d, 2, 3), stacked[:, 19],
+                   stacked[:, 20])
 
     def take(self, index):
         return CoordinateTerms(*(field[index] for field in self))
 
 
-def coordinate_terms(bias, scale, margins, information, exceedances, method="censored"):
+def coordinate_terms(bias, scale, margins, information, exceedances, method="censored", exponents=None):
     """Return the ``CoordinateTerms`` of the Step 1 estimates, the inversion's margins and ``C_ii``.
+
+    ``bias`` and ``scale`` are in the data's units, ``information`` in units
+    ``2**exponents`` (``kernels.coordinate_information``; 0 by default); the
+    terms are in the latter, so that data far from 1 in scale cannot
+    overflow them.
 
     The score of ``(b, σ)`` per sample, with ``z = (x − b)/σ`` and
     ``u = −b/σ``: where ``x > 0`` it is ``(z, z² − 1)/σ`` (minus
@@ -179,8 +187,10 @@ def coordinate_terms(bias, scale, margins, information, exceedances, method="cen
     where ``x = 0``, ``−λ(u)(1, u)/σ`` (censored) or nothing (truncated).
     """
     bias, scale, margins = (np.asarray(v, dtype=np.float64) for v in (bias, scale, margins))
+    exponents = np.zeros(len(scale), dtype=np.int64) if exponents is None else np.asarray(exponents, np.int64)
     with np.errstate(divide="ignore", invalid="ignore"):
         u = -bias / scale
+        scale = np.ldexp(scale, -exponents)
         density = np.where(np.isinf(u), 0.0, _NORMAL * np.exp(-0.5 * u * u))
         below = np.zeros(scale.shape + (2, 3))
         step = np.zeros(scale.shape + (2, 3))
@@ -199,7 +209,7 @@ def coordinate_terms(bias, scale, margins, information, exceedances, method="cen
         step[:, 1, 0] += -1.0 / scale
         step -= below  # where x > 0 the score is below + step
     return CoordinateTerms(scale, u, margins, np.asarray(information, dtype=np.float64), below, step,
-                           np.asarray(exceedances, dtype=np.float64))
+                           np.asarray(exceedances, dtype=np.float64), exponents.astype(np.float64))
 
 
 # --------------------------------------------------------------------------
@@ -374,7 +384,7 @@ def standard_error_block(counts, n, covariance, terms_i, terms_j, index_i, index
     counts, covariance : ndarray (d_i, d_j)
         The block's co-exceedance counts ``C_ij`` and its ``Σ̂``.
     n : int
-    terms_i, terms_j : ndarray (d_i, 20), (d_j, 20)
+    terms_i, terms_j : ndarray (d_i, 21), (d_j, 21)
         ``CoordinateTerms.stack()`` of the block's rows and columns.
     index_i, index_j : ndarray of int
         Their coordinate numbers: where equal, ``ρ = 1`` exactly and
@@ -403,7 +413,8 @@ def standard_error_block(counts, n, covariance, terms_i, terms_j, index_i, index
         for start in range(0, rows.size, SLAB_PAIRS):
             i, j = rows[start:start + SLAB_PAIRS], columns[start:start + SLAB_PAIRS]
             pair_i, pair_j = terms_i.take(i), terms_j.take(j)
-            rho = covariance[i, j] / (pair_i.scale * pair_j.scale)
+            units = (pair_i.exponent + pair_j.exponent).astype(np.int64)  # of Σ̂_ij in the terms' units
+            rho = np.ldexp(covariance[i, j], -units) / (pair_i.scale * pair_j.scale)
             both = counts[i, j]
             cells = np.stack([both, pair_i.exceedances - both, pair_j.exceedances - both,
                               n - pair_i.exceedances - pair_j.exceedances + both])
@@ -418,14 +429,15 @@ def standard_error_block(counts, n, covariance, terms_i, terms_j, index_i, index
                                                     both[fit] / n, inversion)
                 # The delta method fails where the orthant density vanishes (ρ̂ numerically at ±1): no information.
                 se[0, fit] = np.where(var_rho > 0, np.sqrt(var_rho / n), np.inf)
-                se[1, fit] = np.where(var_sigma > 0, np.sqrt(var_sigma / n), np.where(np.isnan(var_sigma), np.nan,
-                                                                                      np.inf))
+                se[1, fit] = np.where(var_sigma > 0, np.ldexp(np.sqrt(var_sigma / n), units[fit]),
+                                      np.where(np.isnan(var_sigma), np.nan, np.inf))
             out[:, i, j] = se
         if diagonal:
             out[:, columns, rows] = out[:, rows, columns]
         same = index_i[:, None] == index_j[None, :]
         sigma_se = np.sqrt(terms_i.information[:, 1, 1] / n)
-        own_sigma = np.broadcast_to((2 * terms_i.scale * sigma_se)[:, None], counts.shape)
+        own = np.ldexp(2 * terms_i.scale * sigma_se, 2 * terms_i.exponent.astype(np.int64))
+        own_sigma = np.broadcast_to(own[:, None], counts.shape)
         out[0][same] = np.where(terms_i.scale[:, None] > 0, 0.0, np.nan).repeat(counts.shape[1], 1)[same]
         out[1][same] = own_sigma[same]
     return out
@@ -463,7 +475,7 @@ def trust_counts(covariance, covariance_se, correlation_se, first_row, first_col
 # A coordinate fails above the χ²(2) quantile of 1 − 10⁻⁸. The statistic's tail reaches its χ²(2) limit
 # slowly (it weighs fourth powers): on data from the model, at 10⁻⁴ the nominal 10⁻⁴ quantile was exceeded
 # 2.4·10⁻³ of the time with 1,200 positives and 4·10⁻⁴ with 12,000; the 10⁻⁶ quantile 1.7·10⁻⁵ of the time
-# with 12,000 (benchmarks/README.md). Only coordinates with MODEL_CHECK_MIN_POSITIVES positives are checked.
+# with 12,000 (docs/design.md §11). Only coordinates with MODEL_CHECK_MIN_POSITIVES positives are checked.
 MODEL_CHECK_THRESHOLD = -2.0 * np.log(1e-8)
 MODEL_CHECK_MIN_POSITIVES = 10_000
 # Where |b̂|/σ̂ is larger, the moments about b̂ lose too many digits to the power sums: not checked.
@@ -488,9 +500,8 @@ def model_check(statistics, moments, terms, n):
     (``E[z^k 1{z > u}]``, ``u = −b̂/σ̂``), each difference weighed by its
     covariance under the model: that of its influence function, which
     includes the estimation of ``b̂`` and ``σ̂`` (through ``terms``' scores and
-    information). ``statistics`` (d, 4) and ``moments`` (d, 2) are in the
-    same units; ``terms`` (``CoordinateTerms``) in the data's units, except
-    that the scales and information must be given in those same units. NaN
+    information). ``statistics`` (d, 4), ``moments`` (d, 2) and ``terms``
+    (``CoordinateTerms``) are in the same units, the statistics'. NaN
     where there is nothing to check: no estimate or information, fewer than
     ``MODEL_CHECK_MIN_POSITIVES`` positives, or ``|b̂|/σ̂`` above
     ``MODEL_CHECK_MAX_BIAS_RATIO``. A coordinate fails above

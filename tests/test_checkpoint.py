@@ -109,12 +109,12 @@ def test_a_fit_killed_half_way_resumes_and_reads_only_what_was_not_saved(tmp_pat
     process.wait()
     assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
     assert not out.exists()
-    counted = {name: len(saved_blocks(checkpoint, name)) for name in ("statistics", "counts", "value-problems")}
+    counted = {name: len(saved_blocks(checkpoint, name)) for name in ("statistics", "counts", "value-problems", "moments")}
     assert 0 < counted["counts"] < n_segments, counted
 
     # Resume, counting each read of a chunk of the samples.
     (main,) = [Checkpoint(checkpoint).child(p.name) for p in checkpoint.glob("thresholds-*")]
-    complete = set.intersection(*(main.done(name) for name in ("statistics", "counts", "value-problems")))
+    complete = set.intersection(*(main.done(name) for name in ("statistics", "counts", "value-problems", "moments")))
     with counting_chunk_reads(zarr.storage.LocalStore) as reads:
         attributes = dist_relu.fit_to_zarr(str(path), out, checkpoint=checkpoint, **settings)
 

@@ -206,7 +206,8 @@ def scale_stores(tmp_path_factory, values):
 
 def assert_scaled(got, expected, c, rtol):
     """Assert that ``got`` is ``expected`` in units ``c``: counts exactly, estimates to ``rtol`` (0: the same bits)."""
-    powers = {"bias": 1, "scale": 1, "thresholds": 1, "sum_positive": 1, "sum_sq_positive": 2, "covariance": 2}
+    powers = {"bias": 1, "scale": 1, "thresholds": 1, "sum_positive": 1, "sum_sq_positive": 2, "covariance": 2,
+              "bias_se": 1, "scale_se": 1, "covariance_se": 2, "correlation_se": 0, "model_check": 0}
     got, expected = in_data_units(got), in_data_units(expected)
     for key in expected:
         if key in EXACT:

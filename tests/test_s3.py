@@ -181,11 +181,11 @@ def test_a_fit_killed_mid_pass_resumes_from_its_s3_checkpoint_reading_only_unfin
     process.wait()
     assert process.returncode == -signal.SIGKILL
     assert not s3.fs.exists(f"{BUCKET}/c/fit.zarr")
-    counted = {name: saved(name) for name in ("statistics", "counts", "value-problems")}
+    counted = {name: saved(name) for name in ("statistics", "counts", "value-problems", "moments")}
     assert 0 < counted["counts"] < n_segments, counted
     complete = set.intersection(*(
         {path.rsplit("/", 1)[-1] for path in s3.fs.glob(f"{BUCKET}/c/fit.checkpoint/thresholds-*/{name}/*.npy")}
-        for name in ("statistics", "counts", "value-problems")))
+        for name in ("statistics", "counts", "value-problems", "moments")))
 
     # Resume in this process, with the same environment, counting each read of a chunk of the samples.
     in_this_process(s3, monkeypatch)

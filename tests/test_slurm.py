@@ -48,7 +48,7 @@ READS_PRELOAD = Path(__file__).resolve().parent / "slurm_reads.py"
 BIN = Path(sys.executable).parent
 # One scheduler task and two worker tasks on the one node, in place of the file's 3 nodes of 4 tasks.
 FIT_RESOURCES = ("--nodes=1", "--ntasks-per-node=3", "--mem-per-cpu=1G", "--time=10")
-STATISTIC_NAMES = ("statistics", "counts", "value-problems")
+STATISTIC_NAMES = ("statistics", "counts", "value-problems", "moments")
 
 
 def job_env(slurm, **variables):
