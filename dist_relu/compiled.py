@@ -336,9 +336,9 @@ def _orthant_pairs(a_i, a_j, rho, out, rules, rule_limits):
 
 
 def orthant_probability(a_i, a_j, rho):
-    """Return ``Φ₂(a_i, a_j; ρ) = P[Z_i ≤ a_i, Z_j ≤ a_j]``: ``kernels.orthant_probability``, compiled, pair by pair.
+    """Return ``Φ₂(a_i, a_j; ρ) = P[Z_i ≤ a_i, Z_j ≤ a_j]``: ``kernels.orthant_probability``, compiled.
 
-    The quadrature the inversion solves with (``_orthant_increment``), so
+    Pair by pair, with the quadrature the inversion solves with (``_orthant_increment``), so
     ``orthant_probability(a_i, a_j, invert_orthant(a_i, a_j, p))`` gives back
     ``p``. A margin of ``±inf`` gives ``Φ(a_i)Φ(a_j)`` whatever ``ρ``; the
     result lies within the Fréchet bounds ``[max(0, Φ(a_i) + Φ(a_j) − 1),
