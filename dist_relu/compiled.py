@@ -1,4 +1,5 @@
-"""Compiled kernels (numba): the fused pass over a chunk, and co-exceedance counts of bit-packed indicators.
+"""Compiled kernels (numba): the fused pass over a chunk, co-exceedance counts of bit-packed indicators, and
+the bivariate normal orthant probability Φ₂ and its inversion, pair by pair.
 
 The fused pass touches each value once: it adds to the column's sufficient
 statistics and value checks, and sets the value's exceedance bit. Indicators
@@ -231,6 +232,31 @@ _RULES = tuple(np.polynomial.legendre.leggauss(m) for _, m in _SHORT_RULES) + ((
 _RULE_LIMITS = np.array([limit for limit, _ in _SHORT_RULES])
 
 
+@numba.njit(nogil=True, cache=True, error_model="numpy", inline="always")
+def _orthant_increment(theta, squares, product, moderate, rules, rule_limits):
+    """Return ``Φ₂(a_i, a_j; sin θ) − Φ(a_i)Φ(a_j) = (1/2π)∫₀^θ g(s) ds`` by Gauss–Legendre.
+
+    ``squares = a_i² + a_j²``, ``product = 2 a_i a_j``; ``moderate`` when
+    ``max(|a_i|, |a_j|) ≤ 3``, where the shortest rule exact to rounding at
+    this ``|θ|`` is used (``_SHORT_RULES``), else the reference's 32 nodes.
+    """
+    rule = len(rules) - 1
+    if moderate:
+        for r in range(len(rules) - 1):
+            if abs(theta) <= rule_limits[r]:
+                rule = r
+                break
+    nodes, weights = rules[rule]
+    total = 0.0
+    for m in range(nodes.size):
+        s = theta * 0.5 * (nodes[m] + 1.0)
+        sine = math.sin(s)
+        c2 = (1.0 - sine) * (1.0 + sine)  # cos² s, to full relative precision near |s| = π/2
+        if c2 > 0.0:
+            total += weights[m] * math.exp(-(squares - product * sine) / (2.0 * c2))
+    return theta * total / (4.0 * math.pi)
+
+
 @numba.njit(nogil=True, cache=True, error_model="numpy")
 def _invert_pairs(a_i, a_j, p, out, rules, rule_limits, max_iter, tol):
     two_pi = 2.0 * math.pi
@@ -253,22 +279,7 @@ def _invert_pairs(a_i, a_j, p, out, rules, rule_limits, max_iter, tol):
         theta = min(max(two_pi * q, lo), hi)
         moderate = max(abs(ai), abs(aj)) <= _SHORT_RULE_MAX_MARGIN
         for _ in range(max_iter):
-            # The shortest Gauss–Legendre rule that is exact to rounding here (see _SHORT_RULES).
-            rule = len(rules) - 1
-            if moderate:
-                for r in range(len(rules) - 1):
-                    if abs(theta) <= rule_limits[r]:
-                        rule = r
-                        break
-            nodes, weights = rules[rule]
-            total = 0.0
-            for m in range(nodes.size):
-                s = theta * 0.5 * (nodes[m] + 1.0)
-                sine = math.sin(s)
-                c2 = (1.0 - sine) * (1.0 + sine)  # cos² s, to full relative precision near |s| = π/2
-                if c2 > 0.0:
-                    total += weights[m] * math.exp(-(squares - product * sine) / (2.0 * c2))
-            f = theta * total / (2.0 * two_pi) - q
+            f = _orthant_increment(theta, squares, product, moderate, rules, rule_limits) - q
             if f < 0.0:
                 lo = theta
             if f > 0.0:
@@ -309,6 +320,43 @@ def invert_orthant(a_i, a_j, p, max_iter=60, tol=1e-13):
     flat = out.reshape(-1)
     _invert_pairs(np.ascontiguousarray(a_i).reshape(-1), np.ascontiguousarray(a_j).reshape(-1),
                   np.ascontiguousarray(p).reshape(-1), flat, _RULES, _RULE_LIMITS, max_iter, tol)
+    return out
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
+def _orthant_pairs(a_i, a_j, rho, out, rules, rule_limits):
+    for k in range(rho.size):
+        ai, aj, r = a_i[k], a_j[k], rho[k]
+        cdf_i = 0.5 * math.erfc(-ai / math.sqrt(2.0))
+        cdf_j = 0.5 * math.erfc(-aj / math.sqrt(2.0))
+        lowest, highest = max(0.0, cdf_i + cdf_j - 1.0), min(cdf_i, cdf_j)
+        if math.isnan(ai) or math.isnan(aj) or math.isnan(r):
+            out[k] = math.nan
+        elif not (math.isfinite(ai) and math.isfinite(aj)):
+            out[k] = cdf_i * cdf_j  # a margin of ±inf: a certain event or an impossible one, whatever ρ
+        elif r >= 1.0:
+            out[k] = highest
+        elif r <= -1.0:
+            out[k] = lowest
+        else:
+            increment = _orthant_increment(math.asin(r), ai * ai + aj * aj, 2.0 * ai * aj,
+                                           max(abs(ai), abs(aj)) <= _SHORT_RULE_MAX_MARGIN, rules, rule_limits)
+            out[k] = min(max(cdf_i * cdf_j + increment, lowest), highest)
+
+
+def orthant_probability(a_i, a_j, rho):
+    """Return ``Φ₂(a_i, a_j; ρ) = P[Z_i ≤ a_i, Z_j ≤ a_j]``: ``kernels.orthant_probability``, compiled.
+
+    Pair by pair, with the quadrature the inversion solves with (``_orthant_increment``), so
+    ``orthant_probability(a_i, a_j, invert_orthant(a_i, a_j, p))`` gives back
+    ``p``. A margin of ``±inf`` gives ``Φ(a_i)Φ(a_j)`` whatever ``ρ``; the
+    result lies within the Fréchet bounds ``[max(0, Φ(a_i) + Φ(a_j) − 1),
+    min(Φ(a_i), Φ(a_j))]``. NaN in, NaN out. Broadcasts.
+    """
+    a_i, a_j, rho = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (a_i, a_j, rho)))
+    out = np.empty(rho.shape, dtype=np.float64)
+    _orthant_pairs(np.ascontiguousarray(a_i).reshape(-1), np.ascontiguousarray(a_j).reshape(-1),
+                   np.ascontiguousarray(rho).reshape(-1), out.reshape(-1), _RULES, _RULE_LIMITS)
     return out
 
 

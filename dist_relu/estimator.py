@@ -379,7 +379,7 @@ class ReLUGaussian(settings.Estimator):
         ``2**±256``, where the squares could overflow or underflow.
     n_samples_ : int
     model_ : RectifiedGaussian
-        The fitted distribution: ``sample``, ``factor``, ``errors``.
+        The fitted distribution: ``sample``, ``factor``, ``repair``, ``errors``.
     settings_ : dict
         How the fit was made, as stored with a saved fit.
 

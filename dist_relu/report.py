@@ -460,8 +460,8 @@ def _heatmap_text(d, what=""):
 def _spectrum_text(spectrum):
     d, zero = spectrum.eigenvalues.size, spectrum.zero
     verdict = ("Σ̂ is positive semidefinite (to rounding)." if not spectrum.negative else
-               "Σ̂ is not positive semidefinite: factor() and sample() use its PSD projection (negative "
-               "eigenvalues set to 0).")
+               "Σ̂ is not positive semidefinite: factor() and sample() use its repair, the estimated variances "
+               "with the nearest correlation matrix.")
     return (f"<p>Smallest eigenvalue {spectrum.eigenvalues[-1]:.4g}, largest {spectrum.eigenvalues[0]:.4g}; "
             f"{spectrum.negative:,} of {d:,} are negative (below −{spectrum.tolerance:.2g}, the rounding of "
             f"d ε max|λ|){f', {zero:,} are 0 to that rounding' if zero else ''}. {html.escape(verdict)}</p>")

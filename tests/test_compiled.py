@@ -1,4 +1,4 @@
-"""The compiled kernels against their numpy definitions: the fused chunk pass and both count paths."""
+"""The compiled kernels against their numpy definitions: the fused chunk pass, both count paths, Φ₂ and its inversion."""
 
 import numpy as np
 import pytest
@@ -152,3 +152,36 @@ def test_each_short_gauss_legendre_rule_gives_the_reference_increment_up_to_its_
 
         np.testing.assert_allclose(increment(nodes, weights), increment(kernels.GL_NODES, kernels.GL_WEIGHTS),
                                    rtol=0, atol=1e-15)
+
+
+def test_the_compiled_orthant_probability_equals_scipys_bivariate_normal():
+    from scipy.stats import multivariate_normal
+
+    rng = np.random.default_rng(7)
+    # Margins of moderate size (the short rules) and beyond (the 32 nodes), correlations up to |ρ| = 0.999.
+    a_i, a_j = rng.uniform(-5, 5, 300), rng.uniform(-5, 5, 300)
+    a_i[:150], a_j[:150] = a_i[:150] * 0.6, a_j[:150] * 0.6
+    rho = rng.uniform(-0.999, 0.999, 300)
+    expected = [multivariate_normal([0, 0], [[1, r], [r, 1]]).cdf([x, y]) for x, y, r in zip(a_i, a_j, rho)]
+    got = compiled.orthant_probability(a_i, a_j, rho)
+    np.testing.assert_allclose(got, expected, rtol=0, atol=1e-10)
+    np.testing.assert_allclose(got, kernels.orthant_probability(a_i, a_j, rho), rtol=0, atol=1e-13)
+
+
+def test_the_compiled_orthant_probability_at_its_limits_and_as_the_inversions_inverse():
+    a = np.array([0.3, -1.2, 2.0])
+    cdf = kernels.special.ndtr(a)
+    np.testing.assert_allclose(compiled.orthant_probability(a, a[::-1], 1.0), np.minimum(cdf, cdf[::-1]), atol=1e-15)
+    np.testing.assert_allclose(compiled.orthant_probability(a, a[::-1], -1.0),
+                               np.maximum(0, cdf + cdf[::-1] - 1), atol=1e-15)
+    # A margin of ±inf: a certain or an impossible event, whatever the correlation.
+    np.testing.assert_allclose(compiled.orthant_probability(np.inf, a, 0.7), cdf, rtol=1e-15, atol=0)
+    np.testing.assert_array_equal(compiled.orthant_probability(a, -np.inf, -0.7), 0.0)
+    assert np.isnan(compiled.orthant_probability(np.nan, 0.0, 0.5))
+    np.testing.assert_allclose(compiled.orthant_probability(0.0, 0.0, np.sin([0.2, -0.7])),
+                               0.25 + np.array([0.2, -0.7]) / (2 * np.pi), atol=1e-15)
+    rng = np.random.default_rng(8)
+    a_i, a_j, rho = rng.normal(0, 1, 2000), rng.normal(0, 1, 2000), rng.uniform(-0.95, 0.95, 2000)
+    p = compiled.orthant_probability(a_i, a_j, rho)
+    np.testing.assert_allclose(compiled.orthant_probability(a_i, a_j, compiled.invert_orthant(a_i, a_j, p)), p,
+                               rtol=0, atol=1e-12)

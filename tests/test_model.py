@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from scipy import special
 
-from dist_relu.model import RectifiedGaussian, bias_error, covariance_error, gaussian_kl, psd_projection
+from dist_relu.model import RectifiedGaussian, bias_error, covariance_error, gaussian_kl, repaired_covariance
 
 
 def test_metrics_follow_the_papers_normalisation():
@@ -30,16 +30,18 @@ def test_errors_of_the_truth_are_zero_and_a_singular_estimate_has_no_tv_bound():
     assert singular.errors(w @ w.T, np.ones(4))["tv_bound"] == 1.0
 
 
-def test_factor_reproduces_the_psd_projection():
+def test_factor_reproduces_a_psd_covariance_and_the_repair_of_an_indefinite_one():
     rng = np.random.default_rng(1)
     w = rng.standard_normal((5, 3))
     psd = w @ w.T
     np.testing.assert_allclose(RectifiedGaussian(psd, np.zeros(5)).factor() @ RectifiedGaussian(psd, np.zeros(5)).factor().T, psd, atol=1e-12)
-    indefinite = psd - 0.5 * np.eye(5)
-    projected = psd_projection(indefinite)
-    assert np.linalg.eigvalsh(projected).min() > -1e-12
+    indefinite = 1.5 * psd - 0.5 * np.diag(np.diag(psd))  # the covariances 1.5 times too large
+    assert np.linalg.eigvalsh(indefinite).min() < -0.1
+    repaired = repaired_covariance(indefinite).covariance
+    assert np.linalg.eigvalsh(repaired).min() > -1e-12
+    np.testing.assert_array_equal(np.diag(repaired), np.diag(indefinite))
     factor = RectifiedGaussian(indefinite, np.zeros(5)).factor()
-    np.testing.assert_allclose(factor @ factor.T, projected, atol=1e-12)
+    np.testing.assert_allclose(factor @ factor.T, repaired, atol=1e-12)
 
 
 def test_samples_have_the_rectified_marginals():
