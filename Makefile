@@ -34,6 +34,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/large_d.py
 	$(BIN)/python benchmarks/two_layer.py
 	$(BIN)/python benchmarks/random_bias.py
+	$(BIN)/python benchmarks/se_coverage.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

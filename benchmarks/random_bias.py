@@ -102,17 +102,6 @@ def measure(step, store, out, rank, pilot_iterations, max_passes):
     return record
 
 
-def cpu_model():
-    """The CPU's model name from /proc/cpuinfo (Linux), else ``platform.processor()``."""
-    import platform
-
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor()
-    return next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-
-
 def stage_names(timings):
     """The stages of a fit in order: ``pilot``, ``pass 1``, ``pass 2``, ..."""
     return sorted(timings, key=lambda stage: (stage != "pilot", int(stage.split()[-1]) if stage != "pilot" else 0))
@@ -332,7 +321,7 @@ def main():
         "chunking": f"{chunk_rows:,}-row chunks, all columns in one chunk", "scheduler": "local threads",
         "truth": "dist_relu.random_bias_truth(d, k, seed): A (d × k) and b standard normal",
         "repeats": args.repeats, "steps": STEPS, "fit-1blas_environment": SINGLE_THREAD_BLAS,
-        "machine": steps.machine(load_before, cpu=cpu_model()),
+        "machine": steps.machine(load_before, cpu=steps.cpu_model()),
         "package_sources_sha256": {"before": fingerprint_before, "after": package_fingerprint()},
         "versions": {"dist_relu": dist_relu.__version__, "numpy": np.__version__, "dask": dask.__version__,
                      "zarr": zarr.__version__},

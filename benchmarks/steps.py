@@ -82,6 +82,17 @@ def package_fingerprint():
     return digest.hexdigest()[:16]
 
 
+def cpu_model():
+    """The CPU's model name from /proc/cpuinfo (Linux), else ``platform.processor()``."""
+    import platform
+
+    try:
+        info = Path("/proc/cpuinfo").read_text()
+    except OSError:
+        return platform.processor()
+    return next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
+
+
 def machine(load_before, **extra):
     """Return what the machine is, with the load average before (given) and after the run."""
     return {"cores": os.cpu_count(), "platform": platform.platform(), "python": platform.python_version(),

@@ -85,17 +85,6 @@ def measure(step, store, out, hidden):
     return steps.measure(__file__, step, [store, out, hidden], env=env)
 
 
-def cpu_model():
-    """The CPU's model name from /proc/cpuinfo (Linux), else ``platform.processor()``."""
-    import platform
-
-    try:
-        info = Path("/proc/cpuinfo").read_text()
-    except OSError:
-        return platform.processor()
-    return next((line.split(":", 1)[1].strip() for line in info.splitlines() if line.startswith("model name")), "")
-
-
 def chunk_sizes(n, chunk_rows):
     """Rows of each chunk ``simulate_to_zarr`` writes."""
     return [min(chunk_rows, n - start) for start in range(0, n, chunk_rows)]
@@ -268,7 +257,7 @@ def main():
         "chunking": f"{chunk_rows:,}-row chunks, all columns in one chunk", "scheduler": "local threads",
         "truth": "dist_relu.two_layer_truth(d, p, seed): A standard Gaussian (d × p), (W, b) = figure1_truth(p)",
         "repeats": args.repeats, "steps": STEPS, "setup": SETUP, "fit-1blas_environment": SINGLE_THREAD_BLAS,
-        "machine": steps.machine(load_before, cpu=cpu_model()),
+        "machine": steps.machine(load_before, cpu=steps.cpu_model()),
         "package_sources_sha256": {"before": fingerprint_before, "after": package_fingerprint()},
         "versions": {"dist_relu": dist_relu.__version__, "numpy": np.__version__, "dask": dask.__version__,
                      "zarr": zarr.__version__},

@@ -83,3 +83,14 @@ def test_random_bias_benchmark_quick(tmp_path):
     assert record["timing"]["ratios"]["fit"]["pass_over_read"] and record["passes"]["runs"]
     assert {e["law"] for e in record["table"]["per_law"]} == {"uniform", "t3", "sparse", "gaussian"}
     assert (tmp_path / "random_bias_quick.png").stat().st_size > 10_000
+
+
+def test_se_coverage_benchmark_quick(tmp_path):
+    subprocess.run([sys.executable, str(BENCHMARKS / "se_coverage.py"), "--quick", "--out", str(tmp_path)],
+                   check=True, capture_output=True, timeout=600)
+    record = json.loads((tmp_path / "se_coverage_quick.json").read_text())
+    assert record["fits"]["default"] == 24 and not any(record["failed_fits"].values())
+    default = [row for row in record["table"] if row["settings"] == "default"]
+    assert {row["kind"] for row in default} == {"Σ off-diagonal", "Σ diagonal", "b", "σ"}
+    assert all(0.8 <= row["coverage"] <= 1.0 for row in default)
+    assert (tmp_path / "se_coverage_quick.png").stat().st_size > 10_000
