@@ -428,7 +428,7 @@ def standard_error_block(counts, n, covariance, terms_i, terms_j, index_i, index
                 var_rho, var_sigma = pair_variances(terms, i[fit], len(terms_i.scale) + j[fit], rho[fit],
                                                     both[fit] / n, inversion)
                 # The delta method fails where the orthant density vanishes (ρ̂ numerically at ±1): no information.
-                se[0, fit] = np.where(var_rho > 0, np.sqrt(var_rho / n), np.inf)
+                se[0, fit] = np.where(var_rho > 0, np.sqrt(var_rho / n), np.where(np.isnan(var_rho), np.nan, np.inf))
                 se[1, fit] = np.where(var_sigma > 0, np.ldexp(np.sqrt(var_sigma / n), units[fit]),
                                       np.where(np.isnan(var_sigma), np.nan, np.inf))
             out[:, i, j] = se

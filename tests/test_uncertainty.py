@@ -216,3 +216,11 @@ def test_the_model_check_flags_no_coordinate_of_data_from_the_model(tmp_path):
     checked = np.isfinite(fit.model_check_)
     assert checked.sum() >= 40 and not (fit.status_ == kernels.STATUS_NOT_NORMAL).any()
     assert np.nanmax(fit.model_check_) < uncertainty.MODEL_CHECK_THRESHOLD
+
+
+def test_the_sgd_with_the_models_margins_has_no_errors_and_no_verdict_on_correlations():
+    weights, bias = dist_relu.figure1_truth(5, seed=0)
+    samples = np.maximum(0, np.random.default_rng(0).standard_normal((20_000, 5)) @ weights.T + bias)
+    fit = dist_relu.ReLUGaussian(method="sgd", inversion="model").fit(samples.astype(np.float32))
+    assert np.isnan(fit.correlation_se_[~np.eye(5, dtype=bool)]).all()
+    assert (fit.status_ == kernels.STATUS_OK).all() and fit.settings_["standard_errors"]["undetermined_coordinates"] == 0
