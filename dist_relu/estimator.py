@@ -285,10 +285,9 @@ def _standard_errors(output, column_block, n_samples, fit_settings, per_coordina
     (exceedances,) = compute(da.diagonal(counts))
     terms = uncertainty.coordinate_terms(likelihood_bias, scale, margins, information, exceedances,
                                          likelihood_of(fit_settings.method), exponents)
-    correlation_se, covariance_se = graph.standard_errors(
-        counts, n_samples, output.lazy("covariance", column_block), terms.stack(),
-        fit_settings.inversion)
     covariance = output.lazy("covariance", column_block)
+    correlation_se, covariance_se = graph.standard_errors(counts, n_samples, covariance, terms.stack(),
+                                                          fit_settings.inversion)
     (trust,) = output.store({"correlation_se": correlation_se, "covariance_se": covariance_se},
                             also=[graph.trust_counts(covariance, covariance_se, correlation_se)], progress=progress)
     d = len(scale)
