@@ -218,7 +218,7 @@ def plot(record, path):
     width = 0.11
     colours = {"read": "#888888", "xtx": "#ff7f0e", "xtx-1blas": "#ffbb78", "fit": "#1f77b4",
                "read-warm": "#c5b0d5", "xtx-warm": "#ffd8b1", "fit-warm": "#9467bd", "fit-numba-ready": "#17becf"}
-    stage_colours = {"pass": "#1f77b4", "inversion": "#2ca02c", "write": "#98df8a"}
+    stage_colours = {"pass": "#1f77b4", "inversion": "#2ca02c", "standard errors": "#d62728", "write": "#98df8a"}
     fig, (ax_t, ax_m) = plt.subplots(1, 2, figsize=(12, 5))
     for k, step in enumerate(("read", "xtx", "xtx-1blas")):
         heights = [c["summary"][step]["median_seconds"] for c in cases]

@@ -71,7 +71,8 @@ TICKS = {"read": "one\nread", "two-reads": "two\nreads", "fit": "fit", "two-read
 # Set in the child's environment, before numpy is imported (as fit_vs_read.py's xtx-1blas).
 SINGLE_THREAD_BLAS = {"OMP_NUM_THREADS": "1", "OPENBLAS_NUM_THREADS": "1", "MKL_NUM_THREADS": "1"}
 FITS = ("fit", "fit-warm", "fit-numba-ready", "fit-1blas")
-STAGE_COLOURS = {"pass 1": "#aec7e8", "pass": "#1f77b4", "inversion": "#2ca02c", "write": "#98df8a"}
+STAGE_COLOURS = {"pass 1": "#aec7e8", "pass": "#1f77b4", "inversion": "#2ca02c", "standard errors": "#d62728",
+                 "write": "#98df8a"}
 
 
 def child(step, store, out, hidden):

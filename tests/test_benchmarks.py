@@ -53,7 +53,7 @@ def test_cluster_overhead_benchmark_quick(tmp_path):
     assert set(record["summary"]) == {"threads", "local-cluster", "cli-cluster"}
     for entry in record["summary"].values():
         assert entry["median_fit_seconds"] > 0
-        assert set(entry["median_stage_seconds"]) == {"pass", "inversion", "write"}
+        assert set(entry["median_stage_seconds"]) == {"pass", "inversion", "standard errors", "write"}
     assert record["summary"]["threads"]["wall_ratio_to_threads"] == 1
     assert (tmp_path / "cluster_overhead_quick.png").stat().st_size > 10_000
 
@@ -63,7 +63,7 @@ def test_large_d_benchmark_quick(tmp_path):
                    check=True, capture_output=True, text=True, timeout=300)
     record = json.loads((tmp_path / "large_d_quick.json").read_text())
     assert record["d"] == 300 and record["n"] == 20_000
-    assert set(record["timings"]) == {"pass", "inversion", "write"}
+    assert set(record["timings"]) == {"pass", "inversion", "standard errors", "write"}
     assert record["peak_above_baseline_mb"] > 0 and record["errors"]["err_sigma"] < 0.05
     assert (tmp_path / "large_d_quick.png").stat().st_size > 10_000
 

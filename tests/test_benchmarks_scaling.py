@@ -28,7 +28,7 @@ def test_fit_vs_read_quick(tmp_path):
         for step in ("read", "xtx", "xtx-1blas", "fit", "read-warm", "xtx-warm", "fit-warm", "fit-numba-ready"):
             assert summary[step]["median_seconds"] > 0
             assert summary[step]["peak_above_baseline_mb"] > 0
-        assert set(summary["fit"]["median_stage_seconds"]) == {"pass", "inversion", "write"}
+        assert set(summary["fit"]["median_stage_seconds"]) == {"pass", "inversion", "standard errors", "write"}
         assert summary["fit_over_read"] > 0 and summary["fit_over_xtx"] > 0 and summary["fit_over_xtx_1blas"] > 0
         assert summary["fit_warm_over_read"] == pytest.approx(
             summary["fit-warm"]["median_seconds"] / summary["read-warm"]["median_seconds"])
@@ -47,7 +47,7 @@ def test_scaling_n_quick(tmp_path):
             assert case["summary"][step]["median_seconds"] > 0
             assert case["summary"][step]["seconds_per_million_rows"] > 0
             assert case["summary"][step]["peak_above_baseline_mb"] > 0
-        assert set(case["summary"]["fit"]["median_stage_seconds"]) == {"pass", "inversion", "write"}
+        assert set(case["summary"]["fit"]["median_stage_seconds"]) == {"pass", "inversion", "standard errors", "write"}
     assert record["scaling"]["n_ratio"] == 4
     assert {"time_ratio", "log_log_slope", "peak_ratio", "median_peak_ratio", "memory_flat_within_1.2x"} <= set(
         record["scaling"]["fit"])
