@@ -399,7 +399,9 @@ def standard_error_block(counts, n, covariance, terms_i, terms_j, index_i, index
         ``inf`` where the counts carry no information on how close ``ρ`` is
         to ``±1``: a cell of the pair's 2×2 table of exceedances is empty
         (then the orthant probability is at its bound, and ``ρ̂`` at or
-        numerically near ``±1``).
+        numerically near ``±1``); and where the delta method gives no
+        positive variance (the fitted model far from the observed
+        exceedances, as a truncated fit of a few positives can be).
     """
     terms = CoordinateTerms.unstack(np.concatenate([terms_i, terms_j]))  # the rows', then the columns'
     terms_i, terms_j = CoordinateTerms.unstack(terms_i), CoordinateTerms.unstack(terms_j)
