@@ -306,11 +306,13 @@ def _model_check(output, n_samples, fit_settings, status, terms):
 
     From the stored statistics and moments of the positives
     (``uncertainty.model_check``), in their units, and the standard errors'
-    ``terms``; NaN where not checked (and everywhere with ``method="sgd"``,
-    or for fits stored without the moments).
+    ``terms``; NaN where not checked (and everywhere unless
+    ``method="censored"``, or for fits stored without the moments).
     """
     value = np.full(len(status), np.nan)
-    if fit_settings.method == "sgd" or not all(output.has(name) for name in fitstore.MOMENTS):
+    # Only the censored likelihood's: with the truncated one, a fit of a few positives can land where the
+    # check's covariance is not positive definite, and model data fails (benchmarks/README.md).
+    if fit_settings.method != "censored" or not all(output.has(name) for name in fitstore.MOMENTS):
         return value, status
     statistics = np.stack([output.read(name) for name in kernels.STATISTICS], axis=1)
     moments = np.stack([output.read(name) for name in fitstore.MOMENTS], axis=1)
@@ -364,8 +366,8 @@ class ReLUGaussian(settings.Estimator):
         The model check's statistic: about χ²(2) where the coordinate's
         positive values follow the fitted censored normal; a coordinate above
         ``uncertainty.MODEL_CHECK_THRESHOLD`` has the status "not censored
-        normal". NaN where not checked (fewer than 10,000 positives,
-        ``method="sgd"``).
+        normal". NaN where not checked (fewer than 10,000 positives; a
+        method other than "censored").
     thresholds_ : ndarray (d,)
     counts_ : ndarray (d, d) of int64
         Co-exceedance counts ``C_ij = #{m : x_mi > t_i, x_mj > t_j}``.

@@ -224,3 +224,12 @@ def test_the_sgd_with_the_models_margins_has_no_errors_and_no_verdict_on_correla
     fit = dist_relu.ReLUGaussian(method="sgd", inversion="model").fit(samples.astype(np.float32))
     assert np.isnan(fit.correlation_se_[~np.eye(5, dtype=bool)]).all()
     assert (fit.status_ == kernels.STATUS_OK).all() and fit.settings_["standard_errors"]["undetermined_coordinates"] == 0
+
+
+def test_only_the_censored_likelihood_is_checked():
+    rng = np.random.default_rng(9)
+    samples = np.maximum(0, rng.standard_normal((40_000, 3)) + 0.5).astype(np.float32)
+    assert np.isfinite(dist_relu.ReLUGaussian().fit(samples).model_check_).all()
+    for method in ("truncated", "sgd"):
+        fit = dist_relu.ReLUGaussian(method=method).fit(samples)
+        assert np.isnan(fit.model_check_).all() and fit.settings_["model_check"]["checked"] == 0
