@@ -94,3 +94,19 @@ def test_se_coverage_benchmark_quick(tmp_path):
     assert {row["kind"] for row in default} == {"Σ off-diagonal", "Σ diagonal", "b", "σ"}
     assert all(0.8 <= row["coverage"] <= 1.0 for row in default)
     assert (tmp_path / "se_coverage_quick.png").stat().st_size > 10_000
+
+
+def test_model_check_benchmark_quick(tmp_path):
+    result = subprocess.run([sys.executable, str(BENCHMARKS / "model_check.py"), "--quick", "--out", str(tmp_path)],
+                            check=True, capture_output=True, text=True, timeout=600)
+    assert "MODEL_CHECK_MIN_POSITIVES set from 10,000 to 0" in result.stdout
+    record = json.loads((tmp_path / "model_check_quick.json").read_text())
+    assert record["min_positives_patched"]["to"] == 0
+    censored = [row for row in record["null"] if row["method"] == "censored"]
+    assert len(censored) == 5 and all(row["not_finite"] == 0 and row["negative"] == 0 for row in censored)
+    assert all(1.8 < row["mean"] < 2.2 and 0.005 < row["fractions"][0] < 0.03 for row in censored)
+    power = {row["law"]: row for row in record["power"]}
+    assert power["normal + 0.3 (control)"]["failed"] == 0
+    assert all(row["fraction_failed"] == 1.0 for law, row in power.items() if not law.startswith("normal"))
+    assert {row["method"] for row in record["fit_path"]} == {"censored", "truncated"}
+    assert (tmp_path / "model_check_quick.png").stat().st_size > 10_000
