@@ -35,6 +35,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/two_layer.py
 	$(BIN)/python benchmarks/random_bias.py
 	$(BIN)/python benchmarks/se_coverage.py
+	$(BIN)/python benchmarks/se_cost.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
