@@ -36,6 +36,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/random_bias.py
 	$(BIN)/python benchmarks/se_coverage.py
 	$(BIN)/python benchmarks/model_check.py
+	$(BIN)/python benchmarks/se_cost.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info
