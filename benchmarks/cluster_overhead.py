@@ -34,6 +34,8 @@ import tempfile
 import time
 from pathlib import Path
 
+import steps  # benchmarks/steps.py, beside this script
+
 BIN = Path(sys.executable).parent
 
 
@@ -87,12 +89,9 @@ def main():
     parser.add_argument("--chunk-rows", type=int, default=65_536)
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", default=None)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    parser.add_argument("--quick", action="store_true", help="n = 2·10⁵, d = 20, one repeat")
-    parser.add_argument("--plot-only", metavar="JSON", help="redraw the figure of a saved result")
+    steps.add_result_options(parser, "n = 2·10⁵, d = 20, one repeat")
     args = parser.parse_args()
-    if args.plot_only:
-        plot(json.loads(Path(args.plot_only).read_text()), Path(args.plot_only).with_suffix(".png"))
+    if steps.replotted(args, plot):
         return
     if args.quick:
         args.n, args.d, args.repeats = 200_000, 20, 1

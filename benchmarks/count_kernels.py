@@ -37,7 +37,6 @@ for _name in THREAD_VARIABLES:  # before numpy (and numba) are imported: single-
 
 import argparse  # noqa: E402
 import datetime  # noqa: E402
-import json  # noqa: E402
 import platform  # noqa: E402
 import time  # noqa: E402
 from pathlib import Path  # noqa: E402
@@ -80,12 +79,9 @@ def main():
     parser.add_argument("--d", type=int, nargs="+", default=[16, 64, 128, 256, 512, 1024])
     parser.add_argument("--rows", type=int, default=65_536)
     parser.add_argument("--repeats", type=int, default=5)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    parser.add_argument("--quick", action="store_true", help="rows = 8,192, d = 16, 64")
-    parser.add_argument("--plot-only", metavar="JSON", help="redraw the figure of a saved result")
+    steps.add_result_options(parser, "rows = 8,192, d = 16, 64")
     args = parser.parse_args()
-    if args.plot_only:
-        plot(json.loads(Path(args.plot_only).read_text()), Path(args.plot_only).with_suffix(".png"))
+    if steps.replotted(args, plot):
         return
     if args.quick:
         args.d, args.rows = [16, 64], 8_192

@@ -34,7 +34,6 @@ Results go to ``benchmarks/results/fit_vs_read.{json,png}``.
 
 import argparse
 import datetime
-import json
 import os
 import shutil
 import statistics
@@ -93,15 +92,12 @@ def main():
     parser.add_argument("--chunk-mb", type=float, default=32.0, help="float32 MB per row chunk")
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--workdir", default=None)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    parser.add_argument("--quick", action="store_true", help="d = 10, 50, n = 10⁵, 2 MB chunks, one repeat")
-    parser.add_argument("--plot-only", metavar="JSON", help="redraw the figure of a saved result")
+    steps.add_result_options(parser, "d = 10, 50, n = 10⁵, 2 MB chunks, one repeat")
     parser.add_argument("--child", nargs=3, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(*args.child)
-    if args.plot_only:
-        plot(json.loads(Path(args.plot_only).read_text()), Path(args.plot_only).with_suffix(".png"))
+    if steps.replotted(args, plot):
         return
     if args.quick:
         args.d, args.n, args.chunk_mb, args.repeats = [10, 50], 100_000, 2.0, 1

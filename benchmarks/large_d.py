@@ -24,6 +24,7 @@ import tempfile
 import time
 from pathlib import Path
 
+import steps
 from steps import status_kb
 
 
@@ -48,15 +49,13 @@ def main():
     parser.add_argument("--d", type=int, default=4096)
     parser.add_argument("--chunk-rows", type=int, default=8192)
     parser.add_argument("--workdir", default=None, help="keep the simulated store here (default: temporary)")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    parser.add_argument("--quick", action="store_true", help="d = 300, n = 2·10⁴")
-    parser.add_argument("--plot-only", metavar="JSON", help="redraw the figure of a saved result")
+    steps.add_result_options(parser, "d = 300, n = 2·10⁴")
     parser.add_argument("--child", nargs=2, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(*args.child)
-    if args.plot_only:
-        return plot(json.loads(Path(args.plot_only).read_text()), Path(args.plot_only).with_suffix(".png"))
+    if steps.replotted(args, plot):
+        return
     if args.quick:
         args.n, args.d, args.chunk_rows = 20_000, 300, 5_000
 

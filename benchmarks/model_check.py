@@ -53,7 +53,6 @@ records the package's path).
 
 import argparse
 import datetime
-import json
 import os
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -202,13 +201,10 @@ def main():
                         help=f"arrays of {FIT_COLUMNS} coordinates fitted by ReLUGaussian per method")
     parser.add_argument("--batch-mb", type=float, default=128.0, help="float32 samples per batch, MB (≤ 200)")
     parser.add_argument("--threads", type=int, default=2)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    parser.add_argument("--quick", action="store_true", help="fewer coordinates: "
+    steps.add_result_options(parser, "fewer coordinates: "
                         f"{', '.join(map(str, QUICK_COORDINATES))} per case, 200 per law")
-    parser.add_argument("--plot-only", metavar="JSON", help="redraw the figure of a saved result")
     args = parser.parse_args()
-    if args.plot_only:
-        plot(json.loads(Path(args.plot_only).read_text()), Path(args.plot_only).with_suffix(".png"))
+    if steps.replotted(args, plot):
         return
     if args.quick:
         args.coordinates, args.power_coordinates, args.fit_arrays = list(QUICK_COORDINATES), 200, 1

@@ -48,7 +48,6 @@ Results go to ``benchmarks/results/random_bias.{json,png}``.
 
 import argparse
 import datetime
-import json
 import os
 import shutil
 import statistics
@@ -201,15 +200,12 @@ def main():
     parser.add_argument("--table-laws", nargs="+", default=["uniform", "t3", "sparse", "gaussian"])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2], help="of the table")
     parser.add_argument("--workdir", default=None)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    parser.add_argument("--quick", action="store_true", help="n = 10⁵, one repeat; passes at n = 10⁵; table seed 0")
-    parser.add_argument("--plot-only", metavar="JSON", help="redraw the figure of a saved result")
+    steps.add_result_options(parser, "n = 10⁵, one repeat; passes at n = 10⁵; table seed 0")
     parser.add_argument("--child", nargs=6, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(*args.child)
-    if args.plot_only:
-        plot(json.loads(Path(args.plot_only).read_text()), Path(args.plot_only).with_suffix(".png"))
+    if steps.replotted(args, plot):
         return
     if args.quick:
         args.n, args.repeats, args.passes_n, args.seeds = 100_000, 1, [100_000], [0]

@@ -174,12 +174,9 @@ def main():
     parser.add_argument("--chunk-rows", type=int, default=65_536, help="rows per chunk (dist-relu simulate's default)")
     parser.add_argument("--repeats", type=int, default=5)
     parser.add_argument("--workdir", default=None)
-    parser.add_argument("--out", default=str(BENCHMARKS / "results"))
-    parser.add_argument("--quick", action="store_true", help="n = 10⁵ at d = 20 and 50, 16,384-row chunks, 1 repeat")
-    parser.add_argument("--plot-only", metavar="JSON", help="redraw the figure of a saved result")
+    steps.add_result_options(parser, "n = 10⁵ at d = 20 and 50, 16,384-row chunks, 1 repeat")
     args = parser.parse_args()
-    if args.plot_only:
-        plot(json.loads(Path(args.plot_only).read_text()), Path(args.plot_only).with_suffix(".png"))
+    if steps.replotted(args, plot):
         return
     if args.quick:
         args.cases, args.chunk_rows, args.repeats = [(100_000, 20), (100_000, 50)], 16_384, 1

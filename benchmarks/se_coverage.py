@@ -51,7 +51,6 @@ folder is first on ``sys.path``, so that name would break every benchmark.
 
 import argparse
 import datetime
-import json
 import os
 import time
 from pathlib import Path
@@ -199,12 +198,9 @@ def main():
                         help="replications per truth, one per --n (default settings)")
     parser.add_argument("--alternative-reps", type=int, nargs="+", default=[20, 20, 10],
                         help="of them, how many are also fitted with inversion=model and method=truncated")
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    parser.add_argument("--quick", action="store_true", help="d = 5, kappa = 10, n = 10⁴, 10⁵, 6 replications")
-    parser.add_argument("--plot-only", metavar="JSON", help="redraw the figure of a saved result")
+    steps.add_result_options(parser, "d = 5, kappa = 10, n = 10⁴, 10⁵, 6 replications")
     args = parser.parse_args()
-    if args.plot_only:
-        plot(json.loads(Path(args.plot_only).read_text()), Path(args.plot_only).with_suffix(".png"))
+    if steps.replotted(args, plot):
         return
     if args.quick:
         args.d, args.kappa, args.truth_seeds, args.n = [5], [10.0], [0], [10_000, 100_000]

@@ -100,6 +100,21 @@ def machine(load_before, **extra):
             "load_average_before": load_before, "load_average_after": os.getloadavg(), **extra}
 
 
+def add_result_options(parser, quick_help):
+    """Add the options every benchmark has: ``--out`` (the results' folder), ``--quick`` and ``--plot-only``."""
+    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
+    parser.add_argument("--quick", action="store_true", help=quick_help)
+    parser.add_argument("--plot-only", metavar="JSON", help="redraw the figure of a saved result")
+
+
+def replotted(args, plot):
+    """Redraw the figure of the saved result ``--plot-only`` names, beside it; return whether there was one."""
+    if not args.plot_only:
+        return False
+    plot(json.loads(Path(args.plot_only).read_text()), Path(args.plot_only).with_suffix(".png"))
+    return True
+
+
 def write_results(record, out, stem, print_table, plot):
     """Write ``record`` as ``out/stem.json``, print its table, draw ``out/stem.png``.
 

@@ -39,7 +39,6 @@ Results go to ``benchmarks/results/two_layer.{json,png}``.
 
 import argparse
 import datetime
-import json
 import math
 import os
 import shutil
@@ -142,16 +141,12 @@ def main():
     parser.add_argument("--sweep-n", type=int, nargs="+", default=[10_000, 30_000, 100_000, 300_000, 1_000_000])
     parser.add_argument("--seeds", type=int, nargs="+", default=[0, 1, 2])
     parser.add_argument("--workdir", default=None)
-    parser.add_argument("--out", default=str(Path(__file__).parent / "results"))
-    parser.add_argument("--quick", action="store_true",
-                        help="n = 10⁵, one repeat; sweep n = 10⁴, 3·10⁴, seed 0")
-    parser.add_argument("--plot-only", metavar="JSON", help="redraw the figure of a saved result")
+    steps.add_result_options(parser, "n = 10⁵, one repeat; sweep n = 10⁴, 3·10⁴, seed 0")
     parser.add_argument("--child", nargs=4, help=argparse.SUPPRESS)
     args = parser.parse_args()
     if args.child:
         return child(*args.child)
-    if args.plot_only:
-        plot(json.loads(Path(args.plot_only).read_text()), Path(args.plot_only).with_suffix(".png"))
+    if steps.replotted(args, plot):
         return
     if args.quick:
         args.n, args.repeats, args.sweep_n, args.seeds = 100_000, 1, [10_000, 30_000], [0]
