@@ -324,24 +324,33 @@ def invert_orthant(a_i, a_j, p, max_iter=60, tol=1e-13):
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
+def orthant_pair(ai, aj, r, rules, rule_limits):
+    """Return ``Φ₂(ai, aj; r)`` of one pair (see ``orthant_probability``); ``rules`` and ``rule_limits`` are
+    ``ORTHANT_RULES``. For numba kernels of other modules; numpy callers use ``orthant_probability``."""
+    cdf_i = 0.5 * math.erfc(-ai / math.sqrt(2.0))
+    cdf_j = 0.5 * math.erfc(-aj / math.sqrt(2.0))
+    lowest, highest = max(0.0, cdf_i + cdf_j - 1.0), min(cdf_i, cdf_j)
+    if math.isnan(ai) or math.isnan(aj) or math.isnan(r):
+        return math.nan
+    if not (math.isfinite(ai) and math.isfinite(aj)):
+        return cdf_i * cdf_j  # a margin of ±inf: a certain event or an impossible one, whatever ρ
+    if r >= 1.0:
+        return highest
+    if r <= -1.0:
+        return lowest
+    increment = _orthant_increment(math.asin(r), ai * ai + aj * aj, 2.0 * ai * aj,
+                                   max(abs(ai), abs(aj)) <= _SHORT_RULE_MAX_MARGIN, rules, rule_limits)
+    return min(max(cdf_i * cdf_j + increment, lowest), highest)
+
+
+# The quadrature's rules, as orthant_pair takes them.
+ORTHANT_RULES = (_RULES, _RULE_LIMITS)
+
+
+@numba.njit(nogil=True, cache=True, error_model="numpy")
 def _orthant_pairs(a_i, a_j, rho, out, rules, rule_limits):
     for k in range(rho.size):
-        ai, aj, r = a_i[k], a_j[k], rho[k]
-        cdf_i = 0.5 * math.erfc(-ai / math.sqrt(2.0))
-        cdf_j = 0.5 * math.erfc(-aj / math.sqrt(2.0))
-        lowest, highest = max(0.0, cdf_i + cdf_j - 1.0), min(cdf_i, cdf_j)
-        if math.isnan(ai) or math.isnan(aj) or math.isnan(r):
-            out[k] = math.nan
-        elif not (math.isfinite(ai) and math.isfinite(aj)):
-            out[k] = cdf_i * cdf_j  # a margin of ±inf: a certain event or an impossible one, whatever ρ
-        elif r >= 1.0:
-            out[k] = highest
-        elif r <= -1.0:
-            out[k] = lowest
-        else:
-            increment = _orthant_increment(math.asin(r), ai * ai + aj * aj, 2.0 * ai * aj,
-                                           max(abs(ai), abs(aj)) <= _SHORT_RULE_MAX_MARGIN, rules, rule_limits)
-            out[k] = min(max(cdf_i * cdf_j + increment, lowest), highest)
+        out[k] = orthant_pair(a_i[k], a_j[k], rho[k], rules, rule_limits)
 
 
 def orthant_probability(a_i, a_j, rho):

@@ -26,12 +26,9 @@ import numba
 import numpy as np
 from scipy import special
 
-from . import kernels
+from . import compiled
 
 _NORMAL = 1.0 / math.sqrt(2.0 * math.pi)
-# Gauss–Legendre rules for the orthant probability's integral over θ = arcsin ρ: 20 nodes are exact to
-# rounding for |θ| ≤ 1.2 and bounds within ±3 (as measured for the inversion, compiled.py), else 32.
-_SHORT_NODES, _SHORT_WEIGHTS = np.polynomial.legendre.leggauss(20)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -52,21 +49,9 @@ def _above(x):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _orthant(h, k, rho, short_nodes, short_weights, nodes, weights):
-    """``P(z_i > h, z_j > k)``: ``P(z_i > h) P(z_j > k) + (1/2π) ∫₀^θ exp(−(h² + k² − 2hk sin s)/(2 cos² s)) ds``."""
-    if math.isinf(h) or math.isinf(k):
-        return _above(h) * _above(k)
-    theta = math.asin(rho)
-    if abs(theta) <= 1.2 and max(abs(h), abs(k)) <= 3.0:
-        nodes, weights = short_nodes, short_weights
-    squares, product = h * h + k * k, 2.0 * h * k
-    total = 0.0
-    for m in range(nodes.size):
-        sine = math.sin(theta * 0.5 * (nodes[m] + 1.0))
-        c2 = (1.0 - sine) * (1.0 + sine)
-        if c2 > 0.0:
-            total += weights[m] * math.exp(-(squares - product * sine) / (2.0 * c2))
-    return _above(h) * _above(k) + theta * total / (4.0 * math.pi)
+def _orthant(h, k, rho, rules, rule_limits):
+    """``P(z_i > h, z_j > k) = Φ₂(−h, −k; ρ)``, with the inversion's quadrature (``compiled.orthant_pair``)."""
+    return compiled.orthant_pair(-h, -k, rho, rules, rule_limits)
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
@@ -108,10 +93,9 @@ def _orthant_moments(h, k, rho, upper, t):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _orthant_moments_many(h, k, rho, out, short_nodes, short_weights, nodes, weights):
+def _orthant_moments_many(h, k, rho, out, rules, rule_limits):
     for m in range(h.size):
-        _orthant_moments(h[m], k[m], rho[m], _orthant(h[m], k[m], rho[m], short_nodes, short_weights, nodes, weights),
-                         out[m])
+        _orthant_moments(h[m], k[m], rho[m], _orthant(h[m], k[m], rho[m], rules, rule_limits), out[m])
 
 
 def orthant_moments(h, k, rho):
@@ -131,11 +115,8 @@ def orthant_moments(h, k, rho):
     h, k, rho = np.broadcast_arrays(*(np.asarray(v, dtype=np.float64) for v in (h, k, rho)))
     out = np.empty(h.shape + (3, 3))
     _orthant_moments_many(np.ascontiguousarray(h).reshape(-1), np.ascontiguousarray(k).reshape(-1),
-                          np.ascontiguousarray(rho).reshape(-1), out.reshape(-1, 3, 3), *_RULES)
+                          np.ascontiguousarray(rho).reshape(-1), out.reshape(-1, 3, 3), *compiled.ORTHANT_RULES)
     return out
-
-
-_RULES = (_SHORT_NODES, _SHORT_WEIGHTS, kernels.GL_NODES, kernels.GL_WEIGHTS)
 
 
 # --------------------------------------------------------------------------
@@ -256,9 +237,8 @@ _BOTH, _AT_H_I, _AT_H_J, _AT_U_I, _AT_U_J, _U_I_H_J, _H_I_U_J, _U_I_U_J, _EVERYW
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _pair_variance(scale, zero_point, margin, information, below, step, i, j, rho, p11, tetrachoric, rules,
-                   moments, cov, c, scores, out):
+                   rule_limits, moments, cov, c, scores, out):
     """Write ``(var_ρ, var_Σ)`` of the pair ``(i, j)`` into ``out`` (see ``pair_variances``); the rest is scratch."""
-    short_nodes, short_weights, nodes, weights = rules
     a_i, a_j, u_i, u_j = margin[i], margin[j], zero_point[i], zero_point[j]
     h_i, h_j = max(-a_i, u_i), max(-a_j, u_j)
     p_i, p_j = _above(-a_i), _above(-a_j)
@@ -282,7 +262,7 @@ def _pair_variance(scale, zero_point, margin, information, below, step, i, j, rh
         if h == h_i and k == h_j:
             upper = p11
         else:
-            upper = _orthant(h, k, rho, short_nodes, short_weights, nodes, weights)
+            upper = _orthant(h, k, rho, rules, rule_limits)
         _orthant_moments(h, k, rho, upper, moments[m])
 
     below_i, step_i, below_j, step_j = below[i], step[i], below[j], step[j]
@@ -333,11 +313,11 @@ def _pair_variance(scale, zero_point, margin, information, below, step, i, j, rh
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _pair_variances(scale, zero_point, margin, information, below, step, first, second, rho, p11, tetrachoric,
-                    rules, out):
+                    rules, rule_limits, out):
     moments, cov, c, scores = np.empty((9, 3, 3)), np.empty((7, 7)), np.empty(7), np.empty((2, 2))
     for m in range(rho.size):
         _pair_variance(scale, zero_point, margin, information, below, step, first[m], second[m], rho[m], p11[m],
-                       tetrachoric, rules, moments, cov, c, scores, out[m])
+                       tetrachoric, rules, rule_limits, moments, cov, c, scores, out[m])
 
 
 def pair_variances(terms, first, second, rho, p11, inversion="tetrachoric"):
@@ -369,7 +349,7 @@ def pair_variances(terms, first, second, rho, p11, inversion="tetrachoric"):
     _pair_variances(*(np.ascontiguousarray(field, dtype=np.float64) for field in terms[:6]),
                     np.asarray(first, dtype=np.int64), np.asarray(second, dtype=np.int64),
                     np.asarray(rho, dtype=np.float64), np.asarray(p11, dtype=np.float64),
-                    inversion == "tetrachoric", _RULES, out)
+                    inversion == "tetrachoric", *compiled.ORTHANT_RULES, out)
     return out[:, 0], out[:, 1]
 
 

@@ -11,8 +11,8 @@ PACKAGE = Path(__file__).parent.parent / "dist_relu"
 # Lowest first. A module may import only from strictly lower layers.
 LAYERS = [
     {"errors", "kernels", "model", "separable", "sgd"},  # the math, on plain arrays
-    {"entry", "compiled", "budget", "latent", "uncertainty"},
-    {"storage", "scheduler", "settings"},
+    {"entry", "compiled", "budget", "latent"},
+    {"storage", "scheduler", "settings", "uncertainty"},
     {"io", "checkpoint"},  # Zarr in and out; saved partial sums
     {"graph"},  # dask graphs of the kernels
     {"pipeline", "fitstore"},  # the seam every model uses; the fit format
