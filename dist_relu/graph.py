@@ -243,16 +243,18 @@ def column_exponents(samples):
 
 def rescaled_moments(moments, exponents, target):
     """Return lazy ``(d, 2)`` moments in units ``2**target`` (``kernels.rescaled_moments``)."""
-    exponents, target = (_per_column(e, moments.chunks[0], 0, np.int64) for e in (exponents, target))
-    return da.blockwise(kernels.rescaled_moments, "ik", moments, "ik", exponents, "i", target, "i",
-                        dtype=np.float64, token="rescaled-moments")
+    return _rescaled(kernels.rescaled_moments, moments, exponents, target, "rescaled-moments")
 
 
 def rescaled_statistics(statistics, exponents, target):
     """Return lazy ``(d, 4)`` statistics in units ``2**target`` (``kernels.rescaled_statistics``)."""
-    exponents, target = (_per_column(e, statistics.chunks[0], 0, np.int64) for e in (exponents, target))
-    return da.blockwise(kernels.rescaled_statistics, "ik", statistics, "ik", exponents, "i", target, "i",
-                        dtype=np.float64, token="rescaled-statistics")
+    return _rescaled(kernels.rescaled_statistics, statistics, exponents, target, "rescaled-statistics")
+
+
+def _rescaled(kernel, sums, exponents, target, token):
+    """Return lazy per-column ``sums`` (d, k) in units ``2**target``: ``kernel`` applied block by block."""
+    exponents, target = (_per_column(e, sums.chunks[0], 0, np.int64) for e in (exponents, target))
+    return da.blockwise(kernel, "ik", sums, "ik", exponents, "i", target, "i", dtype=np.float64, token=token)
 
 
 def nonfinite_per_row(array):

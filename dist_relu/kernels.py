@@ -136,13 +136,19 @@ def positive_moments(x, keep=None, exponents=None):
     return np.stack([(positive**3).sum(axis=0), (positive**4).sum(axis=0)], axis=1)
 
 
+def _rescaled(sums, exponents, target, powers):
+    """Return ``sums`` (d, k) with column ``c`` multiplied by ``2**(powers[c]·(e − target))``, exactly."""
+    shift = np.asarray(exponents, dtype=np.int64) - np.asarray(target, dtype=np.int64)
+    out = np.array(sums, dtype=np.float64)
+    for column, power in enumerate(powers):
+        if power:
+            out[:, column] = np.ldexp(out[:, column], power * shift)
+    return out
+
+
 def rescaled_moments(moments, exponents, target):
     """Return ``positive_moments`` (d, 2) in units ``2**target``: ``Σ x³`` times ``2**3(e − target)``, ``Σ x⁴`` ``2**4(...)``."""
-    shift = np.asarray(exponents, dtype=np.int64) - np.asarray(target, dtype=np.int64)
-    out = np.array(moments, dtype=np.float64)
-    out[:, 0] = np.ldexp(out[:, 0], 3 * shift)
-    out[:, 1] = np.ldexp(out[:, 1], 4 * shift)
-    return out
+    return _rescaled(moments, exponents, target, (3, 4))
 
 
 def rescaled_statistics(statistics, exponents, target):
@@ -153,11 +159,7 @@ def rescaled_statistics(statistics, exponents, target):
     negligible beside those in ``target``'s units can). With ``target ==
     exponents`` the bits are unchanged.
     """
-    shift = np.asarray(exponents, dtype=np.int64) - np.asarray(target, dtype=np.int64)
-    out = np.array(statistics, dtype=np.float64)
-    out[:, 2] = np.ldexp(out[:, 2], shift)
-    out[:, 3] = np.ldexp(out[:, 3], 2 * shift)
-    return out
+    return _rescaled(statistics, exponents, target, (0, 0, 1, 2))
 
 
 def nonfinite_per_row(block):
