@@ -11,7 +11,10 @@ Per task, with ``c`` columns per block, ``r`` rows per chunk, ``k`` =
 - reduction: ``8k·c²`` (``k`` count blocks);
 - inversion: ``48c² + P·B`` (counts, ρ and Σ̂ of the block, pair indices, and
   ``P`` = ``kernels.INVERSION_SLAB_PAIRS`` pairs of ``B`` =
-  ``kernels.INVERSION_BYTES_PER_PAIR`` temporaries).
+  ``kernels.INVERSION_BYTES_PER_PAIR`` temporaries);
+- with a jackknife over ``G`` groups, its standard errors: ``8(G + 10)c² +
+  P·B`` (the ``G`` groups' count blocks, and the inversion's and the
+  replicates' running sums).
 
 ``task_bytes`` is the largest of these. A worker's share per task is half its
 memory divided by its threads: the other half is for results waiting between
@@ -29,11 +32,12 @@ from . import kernels
 _SMALL_BLOCK = 512
 
 
-def task_bytes(column_block, row_chunk, stored_chunk_bytes, split_every, rechunked_from=None):
+def task_bytes(column_block, row_chunk, stored_chunk_bytes, split_every, rechunked_from=None, jackknife_groups=0):
     """Return the bytes the largest task of a fit holds, by the model above.
 
     ``rechunked_from`` is ``C``, the columns of a stored chunk, when column
     blocks are made by a rechunk; ``None`` when chunks hold whole rows.
+    ``jackknife_groups`` is ``G``, 0 without a jackknife.
     """
     c, r = int(column_block), int(row_chunk)
     block_copy = 0 if rechunked_from is None else stored_chunk_bytes * c / int(rechunked_from)
@@ -41,10 +45,12 @@ def task_bytes(column_block, row_chunk, stored_chunk_bytes, split_every, rechunk
     counting = 2 * c * r / 8 + 8 * c * c
     reducing = 8 * split_every * c * c
     inverting = 48 * c * c + kernels.INVERSION_SLAB_PAIRS * kernels.INVERSION_BYTES_PER_PAIR
-    return int(max(passing, counting, reducing, inverting))
+    jackknife = 8 * (jackknife_groups + 10) * c * c + kernels.INVERSION_SLAB_PAIRS * kernels.INVERSION_BYTES_PER_PAIR
+    return int(max(passing, counting, reducing, inverting, jackknife if jackknife_groups else 0))
 
 
-def column_block_for(d, row_chunk, stored_chunk_bytes, split_every, share_bytes, threads, rechunked_from=None):
+def column_block_for(d, row_chunk, stored_chunk_bytes, split_every, share_bytes, threads, rechunked_from=None,
+                     jackknife_groups=0):
     """Return the widest column block whose tasks fit ``share_bytes`` (see the module's notes).
 
     Raises ``ValueError`` when even the narrowest block does not fit.
@@ -55,10 +61,11 @@ def column_block_for(d, row_chunk, stored_chunk_bytes, split_every, share_bytes,
     for c in candidates:
         n_blocks = -(-d // c)
         parallel = c <= _SMALL_BLOCK or n_blocks * (n_blocks + 1) // 2 >= 4 * threads
-        if task_bytes(c, row_chunk, stored_chunk_bytes, split_every, rechunked_from) <= share_bytes and parallel:
+        fits = task_bytes(c, row_chunk, stored_chunk_bytes, split_every, rechunked_from, jackknife_groups) <= share_bytes
+        if fits and parallel:
             chosen = c
     if chosen is None:
-        need = task_bytes(candidates[0], row_chunk, stored_chunk_bytes, split_every, rechunked_from)
+        need = task_bytes(candidates[0], row_chunk, stored_chunk_bytes, split_every, rechunked_from, jackknife_groups)
         raise ValueError(
             f"even {candidates[0]}-column blocks need {need / 2**20:,.0f} MiB per task, more than the "
             f"{share_bytes / 2**20:,.0f} MiB share of each worker thread; give the workers more memory "

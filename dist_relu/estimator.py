@@ -228,6 +228,10 @@ def write_fit(output, fit_settings, column_block, record, stages, thresholds, ma
         per_coordinate.update(errors)
         per_coordinate["model_check"], per_coordinate["status"] = _model_check(
             output, kept, fit_settings, per_coordinate["status"], per_coordinate.pop("terms"))
+        if output.has("group_counts"):
+            jackknife, record["jackknife"] = _jackknife(output, column_block, fit_settings, per_coordinate,
+                                                        progress)
+            per_coordinate.update(jackknife)
     checked = np.isfinite(per_coordinate["model_check"])
     record["standard_errors"] = error_summary._asdict()
     record["model_check"] = {"threshold": float(uncertainty.MODEL_CHECK_THRESHOLD),
@@ -322,6 +326,40 @@ def _model_check(output, n_samples, fit_settings, status, terms):
     return value, np.where(fails, kernels.STATUS_NOT_NORMAL, status).astype(np.int8)
 
 
+def _jackknife(output, column_block, fit_settings, per_coordinate, progress):
+    """Store the jackknife's ``jackknife_correlation_se`` and ``jackknife_covariance_se`` (d, d).
+
+    From each group's stored sums (``uncertainty.jackknife_replicates``),
+    with no read of the samples. Returns ``jackknife_bias_se`` and
+    ``jackknife_scale_se`` (d,), and the record of how the jackknife's
+    errors compare with the analytic ones: for each estimate, the root of the
+    mean ratio of their squares (of the variances) over the entries where
+    both are finite and positive.
+    """
+    statistics = np.stack([output.read(name) for name in kernels.STATISTICS], axis=1)
+    group_counts = output.lazy("group_counts", (1, column_block, column_block))
+    counts = output.lazy("counts", column_block)
+    exceedances, group_exceedances = compute(da.diagonal(counts), da.diagonal(group_counts, axis1=1, axis2=2))
+    replicates = uncertainty.jackknife_replicates(
+        statistics, output.read("group_statistics"), exceedances, group_exceedances,
+        output.read("statistics_exponent"), output.read("thresholds"), likelihood_of(fit_settings.method),
+        fit_settings.inversion, fit_settings.clip_bias)
+    correlation_se, covariance_se = graph.jackknife_standard_errors(group_counts, counts, replicates)
+    analytic = {name: output.lazy(name, column_block) for name in ("correlation_se", "covariance_se")}
+    ratios = output.store({"jackknife_correlation_se": correlation_se, "jackknife_covariance_se": covariance_se},
+                          also=[graph.variance_ratio_sums(correlation_se, analytic["correlation_se"]),
+                                graph.variance_ratio_sums(covariance_se, analytic["covariance_se"])],
+                          progress=progress)
+    errors = {"jackknife_bias_se": np.sqrt(uncertainty.jackknife_variance(replicates.bias)),
+              "jackknife_scale_se": np.sqrt(uncertainty.jackknife_variance(replicates.scale))}
+    ratios = [*ratios, *(uncertainty.variance_ratio_sums(errors[f"jackknife_{name}_se"], per_coordinate[f"{name}_se"])
+                         for name in ("bias", "scale"))]
+    record = {"groups": int(len(replicates.rows))}
+    for name, (ratio_sum, compared) in zip(("correlation", "covariance", "bias", "scale"), ratios):
+        record[f"{name}_ratio"] = float(np.sqrt(ratio_sum / compared)) if compared else None
+    return errors, record
+
+
 @rechunk_by_tasks
 def _fit(source, fit_settings, output, *, array="samples", allow_missing_chunks=False, progress=False,
          checkpoint=None, thresholds=None, bases=(), parts=None, checked_input=None):
@@ -362,6 +400,11 @@ class ReLUGaussian(settings.Estimator):
     bias_se_, scale_se_ : ndarray (d,)
         Standard errors of ``b̂`` and ``σ̂``, from the likelihood's observed
         information; NaN for degenerate coordinates and with ``method="sgd"``.
+    jackknife_covariance_se_, jackknife_correlation_se_, jackknife_bias_se_, jackknife_scale_se_ : ndarray or None
+        With ``jackknife_groups`` ``G``, the delete-a-group jackknife's
+        standard errors over ``G`` groups of consecutive rows; None without.
+        The attribute ``settings_["jackknife"]`` compares them with the
+        analytic ones (docs/design.md §11).
     model_check_ : ndarray (d,)
         The model check's statistic: about χ²(2) where the coordinate's
         positive values follow the fitted censored normal; a coordinate above
@@ -441,6 +484,8 @@ class ReLUGaussian(settings.Estimator):
         self.bias_se_ = arrays["bias_se"]
         self.scale_se_ = arrays["scale_se"]
         self.model_check_ = arrays["model_check"]
+        for name in ("covariance", "correlation", "bias", "scale"):
+            setattr(self, f"jackknife_{name}_se_", arrays.get(f"jackknife_{name}_se"))
         self.thresholds_ = arrays["thresholds"]
         self.counts_ = arrays["counts"]
         self.statistics_ = np.stack([arrays[name] for name in kernels.STATISTICS], axis=1)
@@ -545,8 +590,7 @@ def fit_to_zarr(source, out, *, array="samples", allow_missing_chunks=False, ove
         if thresholds is not None:
             raise ValueError("update already counts at the thresholds of the fit it adds to; drop the thresholds")
         fitstore.check_additive(bases, input.samples.shape[1])
-        fit_settings = dataclasses.replace(fit_settings, **{key: bases[0].attrs[key]
-                                                            for key in fitstore.ADDITIVE_SETTINGS})
+        fit_settings = dataclasses.replace(fit_settings, **fitstore.additive_settings(bases[0]))
         thresholds = bases[0]["thresholds"][:]
         parts = fitstore.parts(bases, fitstore.part(input.label, None, None, input.identity))
     if checkpoint is not None:
@@ -586,8 +630,8 @@ def merge_fits(fits, out, *, overwrite=False, progress=False):
     record = {key: first[key] for key in ("n_coordinates", "drop_nonfinite", "method", "passes", "inversion",
                                           "pilot_rows", "clip_bias", "column_block", "row_chunk", "split_every",
                                           "count_kernel")}
-    record.update(checkpoint=None, memory=None)
-    fit_settings = OneLayerSettings(**{key: first[key] for key in fitstore.ADDITIVE_SETTINGS})
+    fit_settings = OneLayerSettings(**fitstore.additive_settings(bases[0]))
+    record.update(checkpoint=None, memory=None, jackknife_groups=fit_settings.jackknife_groups)
     stored = [fitstore.stored_sums(group, fit_settings.column_block) for group in bases]
     with fitstore.zarr_output(out, fits, overwrite) as output:
         return write_fit(output, fit_settings, fit_settings.column_block, record, stages,

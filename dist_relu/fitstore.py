@@ -39,6 +39,21 @@ RANDOM_BIAS_MODEL = "random_bias_relu"  # y = ReLU(A c + b): components, mixing,
 
 
 @dataclass(frozen=True)
+class GroupSums:
+    """The jackknife's state: the statistics and counts of each of ``G`` groups of rows, which add up to the fit's.
+
+    In the units of the ``Sums`` they belong to; lazy, the groups on axis 0.
+    """
+
+    statistics: da.Array  # (G, d, 4)
+    counts: da.Array  # (G, d, d) int64
+
+    @property
+    def n_groups(self):
+        return self.statistics.shape[0]
+
+
+@dataclass(frozen=True)
 class Sums:
     """The additive state of a fit: sums over its samples, which add when fits of more samples are combined.
 
@@ -53,6 +68,7 @@ class Sums:
     rows_kept: int | da.Array  # rows summed; lazy (0-d) when rows with NaN or ±inf are dropped in the pass
     rows_read: int
     moments: da.Array | None = None  # (d, 2): Σ x³, Σ x⁴ of the positives, units as statistics; None: not kept
+    groups: GroupSums | None = None  # the jackknife's groups; None: not kept
 
 
 def total(sums):
@@ -60,7 +76,9 @@ def total(sums):
 
     Each part's sums are in its own units ``2**statistics_exponent``; they
     are brought to the largest units of any part, per column, by exact powers
-    of two before adding. ``value_problems`` and ``moments`` are kept only if every part has them.
+    of two before adding. ``value_problems``, ``moments`` and ``groups`` are
+    kept only if every part has them; group ``g`` of the total is every
+    part's group ``g``.
     """
     if len(sums) == 1:
         return sums[0]
@@ -72,10 +90,17 @@ def total(sums):
     if all(part.moments is not None for part in sums):
         moments = functools.reduce(operator.add, [
             graph.rescaled_moments(part.moments, part.statistics_exponent, exponents) for part in sums])
+    groups = None
+    if all(part.groups is not None for part in sums):
+        groups = GroupSums(
+            functools.reduce(operator.add, [graph.rescaled_group_statistics(part.groups.statistics,
+                                                                            part.statistics_exponent, exponents)
+                                            for part in sums]),
+            functools.reduce(operator.add, [part.groups.counts for part in sums]))
     return Sums(statistics, exponents, functools.reduce(operator.add, [part.counts for part in sums]),
                 None if any(p is None for p in problems) else functools.reduce(operator.add, problems),
                 functools.reduce(operator.add, [part.rows_kept for part in sums]),
-                sum(part.rows_read for part in sums), moments)
+                sum(part.rows_read for part in sums), moments, groups)
 
 
 # The stored names of ``Sums.moments``' columns.
@@ -90,6 +115,8 @@ def sums_arrays(sums, thresholds):
         arrays["value_problems"] = sums.value_problems
     if sums.moments is not None:
         arrays.update({name: sums.moments[:, k] for k, name in enumerate(MOMENTS)})
+    if sums.groups is not None:
+        arrays.update(group_statistics=sums.groups.statistics, group_counts=sums.groups.counts)
     return arrays
 
 
@@ -231,13 +258,25 @@ def stored_sums(group, column_block):
     moments = None
     if all(name in group for name in MOMENTS):  # fits stored before the model check have none
         moments = da.stack([output.lazy(name, column_block) for name in MOMENTS], axis=1).rechunk((column_block, 2))
+    groups = None
+    if "group_counts" in group:
+        n_groups = group["group_counts"].shape[0]
+        groups = GroupSums(output.lazy("group_statistics", (n_groups, column_block, 4)),
+                           output.lazy("group_counts", (n_groups, column_block, column_block)))
     kept = int(group.attrs["n_samples"])
     return Sums(stored_statistics(output, column_block), exponents, output.lazy("counts", column_block), problems,
-                kept, kept + int(group.attrs.get("rows_dropped") or 0), moments)
+                kept, kept + int(group.attrs.get("rows_dropped") or 0), moments, groups)
 
 
 # The settings that new samples added to a stored fit must be counted with.
-ADDITIVE_SETTINGS = ("method", "inversion", "clip_bias", "drop_nonfinite", "split_every", "column_block")
+ADDITIVE_SETTINGS = ("method", "inversion", "clip_bias", "drop_nonfinite", "split_every", "column_block",
+                     "jackknife_groups")
+
+
+def additive_settings(group):
+    """Return the ``ADDITIVE_SETTINGS`` a stored fit was made with (no jackknife for fits stored before it existed)."""
+    return {key: group.attrs.get(key, 0) if key == "jackknife_groups" else group.attrs[key]
+            for key in ADDITIVE_SETTINGS}
 
 
 def check_additive(groups, d):
@@ -256,10 +295,11 @@ def check_additive(groups, d):
             raise io.InputError(f"{group.store_path} has {attrs['n_coordinates']} coordinates; the data has {d}")
     first = groups[0]
     for group in groups[1:]:
-        for key in ("method", "inversion", "clip_bias", "drop_nonfinite"):
-            if group.attrs[key] != first.attrs[key]:
+        settings, first_settings = additive_settings(group), additive_settings(first)
+        for key in ("method", "inversion", "clip_bias", "drop_nonfinite", "jackknife_groups"):
+            if settings[key] != first_settings[key]:
                 raise io.InputError(f"{group.store_path} and {first.store_path} differ in {key}: "
-                                    f"{group.attrs[key]!r} and {first.attrs[key]!r}")
+                                    f"{settings[key]!r} and {first_settings[key]!r}")
         if not np.array_equal(group["thresholds"][:], first["thresholds"][:]):
             raise io.InputError(
                 f"{group.store_path} and {first.store_path} were counted at different thresholds: fit the "

@@ -91,7 +91,7 @@ def _saved_block(checkpoint, name, index):
     return checkpoint.load(name, index)
 
 
-def sum_over_rows(partials, split_every, name, checkpoint=None):
+def sum_over_rows(partials, split_every, name, checkpoint=None, groups=None):
     """Return the lazy sum over axis 0 of ``partials``, which has one slot per row chunk.
 
     The first level of the tree sums segments of ``split_every`` consecutive
@@ -101,26 +101,40 @@ def sum_over_rows(partials, split_every, name, checkpoint=None):
     is loaded instead of computed, so its reads are culled from the graph. The
     order of summation is the same with or without a checkpoint, so a resumed
     fit equals an uninterrupted one bit for bit.
+
+    With ``groups``, the (non-decreasing) group ``0 … G−1`` of each row
+    chunk, the result is the ``G`` groups' sums stacked on a new axis 0,
+    each a tree of its own segments.
     """
     if any(size != 1 for size in partials.chunks[0]):
         raise ValueError("sum_over_rows needs one slot per row chunk on axis 0")
     n_slots = partials.numblocks[0]
-    starts = range(0, n_slots, split_every)
+    grouped = groups is not None
+    groups = np.asarray(groups) if grouped else np.zeros(n_slots, dtype=np.int64)
+    # Segments never cross a group's edge: a segment's chunks are consecutive chunks of one group.
+    group_starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
+    group_ends = np.r_[group_starts[1:], n_slots]
+    starts = [start for first, end in zip(group_starts, group_ends) for start in range(first, end, split_every)]
+    ends = starts[1:] + [n_slots]
     done = checkpoint.done(name) if checkpoint is not None else set()
     label = None if checkpoint is None else (checkpoint.url, checkpoint.scope, sorted(done))
-    segments = f"{name}-segments-{tokenize(partials.name, split_every, label)}"
+    segments = f"{name}-segments-{tokenize(partials.name, split_every, label, grouped and groups.tolist())}"
     layer = {}
-    for segment, start in enumerate(starts):
+    for segment, (start, end) in enumerate(zip(starts, ends)):
         for block in np.ndindex(*partials.numblocks[1:]):
             index = (segment, *block)
             if index in done:
                 layer[(segments, *index)] = (_saved_block, checkpoint, name, index)
             else:
-                parts = [(partials.name, slot, *block) for slot in range(start, min(start + split_every, n_slots))]
+                parts = [(partials.name, slot, *block) for slot in range(start, end)]
                 layer[(segments, *index)] = (_segment_sum, parts, checkpoint, name, index)
     graph = HighLevelGraph.from_collections(segments, layer, dependencies=[partials])
     summed = da.Array(graph, segments, chunks=((1,) * len(starts), *partials.chunks[1:]), meta=partials._meta)
-    return summed.sum(axis=0, split_every=split_every)
+    if not grouped:
+        return summed.sum(axis=0, split_every=split_every)
+    first_segments = np.searchsorted(starts, np.r_[group_starts, n_slots])
+    return da.stack([summed[first:end].sum(axis=0, split_every=split_every)
+                     for first, end in zip(first_segments[:-1], first_segments[1:])])
 
 
 def _per_column(values, column_chunks, default, dtype):
@@ -176,23 +190,28 @@ def _column_block_passes(samples, thresholds, keep, column_chunks, exponents):
     return da.Array(graph, name, chunks=(samples.chunks[0], column_chunks), meta=np.empty((0, 0), dtype=object))
 
 
-def _per_column_sums(passes, partial, width, dtype, name, split_every, checkpoint=None):
-    """Return the lazy ``(d, width)`` sum over row chunks of ``partial``'s per-chunk ``(d_I, width)`` arrays."""
+def _per_column_sums(passes, partial, width, dtype, name, split_every, checkpoint=None, groups=None):
+    """Return the lazy ``(d, width)`` sum over row chunks of ``partial``'s per-chunk ``(d_I, width)`` arrays.
+
+    With ``groups`` (``sum_over_rows``), the ``(G, d, width)`` sums of each group.
+    """
     partials = da.blockwise(
         partial, "rik", passes, "ri",
         new_axes={"k": width}, adjust_chunks={"r": 1},
         dtype=dtype, token=f"chunk-{name}", meta=np.empty((0, 0, 0), dtype=dtype),
     )
-    return sum_over_rows(partials, split_every, name, checkpoint)
+    return sum_over_rows(partials, split_every, name, checkpoint, groups)
 
 
-def column_statistics(passes, split_every=8, checkpoint=None):
+def column_statistics(passes, split_every=8, checkpoint=None, groups=None):
     """Return the lazy ``(d, 4)`` sufficient statistics ``(n0, n1, S1, S2)`` from ``chunk_passes``.
 
-    Memory: one ``(d_I, 4)`` float64 array per row chunk and column block;
-    ``split_every`` of them per reduction task.
+    With ``groups``, the group of each row chunk, the ``(G, d, 4)``
+    statistics of each group. Memory: one ``(d_I, 4)`` float64 array per
+    row chunk and column block; ``split_every`` of them per reduction task.
     """
-    return _per_column_sums(passes, _statistics_partial, 4, np.float64, "statistics", split_every, checkpoint)
+    return _per_column_sums(passes, _statistics_partial, 4, np.float64, "statistics", split_every, checkpoint,
+                            groups)
 
 
 def positive_moments(passes, split_every=8, checkpoint=None):
@@ -251,6 +270,13 @@ def rescaled_statistics(statistics, exponents, target):
     return _rescaled(kernels.rescaled_statistics, statistics, exponents, target, "rescaled-statistics")
 
 
+def rescaled_group_statistics(statistics, exponents, target):
+    """Return lazy ``(G, d, 4)`` statistics of each group in units ``2**target`` (``kernels.rescaled_statistics``)."""
+    exponents, target = (_per_column(e, statistics.chunks[1], 0, np.int64) for e in (exponents, target))
+    return da.blockwise(kernels.rescaled_statistics, "gik", statistics, "gik", exponents, "i", target, "i",
+                        dtype=np.float64, token="rescaled-group-statistics")
+
+
 def _rescaled(kernel, sums, exponents, target, token):
     """Return lazy per-column ``sums`` (d, k) in units ``2**target``: ``kernel`` applied block by block."""
     exponents, target = (_per_column(e, sums.chunks[0], 0, np.int64) for e in (exponents, target))
@@ -277,14 +303,16 @@ def count_kernel_choice(passes):
     return da.from_delayed(choice, shape=(), dtype=np.int64)
 
 
-def coexceedance_counts(passes, split_every=8, checkpoint=None, kernel="popcount"):
+def coexceedance_counts(passes, split_every=8, checkpoint=None, kernel="popcount", groups=None):
     """Return the lazy ``(d, d)`` int64 counts ``C = Iᵀ I`` of the indicators of ``chunk_passes``.
 
     ``kernel`` ("popcount" or "gemm", or a ``count_kernel_choice``) decides
     only the speed: the counts are exact integers either way. Memory: a count
     task holds two bit-packed indicator blocks (``d_I·rows/8`` bytes each)
     and a ``d_I × d_J`` int64 block; a reduction task holds ``split_every``
-    of those blocks. ``split_every`` does not affect results.
+    of those blocks. ``split_every`` does not affect results. With
+    ``groups``, the group of each row chunk, the ``(G, d, d)`` counts of
+    each group.
     """
     if not isinstance(kernel, da.Array) and kernel not in ("popcount", "gemm"):
         raise ValueError(f"kernel must be 'popcount' or 'gemm'; got {kernel!r}")
@@ -293,18 +321,21 @@ def coexceedance_counts(passes, split_every=8, checkpoint=None, kernel="popcount
         adjust_chunks={"r": 1}, dtype=np.int64, token="coexceedance",
         meta=np.empty((0, 0, 0), dtype=np.int64),
     )
-    return _mirror_upper_blocks(sum_over_rows(partials, split_every, "counts", checkpoint))
+    return _mirror_upper_blocks(sum_over_rows(partials, split_every, "counts", checkpoint, groups))
 
 
 def _mirror_upper_blocks(full):
-    """Return the symmetric ``(d, d)`` array made of the upper block triangle of ``full`` and its transpose.
+    """Return the symmetric ``(..., d, d)`` array made of the upper block triangle of ``full`` and its transpose.
 
-    Only the upper block triangle is asked for, so dask culls the tasks of the
-    lower one, which would repeat the same numbers transposed.
+    Only the upper block triangle (of the last two axes) is asked for, so
+    dask culls the tasks of the lower one, which would repeat the same
+    numbers transposed.
     """
-    n_blocks = full.numblocks[0]
+    n_blocks = full.numblocks[-1]
+    leading = (slice(None),) * (full.ndim - 2)
     return da.block([
-        [full.blocks[i, j] if i <= j else full.blocks[j, i].T for j in range(n_blocks)]
+        [full.blocks[leading + (i, j)] if i <= j else da.swapaxes(full.blocks[leading + (j, i)], -1, -2)
+         for j in range(n_blocks)]
         for i in range(n_blocks)
     ])
 
@@ -352,6 +383,42 @@ def standard_errors(counts, n_samples, covariance, terms, inversion):
         new_axes={"s": 2}, concatenate=True, dtype=np.float64, token="standard-error-block",
     )
     return _mirror_upper_blocks(stacked[0]), _mirror_upper_blocks(stacked[1])
+
+
+def jackknife_standard_errors(group_counts, counts, replicates):
+    """Return lazy jackknife ``(SE(ρ̂), SE(Σ̂))``, each ``(d, d)``: one task per block of the upper triangle, mirrored.
+
+    ``group_counts`` (``(G, d, d)``) are each group's counts, ``replicates``
+    the ``uncertainty.JackknifeReplicates`` (in memory). A task holds the
+    ``G`` count blocks of its pair of column blocks.
+    """
+    chunks = counts.chunks[0]
+    n_groups = group_counts.shape[0]
+    per_group = {name: da.from_array(getattr(replicates, name), chunks=(n_groups, chunks))
+                 for name in ("margins", "scale")}
+    index = da.arange(counts.shape[0], chunks=chunks)
+    stacked = da.blockwise(
+        uncertainty.jackknife_block, "sij",
+        group_counts.rechunk((n_groups, chunks, chunks)), "gij", counts, "ij", replicates.rows, None,
+        per_group["margins"], "gi", per_group["margins"], "gj", per_group["scale"], "gi", per_group["scale"], "gj",
+        index, "i", index, "j",
+        new_axes={"s": 2}, concatenate=True, dtype=np.float64, token="jackknife-block",
+    )
+    return _mirror_upper_blocks(stacked[0]), _mirror_upper_blocks(stacked[1])
+
+
+def _variance_ratio_block(numerator, denominator, block_info=None):
+    (rows, _), (columns, _) = block_info[0]["array-location"]
+    upper = np.arange(columns, columns + numerator.shape[1])[None, :] >= np.arange(rows, rows + numerator.shape[0])[:, None]
+    return uncertainty.variance_ratio_sums(numerator[upper], denominator[upper])[None, None, :]
+
+
+def variance_ratio_sums(numerator, denominator):
+    """Return lazy ``uncertainty.variance_ratio_sums`` over the upper triangle (``j ≥ i``) of two ``(d, d)``."""
+    partials = da.map_blocks(_variance_ratio_block, numerator, denominator.rechunk(numerator.chunks), new_axis=2,
+                             chunks=((1,) * numerator.numblocks[0], (1,) * numerator.numblocks[1], (2,)),
+                             dtype=np.float64, token="variance-ratio")
+    return partials.sum(axis=(0, 1))
 
 
 def _trust_counts_block(covariance, covariance_se, correlation_se, block_info=None):

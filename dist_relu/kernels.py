@@ -137,12 +137,12 @@ def positive_moments(x, keep=None, exponents=None):
 
 
 def _rescaled(sums, exponents, target, powers):
-    """Return ``sums`` (d, k) with column ``c`` multiplied by ``2**(powers[c]·(e − target))``, exactly."""
+    """Return ``sums`` (..., d, k) with column ``c`` multiplied by ``2**(powers[c]·(e − target))``, exactly."""
     shift = np.asarray(exponents, dtype=np.int64) - np.asarray(target, dtype=np.int64)
     out = np.array(sums, dtype=np.float64)
     for column, power in enumerate(powers):
         if power:
-            out[:, column] = np.ldexp(out[:, column], power * shift)
+            out[..., column] = np.ldexp(out[..., column], power * shift)
     return out
 
 
@@ -152,7 +152,7 @@ def rescaled_moments(moments, exponents, target):
 
 
 def rescaled_statistics(statistics, exponents, target):
-    """Return ``statistics`` (d, 4) in units ``2**target`` instead of ``2**exponents``.
+    """Return ``statistics`` (..., d, 4) in units ``2**target`` instead of ``2**exponents``.
 
     ``S1`` is multiplied by ``2**(e − target)`` and ``S2`` by its square:
     exact, unless a sum falls below float64's normal range (only a sum

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 
 import dask
 import dask.array as da
+import numpy as np
 from dask.base import tokenize
 
 from . import budget, io, kernels, storage
@@ -55,6 +56,11 @@ class Layout:
     blocked: da.Array
     passed: da.Array
     memory: dict | None
+    row_groups: tuple | None = None  # the jackknife's group of each row chunk; None without one
+
+    @property
+    def n_groups(self):
+        return 0 if self.row_groups is None else self.row_groups[-1] + 1
 
     @property
     def column_block(self):
@@ -69,32 +75,65 @@ class Layout:
         return self.blocked.chunks[1]
 
 
-def plan_layout(samples, column_block="auto", memory_per_worker=None, split_every=8):
+def group_bounds(n, n_groups):
+    """Return the ``n_groups + 1`` first rows of the jackknife's groups of ``n`` rows, ``n`` last.
+
+    Group ``g`` is rows ``⌊g·n/G⌋`` to ``⌊(g+1)·n/G⌋ − 1``: consecutive
+    rows, as equal in number as can be, set by the rows alone, whatever the
+    chunking.
+    """
+    if not 2 <= n_groups <= n:
+        raise ValueError(f"{n_groups} jackknife groups need at least as many rows; the samples have {n:,}")
+    return [g * n // n_groups for g in range(n_groups + 1)]
+
+
+def split_at_groups(samples, n_groups):
+    """Return ``samples`` with row chunks split where a group begins, and the group of each row chunk.
+
+    Only the graph changes: a stored chunk that holds the end of one group
+    and the start of the next is read once, and its two parts taken from it.
+    """
+    bounds = group_bounds(samples.shape[0], n_groups)
+    chunk_starts = np.cumsum((0,) + samples.chunks[0])
+    starts = np.union1d(chunk_starts, bounds)
+    if starts.size > chunk_starts.size:
+        samples = samples.rechunk({0: tuple(int(size) for size in np.diff(starts))})
+    groups = np.searchsorted(bounds, starts[:-1], side="right") - 1
+    return samples, tuple(int(g) for g in groups)
+
+
+def plan_layout(samples, column_block="auto", memory_per_worker=None, split_every=8, jackknife_groups=0):
     """Return the ``Layout`` of ``samples``: a given ``column_block``, or with "auto" the widest that fits memory.
 
     "auto" asks ``budget`` for the widest block whose tasks fit each worker
     thread's share of ``memory_per_worker`` (default: the ``distributed``
-    workers' limits, or this machine's memory).
+    workers' limits, or this machine's memory). With ``jackknife_groups``
+    ``G``, row chunks are split where a group begins (``split_at_groups``),
+    so that each row chunk's partial sums belong to one group, and the
+    budget counts the jackknife's tasks, which hold ``G`` count blocks.
     """
     n, d = samples.shape
     memory = None
+    row_groups = None
+    if jackknife_groups:
+        samples, row_groups = split_at_groups(samples, jackknife_groups)
     if column_block == "auto":
         share, threads = budget.memory_share(memory_per_worker, current_client())
         row_chunk, stored_columns = max(samples.chunks[0]), max(samples.chunks[1])
         stored_chunk_bytes = row_chunk * stored_columns * samples.dtype.itemsize
         rechunked_from = None if samples.numblocks[1] == 1 else stored_columns
         column_block = budget.column_block_for(d, row_chunk, stored_chunk_bytes, split_every, share, threads,
-                                               rechunked_from)
+                                               rechunked_from, jackknife_groups)
         memory = {"share_per_thread": share, "threads": threads,
                   "task_bytes": budget.task_bytes(column_block, row_chunk, stored_chunk_bytes, split_every,
-                                                  rechunked_from)}
+                                                  rechunked_from, jackknife_groups)}
     blocked = samples
     if max(samples.chunks[1]) != min(column_block, d) or len(set(samples.chunks[1][:-1])) > 1:
         blocked = samples.rechunk({1: column_block})
     # The fused passes read chunks of whole rows block by block, in place (graph.chunk_passes); other
     # chunkings, and the SGD chains, go through the rechunk to column blocks.
     passed = samples if samples.numblocks[1] == 1 else blocked
-    return Layout(blocked, passed, memory)
+    return Layout(blocked, passed, memory, row_groups)
 
 
 def whole_rows(samples):
@@ -128,6 +167,8 @@ def open_checkpoint(url, input, layout, split_every, drop_nonfinite):
         "split_every": int(split_every),
         "drop_nonfinite": bool(drop_nonfinite),
     }
+    if layout.row_groups is not None:  # the partial sums are kept per group
+        fingerprint["jackknife_groups"] = layout.n_groups
     return Checkpoint.open(url, fingerprint)
 
 

@@ -15,7 +15,7 @@ from dask.base import tokenize
 
 from . import graph, io, kernels, sgd
 from .checkpoint import Checkpoint
-from .fitstore import Sums
+from .fitstore import GroupSums, Sums
 from .pipeline import Input, Layout, Stages, first_rows, open_checkpoint, plan_layout
 from .scheduler import compute
 from .settings import OneLayerSettings
@@ -100,7 +100,8 @@ def plan_fit(input, settings, checkpoint=None, thresholds=None, stages=None, pro
     stages = Stages() if stages is None else stages
     samples = input.samples
     n, d = samples.shape
-    layout = plan_layout(samples, settings.column_block, settings.memory_per_worker, settings.split_every)
+    layout = plan_layout(samples, settings.column_block, settings.memory_per_worker, settings.split_every,
+                         settings.jackknife_groups)
     passed, column_chunks, split_every = layout.passed, layout.column_chunks, settings.split_every
     checkpoint = open_checkpoint(checkpoint, input, layout, split_every, settings.drop_nonfinite)
     sgd_settings = {"seed": settings.seed, "n_batches": settings.sgd_batches, "radius": settings.sgd_radius,
@@ -164,13 +165,21 @@ def plan_fit(input, settings, checkpoint=None, thresholds=None, stages=None, pro
     main_passes = graph.chunk_passes(passed, thresholds, keep, column_chunks, exponents)
     # With "auto", a task of the pass chooses; the record says which once it has run.
     chosen = graph.count_kernel_choice(main_passes) if settings.count_kernel == "auto" else None
-    counts = graph.coexceedance_counts(main_passes, split_every, main,
-                                       settings.count_kernel if chosen is None else chosen)
+    kernel = settings.count_kernel if chosen is None else chosen
+    if layout.row_groups is None:
+        groups = None
+        statistics = graph.column_statistics(main_passes, split_every, main)
+        counts = graph.coexceedance_counts(main_passes, split_every, main, kernel)
+    else:
+        # The jackknife's state: each group's sums, which add up to the pass's.
+        groups = GroupSums(graph.column_statistics(main_passes, split_every, main, layout.row_groups),
+                           graph.coexceedance_counts(main_passes, split_every, main, kernel, layout.row_groups))
+        statistics, counts = groups.statistics.sum(axis=0), groups.counts.sum(axis=0)
     if settings.method == "sgd" and estimates is None:
         estimates = graph.sgd_estimates(layout.blocked, sgd_statistics, keep=keep, exponents=exponents,
                                         **sgd_settings)
     sums = Sums(
-        statistics=graph.column_statistics(main_passes, split_every, main),
+        statistics=statistics,
         statistics_exponent=exponents,
         counts=counts,
         # Checked after the main pass (io.check_values): the pilot saw only some rows. Two passes checked
@@ -179,6 +188,7 @@ def plan_fit(input, settings, checkpoint=None, thresholds=None, stages=None, pro
         rows_kept=graph.rows_kept(keep, split_every, main) if settings.drop_nonfinite else int(n),
         rows_read=int(n),
         moments=graph.positive_moments(main_passes, split_every, main),
+        groups=groups,
     )
     return FitPlan(settings, input, layout, checkpoint, pilot_rows, MainPass(sums, thresholds, chosen, estimates))
 

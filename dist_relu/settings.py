@@ -286,6 +286,20 @@ class OneLayerSettings(PipelineSettings, GaussianFitSettings):
         1, "1: thresholds from a pilot of pilot_rows rows, then statistics and counts in one read. 2: the "
         "paper's order, thresholds max(0, b̂) from a full first read, counts in a second.", minimum=1, maximum=2,
         cli_help="1: pilot thresholds, one read. 2: thresholds from a full first read (the paper).")
+    jackknife_groups: int = setting(
+        0, "Also estimate the standard errors by a delete-a-group jackknife over this many groups of consecutive "
+        "rows (0: none; else at least 2): the fit keeps each group's statistics and counts, G copies of the d×d "
+        "counts, stored with it, and refits Σ̂ once per group left out. Not with method 'sgd'.", minimum=0,
+        cli_help="Also give jackknife standard errors over G groups of consecutive rows (0: none, else ≥ 2); "
+        "keeps G copies of the d×d counts.")
+
+    def __post_init__(self):
+        super().__post_init__()
+        if self.jackknife_groups == 1:
+            raise ValueError("jackknife_groups must be 0 (none) or at least 2; got 1")
+        if self.jackknife_groups and self.method == "sgd":
+            raise ValueError("jackknife_groups needs a likelihood: the SGD's estimates are not sums of the groups'; "
+                             "use method 'censored' or 'truncated'")
 
 
 @dataclass(frozen=True, kw_only=True)

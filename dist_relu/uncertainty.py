@@ -26,7 +26,7 @@ import numba
 import numpy as np
 from scipy import special
 
-from . import compiled
+from . import compiled, kernels
 
 _NORMAL = 1.0 / math.sqrt(2.0 * math.pi)
 
@@ -448,6 +448,107 @@ def trust_counts(covariance, covariance_se, correlation_se, first_row, first_col
     counts.append((np.isinf(covariance_se) & upper).sum(axis=1))
     counts.append(((correlation_se > UNDETERMINED_CORRELATION_SE) & (columns != rows)).sum(axis=1))
     return np.stack(counts, axis=1).astype(np.int64)
+
+
+# --------------------------------------------------------------------------
+# The delete-a-group jackknife: the fit remade with each group of rows left out.
+# --------------------------------------------------------------------------
+
+class JackknifeReplicates(NamedTuple):
+    """The per-coordinate estimates of the fit remade with each of ``G`` groups of rows left out."""
+
+    bias: np.ndarray  # (G, d): b̂ as reported (clipped with clip_bias)
+    scale: np.ndarray  # (G, d): σ̂
+    margins: np.ndarray  # (G, d): the inversion's margins a
+    rows: np.ndarray  # (G,) int64: the rows left in
+
+
+def jackknife_replicates(statistics, group_statistics, exceedances, group_exceedances, exponents, thresholds, method,
+                         inversion, clip_bias):
+    """Return the ``JackknifeReplicates`` of a fit from its sums and each group's.
+
+    Parameters
+    ----------
+    statistics : ndarray (d, 4)
+        The fit's ``(n0, n1, S1, S2)``, in units ``2**exponents``.
+    group_statistics : ndarray (G, d, 4)
+        Each group's, in the same units; they add up to ``statistics``.
+    exceedances : ndarray (d,)
+        The diagonal of the counts, ``c_i``; ``group_exceedances`` (G, d) each group's.
+    exponents, thresholds : ndarray (d,)
+    method : {"censored", "truncated"}
+    inversion : {"tetrachoric", "model"}
+    clip_bias : bool
+        As the fit was made: replicate ``g`` is the fit of the sums less group
+        ``g``'s, made as the fit itself was.
+    """
+    replicates = []
+    for group, group_exceedance in zip(group_statistics, group_exceedances):
+        rest = statistics - group
+        rows = int(round(rest[0, 0] + rest[0, 1]))  # n0 + n1: every kept row, zero or positive
+        bias, scale, _ = kernels.fit_coordinates(rest, method, exponents)
+        bias = np.maximum(bias, 0.0) if clip_bias else bias
+        if inversion == "tetrachoric":
+            margins = kernels.tetrachoric_margins(exceedances - group_exceedance, rows)
+        else:
+            margins = kernels.threshold_margins(bias, scale, thresholds)
+        replicates.append((bias, scale, margins, rows))
+    bias, scale, margins, rows = zip(*replicates)
+    return JackknifeReplicates(np.array(bias), np.array(scale), np.array(margins), np.array(rows, dtype=np.int64))
+
+
+def jackknife_variance(replicates):
+    """Return the delete-a-group jackknife variance ``(G − 1)/G · Σ_g (θ_g − θ̄)²`` of replicates on axis 0."""
+    replicates = np.asarray(replicates, dtype=np.float64)
+    n_groups = replicates.shape[0]
+    return (n_groups - 1) / n_groups * ((replicates - replicates.mean(axis=0)) ** 2).sum(axis=0)
+
+
+def jackknife_block(group_counts, counts, rows, margins_i, margins_j, scale_i, scale_j, index_i, index_j):
+    """Return the jackknife standard errors ``(SE(ρ̂), SE(Σ̂))`` of a block of pairs, stacked: shape (2, d_i, d_j).
+
+    Parameters
+    ----------
+    group_counts : ndarray (G, d_i, d_j)
+        Each group's co-exceedance counts of the block; ``counts`` (d_i, d_j) all of them.
+    rows : ndarray (G,)
+        ``JackknifeReplicates.rows``.
+    margins_i, margins_j, scale_i, scale_j : ndarray (G, d_i), (G, d_j)
+        The replicates' margins and ``σ̂`` of the block's rows and columns.
+    index_i, index_j : ndarray of int
+        Their coordinate numbers (``compiled.covariance_block``).
+
+    Returns
+    -------
+    ndarray (2, d_i, d_j)
+        NaN where a replicate has no estimate. The replicates are summed as
+        they are made (Welford's update), so a task holds a few blocks
+        besides the ``G`` count blocks.
+    """
+    n_groups = group_counts.shape[0]
+    mean = np.zeros((2,) + counts.shape)
+    squares = np.zeros_like(mean)
+    ones_i, ones_j = np.ones(counts.shape[0]), np.ones(counts.shape[1])
+    for g in range(n_groups):
+        rho = compiled.covariance_block(counts - group_counts[g], rows[g], margins_i[g], margins_j[g], ones_i,
+                                        ones_j, index_i, index_j)
+        replicate = np.stack([rho, rho * np.multiply.outer(scale_i[g], scale_j[g])])
+        step = replicate - mean
+        mean += step / (g + 1)
+        squares += step * (replicate - mean)
+    return np.sqrt((n_groups - 1) / n_groups * squares)
+
+
+def variance_ratio_sums(numerator, denominator):
+    """Return ``(Σ (numerator/denominator)², count)`` over the entries where both are finite and positive.
+
+    For standard errors, the sum of their variances' ratio: its mean is
+    unbiased where the numerator's variance estimate is (a jackknife's,
+    ``χ²(G − 1)/(G − 1)`` about the truth), as a mean of logarithms is not.
+    """
+    numerator, denominator = np.asarray(numerator, dtype=np.float64), np.asarray(denominator, dtype=np.float64)
+    compared = np.isfinite(numerator) & np.isfinite(denominator) & (numerator > 0) & (denominator > 0)
+    return np.array([((numerator[compared] / denominator[compared]) ** 2).sum(), np.count_nonzero(compared)])
 
 
 # --------------------------------------------------------------------------
