@@ -423,7 +423,7 @@ def _print_summary(out, attributes, as_json):
                        loss=[float(loss) for loss in group["loss"][:]], change=[float(c) for c in group["change"][:]])
     else:
         summary["min_positive_fraction"] = float(group["positive_fraction"][:].min())
-        for key in ("standard_errors", "model_check"):
+        for key in ("standard_errors", "jackknife", "model_check"):
             if attributes.get(key):
                 summary[key] = attributes[key]
     if two_layer:
@@ -458,6 +458,13 @@ def _print_summary(out, attributes, as_json):
                    f"{errors['relative_above_10pct']:,} have a relative error above 10%, "
                    f"{errors['relative_above_50pct']:,} above 50%, {errors['no_information']:,} have no information "
                    "(an empty cell in their table of exceedances)")
+    if "jackknife" in summary:
+        ratios = summary["jackknife"]
+        shown = ", ".join(f"{ratios[f'{key}_ratio']:.2f} for {name}" for key, name in
+                          (("covariance", "Σ̂"), ("correlation", "ρ̂"), ("bias", "b̂"), ("scale", "σ̂"))
+                          if ratios[f"{key}_ratio"] is not None)
+        click.echo(f"jackknife over {ratios['groups']} groups of rows: its standard errors are {shown or 'none'} "
+                   "times the analytic ones (root mean square of the ratio)")
     if "model_check" in summary:
         check = summary["model_check"]
         click.echo(f"model check: {check['failed']} of the {check['checked']} coordinates checked (those with "
