@@ -408,8 +408,9 @@ def jackknife_standard_errors(group_counts, counts, replicates):
 
 
 def _variance_ratio_block(numerator, denominator, block_info=None):
-    (rows, _), (columns, _) = block_info[0]["array-location"]
-    upper = np.arange(columns, columns + numerator.shape[1])[None, :] >= np.arange(rows, rows + numerator.shape[0])[:, None]
+    (first_row, _), (first_column, _) = block_info[0]["array-location"]
+    rows = first_row + np.arange(numerator.shape[0])[:, None]
+    upper = first_column + np.arange(numerator.shape[1])[None, :] >= rows
     return uncertainty.variance_ratio_sums(numerator[upper], denominator[upper])[None, None, :]
 
 

@@ -1,13 +1,16 @@
 """The delete-a-group jackknife: each group of rows keeps its own sums, and the errors are the spread of refits."""
 
-import shutil
+import json
 
+import dask.array as da
 import numpy as np
 import pytest
 import zarr
+from click.testing import CliRunner
 
 import dist_relu
 from dist_relu import budget, io, kernels, uncertainty
+from dist_relu.cli import main
 from dist_relu.pipeline import group_bounds, split_at_groups
 
 from .conftest import counting_chunk_reads, digest
@@ -33,8 +36,6 @@ def test_groups_are_consecutive_rows_set_by_the_rows_alone():
     assert group_bounds(10, 3) == [0, 3, 6, 10]
     with pytest.raises(ValueError, match="at least as many rows"):
         group_bounds(4, 5)
-    import dask.array as da
-
     x = da.zeros((10, 2), chunks=(4, 2))
     split, groups = split_at_groups(x, 3)
     assert split.chunks[0] == (3, 1, 2, 2, 2) and groups == (0, 1, 1, 2, 2)
@@ -154,3 +155,16 @@ def test_the_budget_counts_the_jackknifes_count_blocks():
     share = 2 * 8 * 50 * 512**2
     assert budget.column_block_for(4096, 4096, 4096 * 4096 * 4, 8, share, 2, jackknife_groups=50) < \
         budget.column_block_for(4096, 4096, 4096 * 4096 * 4, 8, share, 2)
+
+
+def test_the_summary_gives_the_jackknifes_ratios(tmp_path, relu_data):
+    source = tmp_path / "x.zarr"
+    zarr.open_group(str(source), mode="w").create_array("samples", data=relu_data, chunks=(3_000, 6))
+    result = CliRunner().invoke(main, ["fit", str(source), "--out", str(tmp_path / "fit.zarr"),
+                                       "--jackknife-groups", "5"])
+    assert result.exit_code == 0, result.output
+    assert "jackknife over 5 groups of rows: its standard errors are" in result.output
+    result = CliRunner().invoke(main, ["fit", str(source), "--out", str(tmp_path / "again.zarr"),
+                                       "--jackknife-groups", "5", "--json"])
+    summary = json.loads(result.output)
+    assert summary["jackknife"]["groups"] == 5 and 0.5 < summary["jackknife"]["covariance_ratio"] < 2
