@@ -298,8 +298,7 @@ def test_a_fit_with_degenerate_columns_samples_them_as_observed_and_predicts_its
         observed = np.unique(x[:, column])
         assert observed.size == 1
         np.testing.assert_array_equal(samples[:, column], observed[0])
-    check = predictive_check(fit.model_, fit.thresholds_, fit.counts_, fit.n_samples_,
-                             fit.statistics_[:, 0] / fit.n_samples_)
+    check = fit.predictive_check()
     assert check.largest_zero_fraction_error < 0.02
     assert check.largest_coexceedance_error < 0.05
     np.testing.assert_array_equal(check.zero_fraction_error[degenerate], 0.0)
