@@ -23,6 +23,7 @@ from . import kernels, storage
 from .errors import InputError
 from .fitstore import MODEL, open_fit, open_fit_group
 from .model import RectifiedGaussian
+from .plan import likelihood_of
 
 # A d × d heatmap has at most this many cells a side; a larger matrix is averaged over square blocks,
 # which keeps the report small (under 5 MB at d = 4096) and its cells visible.
@@ -215,8 +216,8 @@ def positive_fraction_figure(fit):
     axes.plot(index[shown], fraction[shown], ".", ms=4 if fit.dimension <= 200 else 1.5)
     n = fit.attributes.get("n_samples")
     if n:
-        axes.axhline(kernels.MIN_POSITIVES / n, color="C3", lw=0.8,
-                     label=f"{kernels.MIN_POSITIVES} positives: below it, 'few positives'")
+        few = kernels.min_positives(likelihood_of(fit.attributes.get("method", "censored")))
+        axes.axhline(few / n, color="C3", lw=0.8, label=f"{few:,} positives: below it, 'few positives'")
         axes.legend(loc="lower right", fontsize=8)
     axes.set_yscale("log")
     axes.set_xlabel("coordinate")

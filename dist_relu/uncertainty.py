@@ -583,7 +583,8 @@ def model_check(statistics, moments, terms, n):
     (``E[z^k 1{z > u}]``, ``u = −b̂/σ̂``), each difference weighed by its
     covariance under the model: that of its influence function, which
     includes the estimation of ``b̂`` and ``σ̂`` (through ``terms``' scores and
-    information). ``statistics`` (d, 4), ``moments`` (d, 2) and ``terms``
+    information), every moment of it the model's, so that it is a covariance
+    (positive semidefinite) even where the data are far from the model. ``statistics`` (d, 4), ``moments`` (d, 2) and ``terms``
     (``CoordinateTerms``) are in the same units, the statistics'. NaN
     where there is nothing to check: no estimate or information, fewer than
     ``MODEL_CHECK_MIN_POSITIVES`` positives, or ``|b̂|/σ̂`` above
@@ -612,11 +613,20 @@ def model_check(statistics, moments, terms, n):
         above = terms.score_below + terms.score_step  # (d, 2, 3)
         score_moments = np.stack([np.einsum("dcx,dx->dc", above, tail[:, l:l + 3]) for l in (3, 4)], axis=2)
         influence = terms.information @ score_moments  # (d, 2 (b, σ), 2 (k)): E[ψ z^k 1]
+        # E[s sᵀ] under the model: the observed information V is not its inverse away from the model, and
+        # every piece of the covariance must be the model's for it to be one (positive semidefinite).
+        everywhere = np.array([1.0, 0.0, 1.0, 0.0, 3.0])[np.add.outer(np.arange(3), np.arange(3))]  # E[z^(x+y)]
+        beyond = tail[:, np.add.outer(np.arange(3), np.arange(3))]  # (d, 3, 3): E[z^(x+y) 1{z > u}]
+        below, step = terms.score_below, terms.score_step
+        score_products = np.einsum("dcx,xy,dey->dce", below, everywhere, below) + \
+            np.einsum("dcx,dxy,dey->dce", below, beyond, step) + np.einsum("dcx,dxy,dey->dce", step, beyond, below) + \
+            np.einsum("dcx,dxy,dey->dce", step, beyond, step)
         covariance = np.stack([np.stack([tail[:, k + l] - tail[:, k] * tail[:, l] for l in (3, 4)], -1)
                                for k in (3, 4)], -2)
         cross = slope @ influence  # (d, k, l)
+        carried = slope @ terms.information
         covariance = covariance + cross + cross.transpose(0, 2, 1) + \
-            slope @ terms.information @ slope.transpose(0, 2, 1)
+            carried @ score_products @ carried.transpose(0, 2, 1)
         difference = observed - expected
         solved = np.linalg.solve(covariance, difference[:, :, None])[:, :, 0]
         value = n * np.einsum("dk,dk->d", difference, solved)

@@ -116,7 +116,9 @@ def test_mle_matches_direct_maximisation_of_the_likelihood(mean, sd, method, dir
     x = censored_samples(mean, sd, 4000, rng)
     bias, scale, status = kernels.fit_coordinates(kernels.chunk_statistics(x), method)
     expected_bias, expected_scale = direct(x[:, 0])
-    assert status[0] == kernels.STATUS_OK
+    # Solved either way; fewer positives than the method's minimum only label the estimate.
+    few = (x > 0).sum() < kernels.min_positives(method)
+    assert status[0] == (kernels.STATUS_FEW_POSITIVES if few else kernels.STATUS_OK)
     np.testing.assert_allclose([bias[0], scale[0]], [expected_bias, expected_scale], rtol=1e-5, atol=1e-6 * sd)
 
 
@@ -175,10 +177,10 @@ def test_estimates_do_not_depend_on_units():
 
 
 def test_degenerate_coordinates():
-    x = np.zeros((50, 4))
+    x = np.zeros((150, 4))
     x[:, 1] = 2.5  # constant
     x[:25, 2] = np.linspace(1, 2, 25)  # few positives
-    x[:, 3] = np.random.default_rng(7).standard_normal(50) ** 2 + 0.1  # no zeros: plain normal MLE
+    x[:, 3] = np.random.default_rng(7).standard_normal(150) ** 2 + 0.1  # no zeros: plain normal MLE
     bias, scale, status = kernels.fit_coordinates(kernels.chunk_statistics(x))
     assert list(status) == [kernels.STATUS_ALL_ZERO, kernels.STATUS_CONSTANT, kernels.STATUS_FEW_POSITIVES,
                             kernels.STATUS_OK]

@@ -226,7 +226,7 @@ def large_fit(small_fit_path, path, d, seed=0):
     scale = np.sqrt(np.diag(covariance))
     bias = rng.standard_normal(d)
     fraction = np.clip(0.5 * (1 + np.tanh(bias / scale)), 1e-4, 1)
-    status = np.where(fraction * n < kernels.MIN_POSITIVES, kernels.STATUS_FEW_POSITIVES, kernels.STATUS_OK)
+    status = np.where(fraction * n < kernels.min_positives("censored"), kernels.STATUS_FEW_POSITIVES, kernels.STATUS_OK)
     variances = np.diag(covariance)
     arrays = {"covariance": covariance, "bias": bias, "scale": scale, "status": status.astype(np.int8),
               "positive_fraction": fraction,
