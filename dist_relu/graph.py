@@ -41,7 +41,7 @@ def _coexceedance_partial(pass_i, pass_j, kernel):
     # Blockwise hands a diagonal pair the same object twice, so count_block sees
     # one indicator array on both sides and counts its triangle only.
     kernel = kernel if isinstance(kernel, str) else compiled.COUNT_KERNELS[int(kernel)]
-    return compiled.count_block(pass_i.indicators, pass_j.indicators, pass_i.rows, kernel)[None]
+    return compiled.count_block(pass_i.indicators, pass_j.indicators, pass_i.rows, kernel)[None]  # count_dtype
 
 
 def _count_kernel_index(first_pass, rows):
@@ -83,7 +83,9 @@ def finite_row_mask(samples):
 
 
 def _segment_sum(parts, checkpoint, name, index):
-    total = np.concatenate(parts, axis=0).sum(axis=0, keepdims=True)
+    # Counts arrive in the narrowest type that holds a chunk's (compiled.count_dtype); they are summed in int64.
+    integer = np.issubdtype(parts[0].dtype, np.integer)
+    total = np.concatenate(parts, axis=0).sum(axis=0, keepdims=True, dtype=np.int64 if integer else None)
     return total if checkpoint is None else checkpoint.save(name, index, total)
 
 
