@@ -37,6 +37,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/se_coverage.py
 	$(BIN)/python benchmarks/model_check.py
 	$(BIN)/python benchmarks/se_cost.py
+	$(BIN)/python benchmarks/jackknife.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

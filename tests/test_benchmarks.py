@@ -110,3 +110,27 @@ def test_model_check_benchmark_quick(tmp_path):
     assert all(row["fraction_failed"] == 1.0 for law, row in power.items() if not law.startswith("normal"))
     assert {row["method"] for row in record["fit_path"]} == {"censored", "truncated"}
     assert (tmp_path / "model_check_quick.png").stat().st_size > 10_000
+
+
+def test_jackknife_benchmark_quick(tmp_path):
+    subprocess.run([sys.executable, str(BENCHMARKS / "jackknife.py"), "--quick", "--out", str(tmp_path)],
+                   check=True, capture_output=True, text=True, timeout=300)
+    record = json.loads((tmp_path / "jackknife_quick.json").read_text())
+    assert record["groups"] == [0, 4, 10] and [case["d"] for case in record["cases"]] == [10, 20]
+    for case in record["cases"]:
+        assert case["n"] == 100_000 and set(case["summary"]) == set(case["runs"]) == {"0", "4", "10"}
+        reference = case["summary"]["0"]
+        assert reference["jackknife_ratios"] == dict.fromkeys(("covariance_ratio", "correlation_ratio", "bias_ratio",
+                                                               "scale_ratio"))
+        assert reference["median_stored_array_bytes"]["group_counts"] == 0
+        for groups in ("4", "10"):
+            s = case["summary"][groups]
+            assert s["median_seconds"] > 0 and s["median_peak_above_baseline_mb"] > 0
+            assert set(s["median_stage_seconds"]) == {"pass", "inversion", "standard errors", "write"}
+            assert s["over_reference"]["seconds"] == pytest.approx(s["median_seconds"] / reference["median_seconds"])
+            assert s["group_counts_raw_bytes"] == 8 * int(groups) * case["d"] ** 2
+            assert s["median_stored_array_bytes"]["group_counts"] > 0
+            assert s["median_stored_bytes"] > reference["median_stored_bytes"]
+            assert all(0.5 < ratio < 2 for ratio in s["jackknife_ratios"].values())
+            assert all(r["jackknife"]["groups"] == int(groups) for r in case["runs"][groups])
+    assert (tmp_path / "jackknife_quick.png").stat().st_size > 10_000
