@@ -14,14 +14,16 @@ import zarr
 from click.testing import CliRunner
 
 import dist_relu
-from dist_relu import io, kernels, report
+from dist_relu import io, kernels, report, uncertainty
 from dist_relu.cli import EXIT_BAD_INPUT, main
+from dist_relu.model import predictive_check
 
 from .conftest import digest
 
 pytest.importorskip("matplotlib", reason="the report needs matplotlib (pip install '.[report]' or '.[test]')")
 
-SECTIONS = ["provenance", "timings", "status", "correlation", "estimates", "positive-fraction", "spectrum"]
+SECTIONS = ["provenance", "timings", "status", "correlation", "estimates", "positive-fraction", "spectrum",
+            "model-check", "predictive-check"]
 
 
 def invoke(*args):
@@ -62,7 +64,7 @@ def test_the_report_is_one_file_that_refers_to_nothing_outside_it(workspace):
     text = page(out)
     assert not re.search(r"https?://", text) and "<script" not in text and "<link" not in text
     images = re.findall(r'<img src="([^"]*)"', text)
-    assert len(images) == 5 and all(src.startswith("data:image/png;base64,") for src in images)
+    assert len(images) == 7 and all(src.startswith("data:image/png;base64,") for src in images)
     for section in SECTIONS:
         assert f'<section id="{section}">' in text
     assert '<section id="standard-errors">' in text and 'id="truth"' not in text
@@ -88,7 +90,7 @@ def test_with_the_truth_the_report_gives_evaluates_errors(workspace, small_fit):
     shown = {name: float(value) for name, value in re.findall(r'id="(\w+)" data-value="([^"]+)"', text)}
     evaluated = json.loads(invoke("evaluate", fit, "--truth", samples, "--json").output)
     assert shown == evaluated and set(shown) == {"err_sigma", "err_b", "tv_bound"}
-    assert '<section id="truth">' in text and len(re.findall("<img ", text)) == 6
+    assert '<section id="truth">' in text and len(re.findall("<img ", text)) == 8
 
 
 def test_standard_errors_are_shown_when_the_fit_stores_them(workspace):
@@ -103,7 +105,15 @@ def test_standard_errors_are_shown_when_the_fit_stores_them(workspace):
     assert not report.estimates_figure(without).axes[0].containers  # no error bars
     assert invoke("report", fit, "--out", workspace / "report.html").exit_code == 0
     text = page(workspace / "report.html")
-    assert 'id="standard-errors"' not in text and len(re.findall("<img ", text)) == 4
+    assert 'id="standard-errors"' not in text and len(re.findall("<img ", text)) == 6
+
+
+def test_the_jackknifes_ratios_are_given_when_the_fit_made_them(relu_data, tmp_path):
+    attributes = dist_relu.fit_to_zarr(relu_data, tmp_path / "fit.zarr", jackknife_groups=5)
+    assert invoke("report", tmp_path / "fit.zarr", "--out", tmp_path / "report.html").exit_code == 0
+    ratio = attributes["jackknife"]["covariance_ratio"]
+    assert f"jackknife over 5 groups of consecutive rows gives standard errors {ratio:.2f} for Σ̂" in \
+        page(tmp_path / "report.html")
 
 
 def test_every_status_is_counted_and_degenerate_coordinates_are_named(relu_data, tmp_path):
@@ -114,6 +124,73 @@ def test_every_status_is_counted_and_degenerate_coordinates_are_named(relu_data,
     for code, name in kernels.STATUS_NAMES.items():
         assert f"<td>{name}</td><td>{int((fit.status == code).sum()):,}</td>" in text
     assert "<td>all zero</td><td>1</td><td>6</td>" in text and "<td>constant</td><td>1</td><td>7</td>" in text
+
+
+def section(text, name):
+    """Return the HTML of the section ``name`` of a report."""
+    return re.search(f'<section id="{name}">(.*?)</section>', text, re.S).group(1)
+
+
+@pytest.mark.parametrize("exponential_columns", [1, 22])
+def test_the_model_check_names_the_coordinates_that_fail(exponential_columns, tmp_path):
+    # Positives of an exponential law fail the check by far; 22 failures are more than the page names.
+    rng = np.random.default_rng(3)
+    n = 30_000
+    normal = np.maximum(0, rng.standard_normal((n, 3)) @ rng.standard_normal((3, 3)) + 0.3)
+    exponential = np.maximum(0, rng.exponential(size=(n, exponential_columns)) - 0.5)  # 61% positives
+    dist_relu.ReLUGaussian().fit(np.hstack([normal, exponential])).save(tmp_path / "fit.zarr")
+    fit = report.read_fit(tmp_path / "fit.zarr")
+    failed = np.flatnonzero(fit.status == kernels.STATUS_NOT_NORMAL)
+    np.testing.assert_array_equal(failed, np.arange(3, 3 + exponential_columns))
+    assert fit.attributes["model_check"]["failed"] == exponential_columns
+    text = section(report.render(fit), "model-check")
+    if exponential_columns == 1:
+        assert "Failed: 1, coordinate 3." in text
+    else:
+        assert f"Failed: 22, coordinates {', '.join(map(str, range(3, 23)))} and 2 more." in text
+    figure = report.model_check_figure(fit, uncertainty.MODEL_CHECK_THRESHOLD)
+    marked = [line for line in figure.axes[0].lines if line.get_marker() == "x"]
+    assert len(marked) == 1 and np.array_equal(marked[0].get_xdata(), failed)
+
+
+def test_a_negative_model_check_statistic_is_reported(workspace):
+    zarr.open_group(str(workspace / "fit.zarr"), mode="r+")["model_check"][4] = -12.5
+    text = section(report.render(report.read_fit(workspace / "fit.zarr")), "model-check")
+    assert "1 has a negative statistic (coordinate 4)" in text and "None failed." in text
+
+
+def test_a_fit_stored_before_the_model_check_still_reports(workspace):
+    shutil.rmtree(workspace / "fit.zarr" / "model_check")
+    result = invoke("report", workspace / "fit.zarr", "--out", workspace / "report.html")
+    assert result.exit_code == 0, result.output
+    text = page(workspace / "report.html")
+    assert "stored before the model check existed" in section(text, "model-check")
+    assert 'data-name="largest_coexceedance_error"' in section(text, "predictive-check")
+    assert len(re.findall("<img ", text)) == 6
+
+
+def test_the_predictive_check_in_the_page_is_model_predictive_check(workspace):
+    text = page_of(workspace / "fit.zarr")
+    shown = {name: float(value) for name, value in re.findall(r'data-name="(\w+)" data-value="([^"]+)"', text)}
+    model, group = dist_relu.open_fit(workspace / "fit.zarr")
+    n = group.attrs["n_samples"]
+    check = predictive_check(model, group["thresholds"][:], group["counts"][:], n, group["n_zero"][:] / n)
+    assert shown == {"largest_zero_fraction_error": check.largest_zero_fraction_error,
+                     "largest_coexceedance_error": check.largest_coexceedance_error}
+    assert 0 < check.largest_coexceedance_error < 0.05  # a real check of a real fit, not a degenerate one
+
+
+def test_the_predictive_check_is_left_out_beyond_its_dimension_and_says_why(workspace, monkeypatch):
+    monkeypatch.setattr(report, "PREDICTIVE_CHECK_MAX_DIMENSION", 29)
+    fit = report.read_fit(workspace / "fit.zarr")
+    text = section(report.render(fit), "predictive-check")
+    assert "Not made: d = 30 is above 29" in text and "growing like d³" in text
+    assert "<img " not in text and "data-name" not in text
+    assert "repair" not in vars(fit.model)  # the repair, computed on first use, was not made
+
+
+def page_of(fit):
+    return report.render(report.read_fit(fit))
 
 
 def test_block_average_keeps_small_matrices_and_averages_large_ones():
@@ -227,9 +304,12 @@ def large_fit(small_fit_path, path, d, seed=0):
     bias = rng.standard_normal(d)
     fraction = np.clip(0.5 * (1 + np.tanh(bias / scale)), 1e-4, 1)
     status = np.where(fraction * n < kernels.min_positives("censored"), kernels.STATUS_FEW_POSITIVES, kernels.STATUS_OK)
+    model_check = np.where(fraction * n >= uncertainty.MODEL_CHECK_MIN_POSITIVES, rng.chisquare(2, d), np.nan)
+    model_check[:40] *= 100  # some coordinates fail
+    status = np.where(model_check > uncertainty.MODEL_CHECK_THRESHOLD, kernels.STATUS_NOT_NORMAL, status)
     variances = np.diag(covariance)
     arrays = {"covariance": covariance, "bias": bias, "scale": scale, "status": status.astype(np.int8),
-              "positive_fraction": fraction,
+              "positive_fraction": fraction, "model_check": model_check,
               "covariance_se": np.sqrt((np.outer(variances, variances) + covariance**2) / n),
               "bias_se": scale / np.sqrt(fraction * n), "scale_se": scale / np.sqrt(2 * fraction * n)}
     io.write_group(path, arrays, attributes)
@@ -248,6 +328,7 @@ def test_a_report_at_d_4096_stays_under_5_mb(small_fit, tmp_path):
     assert size < 5e6
     text = page(out)
     assert "256 × 256 cells, each the mean of 16 × 16 entries" in text and 'id="standard-errors"' in text
+    assert "Failed: " in text and f"Not made: d = 4,096 is above {report.PREDICTIVE_CHECK_MAX_DIMENSION:,}" in text
 
 
 def chromium():
@@ -283,7 +364,7 @@ def test_a_browser_shows_every_image(workspace, small_fit):
                        checked.as_uri(), profile=workspace / "profile-dom").stdout
     found = re.search(r'data-images="(\d+)/(\d+)"', dom)
     assert found, f"the page did not finish loading: {dom[:500]!r}"
-    assert found.group(1) == found.group(2) == "6"  # every figure, standard errors and truth included
+    assert found.group(1) == found.group(2) == "8"  # every figure, standard errors and truth included
 
     screenshot = workspace / "report.png"
     result = run_chromium(f"--screenshot={screenshot}", "--window-size=1200,3000", out.as_uri(),
