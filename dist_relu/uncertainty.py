@@ -237,7 +237,7 @@ _BOTH, _AT_H_I, _AT_H_J, _AT_U_I, _AT_U_J, _U_I_H_J, _H_I_U_J, _U_I_U_J, _EVERYW
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _pair_variance(scale, zero_point, margin, information, below, step, i, j, rho, p11, tetrachoric, rules,
-                   rule_limits, moments, cov, c, scores, out):
+                   rule_limits, moments, lower_i, lower_j, uppers, cov, c, scores, out):
     """Write ``(var_ρ, var_Σ)`` of the pair ``(i, j)`` into ``out`` (see ``pair_variances``); the rest is scratch."""
     a_i, a_j, u_i, u_j = margin[i], margin[j], zero_point[i], zero_point[j]
     h_i, h_j = max(-a_i, u_i), max(-a_j, u_j)
@@ -257,12 +257,19 @@ def _pair_variance(scale, zero_point, margin, information, below, step, i, j, rh
     none = -math.inf
     bounds = ((h_i, h_j), (h_i, none), (none, h_j), (u_i, none), (none, u_j), (u_i, h_j), (h_i, u_j), (u_i, u_j),
               (none, none))
+    # The three orthants bounded on both sides share ρ, and so one quadrature's sines.
+    for m in range(3):
+        h, k = bounds[_U_I_H_J + m]
+        lower_i[m], lower_j[m] = -h, -k
+    compiled.orthant_same_correlation(lower_i, lower_j, rho, rules, rule_limits, uppers)
     for m in range(9):
         h, k = bounds[m]
-        if h == h_i and k == h_j:
+        if m == _BOTH:
             upper = p11
-        else:
-            upper = _orthant(h, k, rho, rules, rule_limits)
+        elif m >= _U_I_H_J and m < _EVERYWHERE:
+            upper = uppers[m - _U_I_H_J]
+        else:  # bounded on one side at most
+            upper = _above(h) * _above(k)
         _orthant_moments(h, k, rho, upper, moments[m])
 
     below_i, step_i, below_j, step_j = below[i], step[i], below[j], step[j]
@@ -315,9 +322,10 @@ def _pair_variance(scale, zero_point, margin, information, below, step, i, j, rh
 def _pair_variances(scale, zero_point, margin, information, below, step, first, second, rho, p11, tetrachoric,
                     rules, rule_limits, out):
     moments, cov, c, scores = np.empty((9, 3, 3)), np.empty((7, 7)), np.empty(7), np.empty((2, 2))
+    lower_i, lower_j, uppers = np.empty(3), np.empty(3), np.empty(3)
     for m in range(rho.size):
         _pair_variance(scale, zero_point, margin, information, below, step, first[m], second[m], rho[m], p11[m],
-                       tetrachoric, rules, rule_limits, moments, cov, c, scores, out[m])
+                       tetrachoric, rules, rule_limits, moments, lower_i, lower_j, uppers, cov, c, scores, out[m])
 
 
 def pair_variances(terms, first, second, rho, p11, inversion="tetrachoric"):

@@ -195,3 +195,17 @@ def test_the_compiled_orthant_probability_at_its_limits_and_as_the_inversions_in
     p = compiled.orthant_probability(a_i, a_j, rho)
     np.testing.assert_allclose(compiled.orthant_probability(a_i, a_j, compiled.invert_orthant(a_i, a_j, p)), p,
                                rtol=0, atol=1e-12)
+
+
+def test_orthants_of_one_correlation_are_each_pairs_own():
+    # One quadrature's sines serve pairs of the same ρ; each value is orthant_probability's to rounding, with
+    # margins of ±inf and NaN, ρ = ±1, and margins beyond 3 (where the reference's rule is taken for all).
+    rng = np.random.default_rng(4)
+    out = np.empty(3)
+    for trial in range(3000):
+        a_i, a_j = rng.normal(0, 2, 3), rng.normal(0, 2, 3)
+        rho = [rng.uniform(-1, 1), 1.0, -1.0, 0.0, 0.9999][trial % 5]
+        if trial % 7 == 0:
+            a_i[trial % 3] = [np.inf, -np.inf, np.nan][trial % 3]
+        compiled.orthant_same_correlation(a_i, a_j, rho, *compiled.ORTHANT_RULES, out)
+        np.testing.assert_allclose(out, compiled.orthant_probability(a_i, a_j, rho), rtol=0, atol=4e-16)
