@@ -537,7 +537,8 @@ def _status_table(fit):
 
 STANDARD_ERROR_TEXT = ("SE(Σ̂ᵢⱼ) / (σ̂ᵢ σ̂ⱼ): the standard error on the scale of ρ̂, comparable across "
                        "coordinates (relative to |Σ̂ᵢⱼ| it would be unbounded where Σ̂ᵢⱼ is near 0). "
-                       "The colour scale runs from the 1st to the 99th percentile of the cells. ")
+                       "The colour scale runs from the 1st to the 99th percentile of the cells. Infinite errors "
+                       "(no information: an empty cell in the pair's table of exceedances) are grey too. ")
 
 
 def _jackknife_text(attributes):

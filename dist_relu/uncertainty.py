@@ -565,7 +565,7 @@ def variance_ratio_sums(numerator, denominator):
 
 # A coordinate fails above the χ²(2) quantile of 1 − 10⁻⁸. The statistic's tail reaches its χ²(2) limit
 # slowly (it weighs fourth powers): on data from the model the nominal 10⁻⁴ quantile was exceeded 2.4·10⁻³
-# of the time with 1,200 positives and 4.5·10⁻⁴ with 12,000, and the threshold 10⁻⁵ of the time with 12,000
+# of the time with 1,200 positives and 4.3·10⁻⁴ with 12,000, and the threshold 10⁻⁵ of the time with 12,000
 # (benchmarks/README.md). Only coordinates with MODEL_CHECK_MIN_POSITIVES positives are checked.
 MODEL_CHECK_THRESHOLD = -2.0 * np.log(1e-8)
 MODEL_CHECK_MIN_POSITIVES = 10_000
