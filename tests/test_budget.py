@@ -66,6 +66,7 @@ def test_the_widest_block_that_fits_is_chosen_and_too_little_memory_is_refused()
         budget.column_block_for(4096, rows, stored, 8, stored, threads=2)
 
 
+@pytest.mark.slow
 def test_a_small_budget_narrows_the_blocks_and_changes_nothing_else(tmp_path, simulated):
     path, _, _ = simulated(60_000, 600, seed=2, chunk_rows=20_000)
     wide = dist_relu.ReLUGaussian().fit(path)

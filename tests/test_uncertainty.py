@@ -184,6 +184,7 @@ def model_checks(samples, method="censored"):
     return uncertainty.model_check(statistics, kernels.positive_moments(samples), terms, len(samples))
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize("method", ["censored", "truncated"])
 def test_the_model_check_is_chi_square_on_data_from_the_model(method):
     rng = np.random.default_rng(6)
