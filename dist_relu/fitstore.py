@@ -48,10 +48,6 @@ class GroupSums:
     statistics: da.Array  # (G, d, 4)
     counts: da.Array  # (G, d, d) int64
 
-    @property
-    def n_groups(self):
-        return self.statistics.shape[0]
-
 
 @dataclass(frozen=True)
 class Sums:
