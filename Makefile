@@ -38,6 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/model_check.py
 	$(BIN)/python benchmarks/se_cost.py
 	$(BIN)/python benchmarks/jackknife.py
+	$(BIN)/python benchmarks/codecs.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

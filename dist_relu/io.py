@@ -14,6 +14,7 @@ import numpy as np
 import zarr
 from dask.base import tokenize
 from fsspec.implementations.local import LocalFileSystem
+from zarr.codecs import ZstdCodec
 from zarr.storage import LocalStore
 from zarr.core.sync import sync
 
@@ -27,6 +28,13 @@ _TARGET_CHUNK_BYTES = 64 * 2**20
 # dist_relu's stores keep every chunk, so that an absent one always means an
 # incomplete store (see ``check_chunks_present``).
 WRITE_ALL_CHUNKS = {"write_empty_chunks": True}
+# The codecs of the sample stores dist_relu writes (``simulate_to_zarr``, ``convert``): zstd at level 0 (zstd's
+# default, level 3), no shuffle, as zarr 3's default is today; pinned so that a change of zarr's default does not
+# change them. Chosen in benchmarks/codecs.py (benchmarks/README.md, "Codecs of the sample stores"): of the codecs
+# that read faster, none kept the store within 1.2 times this one's size on values rounded as measurements are.
+# Reading does not depend on them: a store written with any codec zarr knows is read as before. Fit outputs keep
+# zarr's defaults.
+SAMPLE_CODECS = {"compressors": (ZstdCodec(level=0),)}
 
 
 def open_samples(source, array="samples", allow_missing_chunks=False):
@@ -213,15 +221,17 @@ def check_values(problems, where=""):
             )
 
 
-def create_arrays(group, arrays):
+def create_arrays(group, arrays, codecs=None):
     """Create one Zarr array in ``group`` per ``name: array``; return ``{name: (source, target)}`` to store.
 
     Dask arrays keep their chunking (so each block is written by the task that
     made it); numpy arrays are written at once and left out of the result. A
     ``d × d`` array of large blocks is sharded: each block is one shard,
     written whole by one task, of inner chunks small enough to read a few
-    coordinates' rows cheaply.
+    coordinates' rows cheaply. ``codecs``, ``create_array``'s keyword arguments
+    such as ``SAMPLE_CODECS``, apply to every array (default: zarr's).
     """
+    codecs = codecs or {}
     targets = {}
     for name, values in arrays.items():
         if isinstance(values, da.Array):
@@ -230,17 +240,17 @@ def create_arrays(group, arrays):
             # Blocks must not straddle Zarr chunks (or shards), or parallel writes would race.
             targets[name] = (
                 values.rechunk(chunks),
-                group.create_array(name, shape=values.shape, dtype=values.dtype, config=WRITE_ALL_CHUNKS,
+                group.create_array(name, shape=values.shape, dtype=values.dtype, config=WRITE_ALL_CHUNKS, **codecs,
                                    **({"shards": chunks, "chunks": inner} if inner else {"chunks": chunks})),
             )
         else:
             values = np.asarray(values)
             chunks = tuple(max(size, 1) for size in values.shape)
-            group.create_array(name, data=values, chunks=chunks, config=WRITE_ALL_CHUNKS)
+            group.create_array(name, data=values, chunks=chunks, config=WRITE_ALL_CHUNKS, **codecs)
     return targets
 
 
-def store_arrays(group, arrays, progress=False, also=()):
+def store_arrays(group, arrays, progress=False, also=(), codecs=None):
     """Write ``arrays`` (dask or numpy) into ``group``; return the computed values of the lazy arrays ``also``.
 
     Dask arrays are stored block by block by the tasks that compute them, so a
@@ -248,7 +258,7 @@ def store_arrays(group, arrays, progress=False, also=()):
     graph, so inputs they share are computed once; ``also`` are computed in
     the same graph.
     """
-    targets = create_arrays(group, arrays)
+    targets = create_arrays(group, arrays, codecs)
     if not targets:
         return compute(*also, progress=progress) if also else ()
     sources, stores = zip(*targets.values())
@@ -261,15 +271,21 @@ def new_group(path):
 
 
 def growing_array(group, name, columns, chunk_rows, dtype):
-    """Create an array of ``columns`` columns and no rows in ``group``, to grow by appending rows."""
+    """Create an array of ``columns`` columns and no rows in ``group``, to grow by appending rows.
+
+    Written with ``SAMPLE_CODECS``: its users are the writers of sample stores.
+    """
     return group.create_array(name, shape=(0, columns), chunks=(chunk_rows, columns), dtype=dtype,
-                              config=WRITE_ALL_CHUNKS)
+                              config=WRITE_ALL_CHUNKS, **SAMPLE_CODECS)
 
 
-def write_group(path, arrays, attributes, progress=False):
-    """Write ``arrays`` (dask or numpy) and ``attributes`` as a new Zarr group at ``path``."""
+def write_group(path, arrays, attributes, progress=False, codecs=None):
+    """Write ``arrays`` (dask or numpy) and ``attributes`` as a new Zarr group at ``path``.
+
+    ``codecs``: ``create_array``'s keyword arguments for every array, such as ``SAMPLE_CODECS`` (default: zarr's).
+    """
     group = new_group(path)
-    store_arrays(group, arrays, progress=progress)
+    store_arrays(group, arrays, progress=progress, codecs=codecs)
     group.update_attributes(attributes)  # one metadata write, not one per key
     return group
 

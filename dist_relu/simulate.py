@@ -108,7 +108,7 @@ def simulate_to_zarr(out, weights, bias, n_samples, chunk_rows=65_536, seed=0, d
         "n_samples": int(n_samples), "seed": int(seed), "chunk_rows": int(chunk_rows),
     }
     with storage.atomic_output(out, storage.SAMPLES_FORMAT, (), overwrite) as partial:
-        io.write_group(partial, {"samples": samples}, attributes, progress=progress)
+        io.write_group(partial, {"samples": samples}, attributes, progress=progress, codecs=io.SAMPLE_CODECS)
         truth = {"weights": weights, "covariance": weights @ weights.T, "bias": bias}
         if mixing is not None:
             truth["mixing"] = mixing

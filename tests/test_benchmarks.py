@@ -134,3 +134,19 @@ def test_jackknife_benchmark_quick(tmp_path):
             assert all(0.5 < ratio < 2 for ratio in s["jackknife_ratios"].values())
             assert all(r["jackknife"]["groups"] == int(groups) for r in case["runs"][groups])
     assert (tmp_path / "jackknife_quick.png").stat().st_size > 10_000
+
+
+def test_codecs_benchmark_quick(tmp_path):
+    subprocess.run([sys.executable, str(BENCHMARKS / "codecs.py"), "--quick", "--out", str(tmp_path)],
+                   check=True, capture_output=True, text=True, timeout=300)
+    record = json.loads((tmp_path / "codecs_quick.json").read_text())
+    (case,) = record["cases"]
+    assert (case["kind"], case["d"], case["n"]) == ("rounded", 20, 32_768) and case["same_sum_every_codec"]
+    assert set(case["summary"]) == {"zstd-0", "blosc-lz4-shuffle"}
+    assert case["metadata"]["zstd-0"][-1] == {"name": "zstd", "configuration": {"level": 0, "checksum": False}}
+    for s in case["summary"].values():
+        assert s["compression_ratio"] > 1 and s["write_seconds"] > 0 and s["read_seconds"] > 0
+        assert s["fit_seconds"] > 0 and s["fit_over_read"] == pytest.approx(s["fit_seconds"] / s["read_seconds"])
+    assert case["summary"]["zstd-0"]["read_over_reference"] == 1
+    assert record["choice"]["chosen"] in case["summary"]
+    assert (tmp_path / "codecs_quick.png").stat().st_size > 10_000

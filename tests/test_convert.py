@@ -269,3 +269,67 @@ def test_comment_lines_are_skipped_and_counted(tmp_path):
     assert result.stdout.strip().endswith("; skipped a header line 'x\\ty' and 2 comment lines"), result.stdout
     result = convert_cli(tmp_path / "x.csv", tmp_path / "cli_x.zarr")
     assert result.stdout.strip().endswith("; skipped 1 comment line"), result.stdout
+
+
+# The codecs of the sample stores, chosen in benchmarks/codecs.py (benchmarks/README.md, "Codecs of the sample
+# stores"), as an array's metadata lists them.
+SAMPLE_CODECS_METADATA = [{"name": "bytes", "configuration": {"endian": "little"}},
+                          {"name": "zstd", "configuration": {"level": 0, "checksum": False}}]
+
+
+def stored_codecs(path):
+    return [codec.to_dict() for codec in zarr.open_group(str(path), mode="r")["samples"].metadata.codecs]
+
+
+def test_sample_stores_have_the_chosen_codecs_and_read_back_exactly(tmp_path):
+    from dist_relu import graph
+
+    # simulate_to_zarr, and dist-relu simulate, which calls it
+    weights, bias = dist_relu.figure1_truth(5, seed=3)
+    dist_relu.simulate_to_zarr(tmp_path / "sim.zarr", weights, bias, 3000, chunk_rows=1000, seed=3)
+    subprocess.run([DIST_RELU, "simulate", "--n", "3000", "--d", "5", "--seed", "3", "--chunk-rows", "1000",
+                    "--out", str(tmp_path / "sim-cli.zarr")], check=True, capture_output=True, timeout=120)
+    drawn = graph.simulated_samples(3000, weights, bias, 1000, 3, np.float32).compute()
+    for name in ("sim.zarr", "sim-cli.zarr"):
+        assert stored_codecs(tmp_path / name) == SAMPLE_CODECS_METADATA, name
+        np.testing.assert_array_equal(read_samples(tmp_path / name), drawn)
+    # convert, and dist-relu convert
+    source = write(tmp_path, "npy")
+    convert(source, tmp_path / "conv.zarr", chunk_rows=1000)
+    convert_cli(source, tmp_path / "conv-cli.zarr", "--chunk-rows", "1000").check_returncode()
+    for name in ("conv.zarr", "conv-cli.zarr"):
+        assert stored_codecs(tmp_path / name) == SAMPLE_CODECS_METADATA, name
+        assert read_samples(tmp_path / name).tobytes() == X.tobytes()
+    assert [codec.to_dict() for codec in io.SAMPLE_CODECS["compressors"]] == SAMPLE_CODECS_METADATA[1:]
+
+
+@pytest.mark.parametrize("compressors", ["auto", None, "blosc", "gzip"])
+def test_stores_of_any_codec_are_fitted_alike(tmp_path, compressors):
+    from zarr.codecs import BloscCodec, GzipCodec
+
+    compressors = {"blosc": BloscCodec(cname="lz4", shuffle="bitshuffle", typesize=4), "gzip": GzipCodec()}.get(
+        compressors, compressors)
+    zarr.create_array(str(tmp_path / "x.zarr"), data=X, chunks=(1000, 4), compressors=compressors)
+    fit = dist_relu.ReLUGaussian().fit(tmp_path / "x.zarr")
+    np.testing.assert_array_equal(fit.counts_, dist_relu.ReLUGaussian().fit(X).counts_)
+
+
+def test_every_writer_of_sample_stores_takes_its_codecs_from_the_constant(tmp_path, monkeypatch):
+    """With ``io.SAMPLE_CODECS`` set to another codec, simulate and convert (Python and command line) write that one."""
+    other = {"compressors": ({"name": "blosc", "configuration": {"typesize": 4, "cname": "lz4", "clevel": 5,
+                                                                "shuffle": "bitshuffle", "blocksize": 0}},)}
+    expected = SAMPLE_CODECS_METADATA[:1] + list(other["compressors"])
+    monkeypatch.setattr(io, "SAMPLE_CODECS", other)
+    weights, bias = dist_relu.figure1_truth(3, seed=0)
+    dist_relu.simulate_to_zarr(tmp_path / "sim.zarr", weights, bias, 2000, chunk_rows=1000)
+    source = write(tmp_path, "npy")
+    convert(source, tmp_path / "conv.zarr", chunk_rows=1000)
+    patched = ("import sys; from dist_relu import io, cli; io.SAMPLE_CODECS = {!r}; sys.argv[0] = 'dist-relu'; "
+               "cli.main()")
+    for command in (["simulate", "--n", "2000", "--d", "3", "--out", str(tmp_path / "sim-cli.zarr")],
+                    ["convert", str(source), "--out", str(tmp_path / "conv-cli.zarr")]):
+        subprocess.run([sys.executable, "-c", patched.format(other), *command], check=True, capture_output=True,
+                       timeout=120)
+    for name in ("sim.zarr", "conv.zarr", "sim-cli.zarr", "conv-cli.zarr"):
+        assert stored_codecs(tmp_path / name) == expected, name
+    assert read_samples(tmp_path / "conv-cli.zarr").tobytes() == X.tobytes()
