@@ -38,7 +38,7 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/model_check.py
 	$(BIN)/python benchmarks/se_cost.py
 	$(BIN)/python benchmarks/jackknife.py
-	$(BIN)/python benchmarks/codecs.py
+	$(BIN)/python benchmarks/codec_study.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -30,7 +30,7 @@ _TARGET_CHUNK_BYTES = 64 * 2**20
 WRITE_ALL_CHUNKS = {"write_empty_chunks": True}
 # The codecs of the sample stores dist_relu writes (``simulate_to_zarr``, ``convert``): zstd at level 0 (zstd's
 # default, level 3), no shuffle, as zarr 3's default is today; pinned so that a change of zarr's default does not
-# change them. Chosen in benchmarks/codecs.py (benchmarks/README.md, "Codecs of the sample stores"): of the codecs
+# change them. Chosen in benchmarks/codec_study.py (benchmarks/README.md, "Codecs of the sample stores"): of the codecs
 # that read faster, none kept the store within 1.2 times this one's size on values rounded as measurements are.
 # Reading does not depend on them: a store written with any codec zarr knows is read as before. Fit outputs keep
 # zarr's defaults.

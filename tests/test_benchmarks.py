@@ -137,7 +137,7 @@ def test_jackknife_benchmark_quick(tmp_path):
 
 
 def test_codecs_benchmark_quick(tmp_path):
-    subprocess.run([sys.executable, str(BENCHMARKS / "codecs.py"), "--quick", "--out", str(tmp_path)],
+    subprocess.run([sys.executable, str(BENCHMARKS / "codec_study.py"), "--quick", "--out", str(tmp_path)],
                    check=True, capture_output=True, text=True, timeout=300)
     record = json.loads((tmp_path / "codecs_quick.json").read_text())
     (case,) = record["cases"]

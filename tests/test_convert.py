@@ -271,7 +271,7 @@ def test_comment_lines_are_skipped_and_counted(tmp_path):
     assert result.stdout.strip().endswith("; skipped 1 comment line"), result.stdout
 
 
-# The codecs of the sample stores, chosen in benchmarks/codecs.py (benchmarks/README.md, "Codecs of the sample
+# The codecs of the sample stores, chosen in benchmarks/codec_study.py (benchmarks/README.md, "Codecs of the sample
 # stores"), as an array's metadata lists them.
 SAMPLE_CODECS_METADATA = [{"name": "bytes", "configuration": {"endian": "little"}},
                           {"name": "zstd", "configuration": {"level": 0, "checksum": False}}]

@@ -49,10 +49,10 @@ default, 3) counts as zstd-0. The means of the reads' CPU seconds are reported
 beside the wall times'.
 Results go to ``benchmarks/results/codecs.{json,png}``.
 
-    PYTHONPATH=. python benchmarks/codecs.py        # simulated, rounded: d = 1000, n = 262,144; d = 100, n = 1,048,576
-    PYTHONPATH=. python benchmarks/codecs.py --cases grid:100:1048576 --out DIR
-    python benchmarks/codecs.py --quick             # rounded, d = 20, n = 32,768, 2 codecs, one round
-    python benchmarks/codecs.py --plot-only benchmarks/results/codecs.json
+    PYTHONPATH=. python benchmarks/codec_study.py        # simulated, rounded: d = 1000, n = 262,144; d = 100, n = 1,048,576
+    PYTHONPATH=. python benchmarks/codec_study.py --cases grid:100:1048576 --out DIR
+    python benchmarks/codec_study.py --quick             # rounded, d = 20, n = 32,768, 2 codecs, one round
+    python benchmarks/codec_study.py --plot-only benchmarks/results/codecs.json
 """
 
 import argparse
