@@ -18,6 +18,10 @@ INTERRUPTS = tuple(getattr(signal, name) for name in ("SIGINT", "SIGTERM", "SIGH
 
 
 def _interrupt(signal_number, frame):
+    # The first interrupt ends the command; the ones after it are dropped, so that none cuts its cleanup or its
+    # one line short (at a time limit SLURM signals every process, and fit.sbatch's trap passes it on again).
+    for number in INTERRUPTS:
+        signal.signal(number, signal.SIG_IGN)
     raise Interrupted(signal_number)
 
 
