@@ -133,8 +133,8 @@ def numpy_blas_threads(count):
     ``simulate_to_zarr`` makes the truth's covariance as ``W @ W.T``; numpy
     hands a matrix times its own transpose to OpenBLAS's dsyrk, and with
     OpenBLAS's threads that died here of SIGSEGV from d ≈ 15,000 (15,500 and
-    16,384 crashed, 14,000 did not; numpy issue #19685). On one thread it
-    did not, nor did GEMM (``W @ W.T.copy()``, or by row blocks) on two.
+    16,384 crashed, 14,000 did not: a crash inside OpenBLAS). On one thread
+    it did not, nor did GEMM (``W @ W.T.copy()``, or by row blocks) on two.
     """
     import ctypes
 
