@@ -471,7 +471,7 @@ def _print_summary(out, attributes, as_json):
                    f"{check['min_positives']:,} positives or more) do not look like a censored normal")
     for code in np.unique(status[status != 0]):
         columns = np.flatnonzero(status == code)
-        listed = ", ".join(map(str, columns[:20])) + (f" and {columns.size - 20} more" if columns.size > 20 else "")
+        listed = io.listed_columns(columns, 20)
         click.echo(f"  {status_names[code]}: column{'s' if columns.size > 1 else ''} {listed}")
     if attributes.get("checkpoint") and attributes["checkpoint"]["blocks_resumed"]:
         click.echo(f"resumed {attributes['checkpoint']['blocks_resumed']:,} blocks of partial sums "

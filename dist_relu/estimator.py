@@ -135,11 +135,9 @@ def check_estimates(bias, scale, status, statistics=None, covariance_nonfinite=N
                            "whose status is ok")
 
 
-def _columns(mask, shown=10):
+def _columns(mask):
     """Return the columns where ``mask`` is set, listed for a message ("" if none)."""
-    columns = np.flatnonzero(mask)
-    more = f" and {columns.size - shown} more" if columns.size > shown else ""
-    return ", ".join(map(str, columns[:shown])) + more
+    return io.listed_columns(np.flatnonzero(mask))
 
 
 def write_fit(output, fit_settings, column_block, record, stages, thresholds, main=None, bases=(), source=None,

@@ -37,6 +37,12 @@ WRITE_ALL_CHUNKS = {"write_empty_chunks": True}
 SAMPLE_CODECS = {"compressors": (ZstdCodec(level=0),)}
 
 
+def listed_columns(columns, shown=10):
+    """Return the first ``shown`` of ``columns`` separated by commas, and how many more there are, for a message."""
+    more = len(columns) - shown
+    return ", ".join(map(str, columns[:shown])) + (f" and {more:,} more" if more > 0 else "")
+
+
 def open_samples(source, array="samples", allow_missing_chunks=False):
     """Return the samples of ``source`` as a 2-D float dask array, chunked as stored.
 

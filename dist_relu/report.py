@@ -22,7 +22,7 @@ from io import BytesIO
 import numpy as np
 import zarr
 
-from . import kernels, storage, uncertainty
+from . import io, kernels, storage, uncertainty
 from .errors import InputError
 from .fitstore import MODEL, open_fit, open_fit_group
 from .model import RectifiedGaussian, predictive_check
@@ -523,8 +523,7 @@ def _timings_table(attributes):
 
 def _listed(columns):
     """Return the first ``MAX_NAMED`` of ``columns`` separated by commas, and how many more there are."""
-    more = columns.size - MAX_NAMED
-    return ", ".join(map(str, columns[:MAX_NAMED])) + (f" and {more:,} more" if more > 0 else "")
+    return io.listed_columns(columns, MAX_NAMED)
 
 
 def _status_table(fit):
