@@ -44,6 +44,7 @@ def scheduler(address=None, workers=None, log=None, tls_ca_file=None, tls_cert=N
     from distributed import Client, LocalCluster
     from distributed.security import Security
 
+    _drop_distributed_noise()
     with contextlib.ExitStack() as stack:
         if address:
             security = _security(address, tls_files, Security)
@@ -70,7 +71,6 @@ def scheduler(address=None, workers=None, log=None, tls_ca_file=None, tls_cert=N
                     )
                 )
             client = stack.enter_context(Client(cluster))
-        _drop_unretrieved_all_exit()
         if log:
             log(f"scheduler {client.scheduler.address}, dashboard {client.dashboard_link}")
         stack.enter_context(_quiet_when_interrupted())  # left first: before the client and cluster close
@@ -105,19 +105,34 @@ class _UnretrievedAllExit(logging.Filter):
         return type(error).__name__ != "AllExit"
 
 
-def _drop_unretrieved_all_exit():
-    """Silence a traceback that distributed's client leaves when its scheduler goes away during a gather.
+class _CancelBeforeStart(logging.Filter):
+    """Drop tornado's traceback for distributed's ``sync`` cancelling a call that had not started.
 
-    Each future's waiter raises ``AllExit``, and all but one are never
-    retrieved: asyncio logs each one's traceback, from the client's own
-    thread, before the client hears of an interrupt. It happens whenever a
-    batch system stops the scheduler together with the client (SLURM signals
-    every step of a job at once at its time limit); the command's own line
-    says what happened.
+    An interrupt that lands after ``sync`` queues its call and before the
+    event loop starts it makes ``sync`` queue a ``cancel`` that reads the
+    call's future before it exists: a ``NameError``, logged from the loop's
+    thread (distributed 2026.8), with nothing left to cancel.
     """
-    logger = logging.getLogger("asyncio")
-    if not any(isinstance(f, _UnretrievedAllExit) for f in logger.filters):
-        logger.addFilter(_UnretrievedAllExit())
+
+    def filter(self, record):
+        error = record.exc_info[1] if record.exc_info else None
+        return not (isinstance(error, NameError) and "sync.<locals>.cancel" in record.getMessage())
+
+
+def _drop_distributed_noise():
+    """Silence two tracebacks that distributed's client leaves when it is cut short, from threads of its own.
+
+    When its scheduler goes away during a gather (SLURM signals every step of
+    a job at once at its time limit), each future's waiter raises ``AllExit``
+    and all but one are never retrieved: asyncio logs each one's traceback
+    before the client hears of an interrupt. And an interrupt in a narrow
+    window of ``distributed.utils.sync`` makes tornado log a ``NameError``
+    (see ``_CancelBeforeStart``). The command's own line says what happened.
+    """
+    for logger_name, noise in (("asyncio", _UnretrievedAllExit), ("tornado.application", _CancelBeforeStart)):
+        logger = logging.getLogger(logger_name)
+        if not any(isinstance(f, noise) for f in logger.filters):
+            logger.addFilter(noise())
 
 
 def _security(address, tls_files, Security):

@@ -6,12 +6,14 @@ as it was (the digest of the whole tree).
 """
 
 import json
+import logging
 import os
 import shutil
 import signal
 import socket
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -342,6 +344,73 @@ def test_an_interrupt_of_a_local_cluster_prints_one_line(slow_samples, tmp_path,
     assert stderr.strip().splitlines() == [f"interrupted by {signal_name}: no output was written; an earlier "
                                            "output is unchanged"]
     assert list(tmp_path.iterdir()) == []
+
+
+def test_an_interrupt_before_distributeds_sync_starts_its_call_logs_nothing(caplog):
+    """The race behind a stray traceback after "interrupted by SIGTERM", made to happen.
+
+    ``distributed.utils.sync`` queues its call on the client's event loop and
+    waits; interrupted before the loop starts the call, it queues a cancel
+    that reads the call's future before it exists, and tornado logs the
+    ``NameError`` from the loop's thread. Here the call itself sends the
+    signal and holds the loop until the main thread has seen it. (The signal
+    can still land just before ``sync`` starts to wait, so each case is tried
+    until tornado has logged the error.)
+    """
+    from distributed.utils import LoopRunner, sync
+
+    from dist_relu.scheduler import _drop_distributed_noise
+
+    def interrupted_sync(loop):
+        interrupt_seen = threading.Event()
+
+        def call():  # in the loop's thread, before sync has the call's future
+            signal.pthread_kill(threading.main_thread().ident, signal.SIGINT)
+            assert interrupt_seen.wait(TIMEOUT)
+            raise RuntimeError("never started")
+
+        with pytest.raises(KeyboardInterrupt):
+            try:
+                sync(loop, call)
+            finally:
+                interrupt_seen.set()
+        loop_drained = threading.Event()
+        loop.add_callback(loop_drained.set)  # after sync's cancel, if it queued one: the loop has run it
+        assert loop_drained.wait(TIMEOUT)
+
+    def logged_name_errors():
+        return [record for record in caplog.records if record.exc_info and record.exc_info[0] is NameError]
+
+    def until_tornado_logs_the_error(loop):
+        caplog.clear()
+        logged.clear()
+        for _ in range(50):
+            interrupted_sync(loop)
+            if logged:
+                return logged_name_errors()
+        pytest.skip("this version of distributed cancels a call that has not started without an error")
+
+    logged = []
+
+    def spy(record):
+        if record.exc_info and record.exc_info[0] is NameError:
+            logged.append(record)
+        return True
+
+    logger = logging.getLogger("tornado.application")
+    filters = list(logger.filters)
+    runner = LoopRunner(asynchronous=False)
+    runner.start()
+    previous_handler = signal.signal(signal.SIGINT, signal.default_int_handler)
+    try:
+        logger.filters[:] = [spy]  # sees every record first
+        assert len(until_tornado_logs_the_error(runner.loop)) == 1  # it reaches the handlers
+        _drop_distributed_noise()
+        assert until_tornado_logs_the_error(runner.loop) == []
+    finally:
+        signal.signal(signal.SIGINT, previous_handler)
+        runner.stop()
+        logger.filters[:] = filters
 
 
 @pytest.fixture
