@@ -30,6 +30,9 @@ BLOCKS = {
     "column blocks of size 1": (777, 1, 1, 0.4),
     "one by many": (130, 1, 9, 0.7),
     "sparse": (5000, 8, 8, 0.01),
+    # popcount counts 4 × 4 tiles: whole ones, and ones cut by the last rows or columns, off and on the diagonal
+    "tiles cut at both edges": (300, 13, 10, 0.5),
+    "tiles cut on the diagonal": (200, 11, 11, 0.5),
 }
 
 
