@@ -8,7 +8,8 @@ Per task, with ``c`` columns per block, ``r`` rows per chunk, ``k`` =
   reads each block's columns in place; ``S + S·c/C + c·r/8 + r`` when the
   stored chunks have ``C < d`` columns, for the block a rechunk makes;
 - count: ``2·c·r/8 + 8c²`` (two packed blocks, one int64 count block);
-- reduction: ``8k·c²`` (``k`` count blocks);
+- running sum over a segment: ``8(k + 2)·c²`` (``k`` count blocks, the
+  running sum before and after);
 - inversion: ``48c² + P·B`` (counts, ρ and Σ̂ of the block, pair indices, and
   ``P`` = ``kernels.INVERSION_SLAB_PAIRS`` pairs of ``B`` =
   ``kernels.INVERSION_BYTES_PER_PAIR`` temporaries);
@@ -43,7 +44,7 @@ def task_bytes(column_block, row_chunk, stored_chunk_bytes, split_every, rechunk
     block_copy = 0 if rechunked_from is None else stored_chunk_bytes * c / int(rechunked_from)
     passing = stored_chunk_bytes + block_copy + c * r / 8 + r
     counting = 2 * c * r / 8 + 8 * c * c
-    reducing = 8 * split_every * c * c
+    reducing = 8 * (split_every + 2) * c * c
     inverting = 48 * c * c + kernels.INVERSION_SLAB_PAIRS * kernels.INVERSION_BYTES_PER_PAIR
     jackknife = 8 * (jackknife_groups + 10) * c * c + kernels.INVERSION_SLAB_PAIRS * kernels.INVERSION_BYTES_PER_PAIR
     return int(max(passing, counting, reducing, inverting, jackknife if jackknife_groups else 0))

@@ -2,8 +2,10 @@
 
 A checkpoint is a directory (a local path or an fsspec URL that the workers
 can reach) holding one ``.npy`` file per finished block of a partial sum:
-``SCOPE/NAME/S.I.J.npy`` is the sum over segment ``S`` (``split_every``
-consecutive row chunks) of the block ``(I, J)``. Each file is written whole
+``SCOPE/NAME/S.I.J.npy`` is the running sum of the block ``(I, J)`` over
+the row chunks of segments ``0 … S`` (segments of ``split_every``
+consecutive row chunks; with a jackknife, the segments of ``S``'s group
+up to ``S``), so a rerun starts from the last one saved. Each file is written whole
 under a temporary name and then renamed (on object stores, whose objects
 appear whole, written in place), so a file that exists is complete.
 ``manifest.json`` records what the partial sums are of (the source, its shape,
@@ -25,7 +27,7 @@ from .errors import InputError
 from .storage import location
 
 FORMAT = "dist_relu.checkpoint"
-FORMAT_VERSION = 1
+FORMAT_VERSION = 2  # 1 kept each segment's own sum
 
 
 class Checkpoint:

@@ -8,10 +8,11 @@ Shapes (docs/design.md §5): samples are chunked in row chunks ``r`` and column 
 ``I``. One fused task per (row chunk, column block) reads the chunk once and
 makes its ``compiled.ChunkPass``: statistics ``(d_I, 4)``, value checks
 ``(d_I, 2)`` and bit-packed indicators. Statistics are summed over row chunks
-as a tree. Counts are ``(d_I, d_J)`` partials per (row chunk, block pair
-``I ≤ J``), summed over row chunks as a tree (``split_every`` partials per task,
-never one long serial fold); the lower block triangle is the upper one
-transposed, so only ``B(B+1)/2`` block pairs are counted.
+in segments of ``split_every`` chunks, each adding to the running sum of the
+segment before (``sum_over_rows``). Counts are ``(d_I, d_J)`` partials per
+(row chunk, block pair ``I ≤ J``), summed the same way; the lower block
+triangle is the upper one transposed, so only ``B(B+1)/2`` block pairs are
+counted.
 """
 
 import functools
@@ -82,10 +83,12 @@ def finite_row_mask(samples):
                         token="finite-rows")
 
 
-def _segment_sum(parts, checkpoint, name, index):
+def _running_sum(previous, parts, checkpoint, name, index):
     # Counts arrive in the narrowest type that holds a chunk's (compiled.count_dtype); they are summed in int64.
     integer = np.issubdtype(parts[0].dtype, np.integer)
     total = np.concatenate(parts, axis=0).sum(axis=0, keepdims=True, dtype=np.int64 if integer else None)
+    if previous is not None:
+        total = previous + total
     return total if checkpoint is None else checkpoint.save(name, index, total)
 
 
@@ -96,17 +99,24 @@ def _saved_block(checkpoint, name, index):
 def sum_over_rows(partials, split_every, name, checkpoint=None, groups=None):
     """Return the lazy sum over axis 0 of ``partials``, which has one slot per row chunk.
 
-    The first level of the tree sums segments of ``split_every`` consecutive
-    row chunks; the segment sums are then summed as a tree of the same fan-in.
-    With a ``checkpoint.Checkpoint``, each block of a segment sum is saved
-    under ``name`` as soon as it is made, and a block saved by an earlier run
-    is loaded instead of computed, so its reads are culled from the graph. The
-    order of summation is the same with or without a checkpoint, so a resumed
-    fit equals an uninterrupted one bit for bit.
+    The row chunks are taken in segments of ``split_every`` consecutive
+    chunks, and each block's sum runs through the segments in order: the task
+    of a segment adds its chunks' partials to the running sum the task of the
+    segment before it made. What waits between tasks is then one running sum
+    and the partials of the segments being counted, whatever the number of
+    rows (a tree would keep up to ``split_every − 1`` sums waiting at each of
+    its levels, ``8·d²/2`` bytes each for the counts). The segments' chunks are
+    counted in parallel; only the additions are in sequence.
+
+    With a ``checkpoint.Checkpoint``, each block of a running sum is saved
+    under ``name`` as soon as it is made, and a rerun starts from the last one
+    saved, so the reads before it are culled from the graph. The order of
+    summation is the same with or without a checkpoint, so a resumed fit
+    equals an uninterrupted one bit for bit.
 
     With ``groups``, the (non-decreasing) group ``0 … G−1`` of each row
     chunk, the result is the ``G`` groups' sums stacked on a new axis 0,
-    each a tree of its own segments.
+    each group's segments a running sum of their own.
     """
     if any(size != 1 for size in partials.chunks[0]):
         raise ValueError("sum_over_rows needs one slot per row chunk on axis 0")
@@ -116,27 +126,25 @@ def sum_over_rows(partials, split_every, name, checkpoint=None, groups=None):
     # Segments never cross a group's edge: a segment's chunks are consecutive chunks of one group.
     group_starts = np.flatnonzero(np.r_[True, groups[1:] != groups[:-1]])
     group_ends = np.r_[group_starts[1:], n_slots]
-    starts = [start for first, end in zip(group_starts, group_ends) for start in range(first, end, split_every)]
-    ends = starts[1:] + [n_slots]
     done = checkpoint.done(name) if checkpoint is not None else set()
     label = None if checkpoint is None else (checkpoint.url, checkpoint.scope, sorted(done))
-    segments = f"{name}-segments-{tokenize(partials.name, split_every, label, grouped and groups.tolist())}"
-    layer = {}
-    for segment, (start, end) in enumerate(zip(starts, ends)):
-        for block in np.ndindex(*partials.numblocks[1:]):
-            index = (segment, *block)
-            if index in done:
-                layer[(segments, *index)] = (_saved_block, checkpoint, name, index)
-            else:
-                parts = [(partials.name, slot, *block) for slot in range(start, end)]
-                layer[(segments, *index)] = (_segment_sum, parts, checkpoint, name, index)
-    graph = HighLevelGraph.from_collections(segments, layer, dependencies=[partials])
-    summed = da.Array(graph, segments, chunks=((1,) * len(starts), *partials.chunks[1:]), meta=partials._meta)
-    if not grouped:
-        return summed.sum(axis=0, split_every=split_every)
-    first_segments = np.searchsorted(starts, np.r_[group_starts, n_slots])
-    return da.stack([summed[first:end].sum(axis=0, split_every=split_every)
-                     for first, end in zip(first_segments[:-1], first_segments[1:])])
+    running = f"{name}-running-{tokenize(partials.name, split_every, label, grouped and groups.tolist())}"
+    layer, last_segments, segment = {}, [], 0
+    for first, end in zip(group_starts, group_ends):
+        for start in range(first, end, split_every):
+            for block in np.ndindex(*partials.numblocks[1:]):
+                index = (segment, *block)
+                if index in done:
+                    layer[(running, *index)] = (_saved_block, checkpoint, name, index)
+                else:
+                    previous = None if start == first else (running, segment - 1, *block)
+                    parts = [(partials.name, slot, *block) for slot in range(start, min(start + split_every, end))]
+                    layer[(running, *index)] = (_running_sum, previous, parts, checkpoint, name, index)
+            segment += 1
+        last_segments.append(segment - 1)
+    graph = HighLevelGraph.from_collections(running, layer, dependencies=[partials])
+    sums = da.Array(graph, running, chunks=((1,) * segment, *partials.chunks[1:]), meta=partials._meta)
+    return sums[last_segments] if grouped else sums[-1]
 
 
 def _per_column(values, column_chunks, default, dtype):

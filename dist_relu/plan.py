@@ -84,9 +84,9 @@ def plan_fit(input, settings, checkpoint=None, thresholds=None, stages=None, pro
     input : pipeline.Input
     settings : OneLayerSettings
     checkpoint : str, optional
-        Directory or fsspec URL where the partial sums of each segment of
-        ``split_every`` row chunks are saved as they finish; sums saved there
-        by an earlier run of the same fit are loaded instead of recomputed.
+        Directory or fsspec URL where the running sums are saved at the end of
+        each segment of ``split_every`` row chunks; a rerun of the same fit
+        starts from the last ones saved there.
     thresholds : ndarray (d,), optional
         Count at these thresholds (another fit's, so that the two can be
         merged) instead of the pilot's. One pass, not with ``method="sgd"``.

@@ -226,8 +226,9 @@ class PipelineSettings(Settings):
         cli_help="Memory of each worker process for --column-block auto, e.g. 4GB. Default: the dask "
         "workers' memory limits, or this machine's memory on local threads.")
     split_every: int = setting(
-        8, "Fan-in of the tree reductions over row chunks. Does not change the counts; the sums only to "
-        "rounding.", minimum=2)
+        8, "Row chunks summed per task: the sums over row chunks run through segments of this many chunks "
+        "(a checkpoint saves one per segment), and the two-layer model's reductions are trees of this "
+        "fan-in. Does not change the counts; the sums only to rounding.", minimum=2)
     drop_nonfinite: bool = setting(
         False, "Leave out the rows that hold NaN or ±inf (counted in the fit's rows_dropped) instead of "
         "refusing the data. Found in the fit's own read: no extra pass.", kind=bool,

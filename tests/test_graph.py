@@ -59,19 +59,6 @@ def test_only_the_upper_block_triangle_is_counted(samples):
     assert {k[2] <= k[3] for k in partials} == {True}
 
 
-def test_partials_reduce_as_a_tree(samples):
-    """With split_every=2, no reduction task sums more than 2 partials."""
-    _, x = samples
-    passes = graph.chunk_passes(x, np.zeros(10))
-    counts = graph.coexceedance_counts(passes, split_every=2)
-    statistics = graph.column_statistics(passes, split_every=2)
-    for array in (counts, statistics):
-        tasks = culled_graph(array)
-        fan_in = [len(get_dependencies(tasks, k)) for k in tasks
-                  if isinstance(k, tuple) and k[0].startswith(("sum-partial", "sum-aggregate"))]
-        assert fan_in and max(fan_in) == 2
-
-
 def test_statistics_do_not_depend_on_chunking(samples):
     x, _ = samples
     expected = kernels.chunk_statistics(x)
@@ -108,17 +95,26 @@ def test_graphs_of_different_data_never_share_keys():
 
 
 @pytest.mark.parametrize("split_every", [2, 3, 8])
-def test_every_node_of_the_row_tree_has_at_most_split_every_inputs(split_every):
-    """The hand-built segment layer and dask's tree above it: fan-in ≤ split_every, never one serial fold."""
-    x = da.from_array(np.maximum(0, np.random.default_rng(1).standard_normal((2300, 4))), chunks=(100, 4))
-    passes = graph.chunk_passes(x, np.zeros(4))
-    for total in (graph.column_statistics(passes, split_every), graph.coexceedance_counts(passes, split_every)):
+def test_row_chunks_are_summed_in_segments_that_run_one_after_another(split_every):
+    """A segment's task adds its ≤ split_every chunks' partials to the running sum the segment before made.
+
+    So one running sum per block waits between tasks, however many the rows,
+    and the chunks of a segment are counted in parallel.
+    """
+    x = np.maximum(0, np.random.default_rng(1).standard_normal((2300, 4)))
+    passes = graph.chunk_passes(da.from_array(x, chunks=(100, 4)), np.zeros(4))
+    expected = (kernels.chunk_statistics(x), ((x > 0).T.astype(np.int64) @ (x > 0)))
+    for total, want in zip((graph.column_statistics(passes, split_every), graph.coexceedance_counts(passes, split_every)),
+                           expected):
         tasks = culled_graph(total)
-        fan_ins = {key: len(get_dependencies(tasks, key)) for key in tasks
-                   if isinstance(key, tuple) and ("segments" in key[0] or "sum" in key[0])}
-        segment_fan_ins = [n for key, n in fan_ins.items() if "segments" in key[0]]
-        assert len(segment_fan_ins) == -(-23 // split_every)  # 23 row chunks in segments of split_every
-        assert max(fan_ins.values()) <= split_every
+        running = sorted(key for key in tasks if isinstance(key, tuple) and "-running-" in key[0])
+        assert [key[1] for key in running] == list(range(-(-23 // split_every)))  # 23 row chunks
+        for key in running:
+            inputs = get_dependencies(tasks, key)
+            earlier = [other for other in inputs if "-running-" in other[0]]
+            assert earlier == ([] if key[1] == 0 else [(key[0], key[1] - 1, *key[2:])])
+            assert len(inputs) - len(earlier) == min(split_every, 23 - key[1] * split_every)
+        np.testing.assert_allclose(total.compute(), want, rtol=1e-13)
 
 
 def test_a_one_pass_plan_is_built_without_computing(samples):
