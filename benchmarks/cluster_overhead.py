@@ -11,12 +11,16 @@ chunk), then runs ``dist-relu fit`` on it three ways, each as a fresh command:
   line, before the timed runs (as on a real cluster).
 
 Each run records the command's wall time, and the fit's own seconds and stage
-timings (from its output attributes). The overhead of a scheduler is its
+timings (from its output attributes); on the command-line cluster also the
+bytes its workers sent each other during the fit (the sum over workers of
+distributed's ``Worker.transfer_outgoing_bytes_total`` after the run less
+before it). The overhead of a scheduler is its
 median against the threads' median, for the whole command and for the fit.
 Results go to ``benchmarks/results/cluster_overhead.{json,png}``.
 
     python benchmarks/cluster_overhead.py            # n = 2·10⁶, d = 100
     python benchmarks/cluster_overhead.py --quick    # n = 2·10⁵, d = 20, one repeat
+    python benchmarks/cluster_overhead.py --n 200000 --d 4096 --chunk-rows 8192
 """
 
 import argparse
@@ -70,6 +74,14 @@ def command_line_cluster(directory, n_workers=2):
             process.wait(timeout=30)
 
 
+def bytes_sent_between_workers(address):
+    """The bytes the workers of the scheduler at ``address`` have sent each other so far, summed."""
+    from distributed import Client
+
+    with Client(address, timeout=30) as client:
+        return sum(client.run(lambda dask_worker: dask_worker.transfer_outgoing_bytes_total).values())
+
+
 def run_fit(store, out, options):
     """Run `dist-relu fit` once; return its wall seconds, the fit's seconds and its stage timings."""
     start = time.perf_counter()
@@ -112,7 +124,10 @@ def main():
             # Interleaved, so that the machine's drift spreads over all three.
             for repeat in range(args.repeats):
                 for name in runs:
+                    sent_before = bytes_sent_between_workers(address) if name == "cli-cluster" else None
                     runs[name].append(run_fit(store, out, options[name]))
+                    if sent_before is not None:
+                        runs[name][-1]["bytes_between_workers"] = bytes_sent_between_workers(address) - sent_before
                     print(f"{name:>14} run {repeat + 1}: command {runs[name][-1]['wall_seconds']:.2f} s, "
                           f"fit {runs[name][-1]['fit_seconds']:.2f} s {runs[name][-1]['timings']}", flush=True)
     finally:
@@ -127,6 +142,9 @@ def main():
             "median_fit_seconds": statistics.median(r["fit_seconds"] for r in records),
             "median_stage_seconds": {s: statistics.median(r["timings"][s] for r in records) for s in stages},
         }
+        if "bytes_between_workers" in records[0]:
+            summary[name]["median_bytes_between_workers"] = statistics.median(r["bytes_between_workers"]
+                                                                             for r in records)
     base = summary["threads"]
     for name, entry in summary.items():
         entry["wall_ratio_to_threads"] = entry["median_wall_seconds"] / base["median_wall_seconds"]
@@ -153,7 +171,9 @@ def main():
           f"median of {args.repeats}")
     for name, entry in summary.items():
         print(f"{name:>14}: command {entry['median_wall_seconds']:.2f} s ({entry['wall_ratio_to_threads']:.2f}× "
-              f"threads), fit {entry['median_fit_seconds']:.2f} s ({entry['fit_ratio_to_threads']:.2f}×)")
+              f"threads), fit {entry['median_fit_seconds']:.2f} s ({entry['fit_ratio_to_threads']:.2f}×)"
+              + (f", {entry['median_bytes_between_workers'] / 2**20:,.0f} MiB between workers"
+                 if "median_bytes_between_workers" in entry else ""))
     plot(record, out_dir / f"{stem}.png")
 
 
