@@ -391,11 +391,15 @@ def orthant_pair(ai, aj, r, rules, rule_limits):
 
 
 @numba.njit(nogil=True, cache=True, error_model="numpy")
-def orthant_same_correlation(ai, aj, r, rules, rule_limits, out):
+def orthant_same_correlation(ai, aj, cdf_i, cdf_j, r, rules, rule_limits, out, totals):
     """Write ``Φ₂(ai[m], aj[m]; r)`` into ``out[m]`` for every ``m``: ``orthant_pair`` of pairs with one ``r``.
 
-    The pairs share ``θ = asin r`` and the sines at the quadrature's nodes, so
-    each pair after the first costs one exponential per node. The rule is the
+    ``cdf_i`` and ``cdf_j`` are the margins' ``Φ(ai)`` and ``Φ(aj)``, as
+    ``0.5 · erfc(−a / √2)``: callers that know them already pay no more
+    error functions. The pairs share ``θ = asin r`` and the sines at the
+    quadrature's nodes, so each pair after the first costs one exponential
+    per node. ``totals`` is scratch of ``out``'s size, the caller's, so that
+    no call allocates. The rule is the
     one the least moderate pair needs (the reference's 32 nodes if any margin
     exceeds 3), so a pair may get more nodes than ``orthant_pair`` gives it:
     the same value to rounding.
@@ -406,15 +410,13 @@ def orthant_same_correlation(ai, aj, r, rules, rule_limits, out):
         if math.isnan(ai[m]) or math.isnan(aj[m]) or math.isnan(r):
             out[m] = math.nan
             continue
-        cdf_i = 0.5 * math.erfc(-ai[m] / math.sqrt(2.0))
-        cdf_j = 0.5 * math.erfc(-aj[m] / math.sqrt(2.0))
-        out[m] = cdf_i * cdf_j
+        out[m] = cdf_i[m] * cdf_j[m]
         if not (math.isfinite(ai[m]) and math.isfinite(aj[m])):
             continue  # a margin of ±inf: a certain event or an impossible one, whatever ρ
         if r >= 1.0:
-            out[m] = min(cdf_i, cdf_j)
+            out[m] = min(cdf_i[m], cdf_j[m])
         elif r <= -1.0:
-            out[m] = max(0.0, cdf_i + cdf_j - 1.0)
+            out[m] = max(0.0, cdf_i[m] + cdf_j[m] - 1.0)
         moderate = moderate and max(abs(ai[m]), abs(aj[m])) <= _SHORT_RULE_MAX_MARGIN
     if math.isnan(r) or not -1.0 < r < 1.0:
         return
@@ -426,7 +428,7 @@ def orthant_same_correlation(ai, aj, r, rules, rule_limits, out):
                 rule = k
                 break
     nodes, weights = rules[rule]
-    totals = np.zeros(count)
+    totals[:] = 0.0
     for node in range(nodes.size):
         sine = math.sin(theta * 0.5 * (nodes[node] + 1.0))
         c2 = (1.0 - sine) * (1.0 + sine)  # cos² s, to full relative precision near |s| = π/2
@@ -436,10 +438,8 @@ def orthant_same_correlation(ai, aj, r, rules, rule_limits, out):
                                                       / (2.0 * c2))
     for m in range(count):
         if math.isfinite(ai[m]) and math.isfinite(aj[m]):
-            cdf_i = 0.5 * math.erfc(-ai[m] / math.sqrt(2.0))
-            cdf_j = 0.5 * math.erfc(-aj[m] / math.sqrt(2.0))
-            value = cdf_i * cdf_j + theta * totals[m] / (4.0 * math.pi)
-            out[m] = min(max(value, max(0.0, cdf_i + cdf_j - 1.0)), min(cdf_i, cdf_j))
+            value = cdf_i[m] * cdf_j[m] + theta * totals[m] / (4.0 * math.pi)
+            out[m] = min(max(value, max(0.0, cdf_i[m] + cdf_j[m] - 1.0)), min(cdf_i[m], cdf_j[m]))
 
 
 # The quadrature's rules, as orthant_pair takes them.

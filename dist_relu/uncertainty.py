@@ -55,8 +55,11 @@ def _orthant(h, k, rho, rules, rule_limits):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _face_moments(h, k, rho, sd, out):
-    """Write ``φ(h) h^p E[Y^q 1{Y > k}]`` into ``out[p, q]`` (p, q ≤ 2), ``Y ~ N(ρh, sd²)``: the face ``z_i = h``."""
+def _face_moments(h, face, k, rho, sd, out):
+    """Write ``φ(h) h^p E[Y^q 1{Y > k}]`` into ``out[p, q]`` (p, q ≤ 2), ``Y ~ N(ρh, sd²)``: the face ``z_i = h``.
+
+    ``face`` is ``_pdf(h)``, which the caller may know already.
+    """
     if math.isinf(h):
         out[:, :] = 0.0
         return
@@ -67,7 +70,6 @@ def _face_moments(h, k, rho, sd, out):
         alpha = (k - mean) / sd
         upper, density = _above(alpha), _pdf(alpha)
         tail = (upper, mean * upper + sd * density, (mean * mean + sd * sd) * upper + sd * (k + mean) * density)
-    face = _pdf(h)
     for q in range(3):
         out[0, q] = face * tail[q]
         out[1, q] = face * h * tail[q]
@@ -75,12 +77,15 @@ def _face_moments(h, k, rho, sd, out):
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _orthant_moments(h, k, rho, upper, t):
-    """Fill ``t`` (3, 3) with ``E[z_i^p z_j^q 1{z_i > h} 1{z_j > k}]``, ``upper`` being ``t[0, 0]`` (see ``orthant_moments``)."""
+def _orthant_moments(h, k, face_h, face_k, rho, upper, t, b_i, b_j):
+    """Fill ``t`` (3, 3) with ``E[z_i^p z_j^q 1{z_i > h} 1{z_j > k}]``, ``upper`` being ``t[0, 0]`` (see ``orthant_moments``).
+
+    ``face_h`` and ``face_k`` are ``_pdf(h)`` and ``_pdf(k)``; ``b_i`` and
+    ``b_j`` (3, 3) are scratch, the caller's, so that no call allocates.
+    """
     sd = math.sqrt((1.0 - rho) * (1.0 + rho))
-    b_i, b_j = np.empty((3, 3)), np.empty((3, 3))
-    _face_moments(h, k, rho, sd, b_i)  # b_i[p, q] = B_i(p, q)
-    _face_moments(k, h, rho, sd, b_j)  # b_j[q, p] = B_j(p, q)
+    _face_moments(h, face_h, k, rho, sd, b_i)  # b_i[p, q] = B_i(p, q)
+    _face_moments(k, face_k, h, rho, sd, b_j)  # b_j[q, p] = B_j(p, q)
     t[0, 0] = upper
     t[1, 0] = b_i[0, 0] + rho * b_j[0, 0]
     t[0, 1] = b_j[0, 0] + rho * b_i[0, 0]
@@ -94,8 +99,10 @@ def _orthant_moments(h, k, rho, upper, t):
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _orthant_moments_many(h, k, rho, out, rules, rule_limits):
+    b_i, b_j = np.empty((3, 3)), np.empty((3, 3))
     for m in range(h.size):
-        _orthant_moments(h[m], k[m], rho[m], _orthant(h[m], k[m], rho[m], rules, rule_limits), out[m])
+        _orthant_moments(h[m], k[m], _pdf(h[m]), _pdf(k[m]), rho[m], _orthant(h[m], k[m], rho[m], rules, rule_limits),
+                         out[m], b_i, b_j)
 
 
 def orthant_moments(h, k, rho):
@@ -235,13 +242,32 @@ def _score_products(first, second, moments, out):
 _BOTH, _AT_H_I, _AT_H_J, _AT_U_I, _AT_U_J, _U_I_H_J, _H_I_U_J, _U_I_U_J, _EVERYWHERE = range(9)
 
 
+# What ``_pair_variance`` needs of each coordinate alone, made once per coordinate (``_coordinate_edges``).
+_EXCEEDED, _BOUND, _ABOVE_BOUND, _ABOVE_ZERO, _PDF_BOUND, _PDF_ZERO = range(6)
+
+
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _pair_variance(scale, zero_point, margin, information, below, step, i, j, rho, p11, tetrachoric, rules,
-                   rule_limits, moments, lower_i, lower_j, uppers, cov, c, scores, out):
+def _coordinate_edges(margin, zero_point):
+    """Per coordinate: ``P(z > −a)``, the bound ``h = max(−a, u)``, ``P(z > h)``, ``P(z > u)``, ``φ(h)``, ``φ(u)``."""
+    edges = np.empty((margin.size, 6))
+    for k in range(margin.size):
+        bound = max(-margin[k], zero_point[k])
+        edges[k, _EXCEEDED] = _above(-margin[k])
+        edges[k, _BOUND] = bound
+        edges[k, _ABOVE_BOUND] = _above(bound)
+        edges[k, _ABOVE_ZERO] = _above(zero_point[k])
+        edges[k, _PDF_BOUND] = _pdf(bound)
+        edges[k, _PDF_ZERO] = _pdf(zero_point[k])
+    return edges
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _pair_variance(scale, zero_point, margin, information, below, step, edges, i, j, rho, p11, tetrachoric, rules,
+                   rule_limits, moments, faces, lower_i, lower_j, cdf_i, cdf_j, uppers, totals, cov, c, scores, out):
     """Write ``(var_ρ, var_Σ)`` of the pair ``(i, j)`` into ``out`` (see ``pair_variances``); the rest is scratch."""
     a_i, a_j, u_i, u_j = margin[i], margin[j], zero_point[i], zero_point[j]
-    h_i, h_j = max(-a_i, u_i), max(-a_j, u_j)
-    p_i, p_j = _above(-a_i), _above(-a_j)
+    h_i, h_j = edges[i, _BOUND], edges[j, _BOUND]
+    p_i, p_j = edges[i, _EXCEEDED], edges[j, _EXCEEDED]
     sd = math.sqrt((1.0 - rho) * (1.0 + rho))
     density = math.exp(-(a_i * a_i - 2.0 * rho * a_i * a_j + a_j * a_j) / (2.0 * sd * sd)) / (2.0 * math.pi * sd)
     weight_i, weight_j = _above(-(a_j - rho * a_i) / sd), _above(-(a_i - rho * a_j) / sd)
@@ -254,23 +280,28 @@ def _pair_variance(scale, zero_point, margin, information, below, step, i, j, rh
     cov[2, 2] = p_j * (1.0 - p_j)
     cov[1, 2] = p11 - p_i * p_j
 
+    # The three orthants bounded on both sides share ρ, and so one quadrature's sines; Φ(−u) = P(z > u).
+    lower_i[0], lower_j[0], cdf_i[0], cdf_j[0] = -u_i, -h_j, edges[i, _ABOVE_ZERO], edges[j, _ABOVE_BOUND]
+    lower_i[1], lower_j[1], cdf_i[1], cdf_j[1] = -h_i, -u_j, edges[i, _ABOVE_BOUND], edges[j, _ABOVE_ZERO]
+    lower_i[2], lower_j[2], cdf_i[2], cdf_j[2] = -u_i, -u_j, edges[i, _ABOVE_ZERO], edges[j, _ABOVE_ZERO]
+    compiled.orthant_same_correlation(lower_i, lower_j, cdf_i, cdf_j, rho, rules, rule_limits, uppers, totals)
     none = -math.inf
-    bounds = ((h_i, h_j), (h_i, none), (none, h_j), (u_i, none), (none, u_j), (u_i, h_j), (h_i, u_j), (u_i, u_j),
-              (none, none))
-    # The three orthants bounded on both sides share ρ, and so one quadrature's sines.
-    for m in range(3):
-        h, k = bounds[_U_I_H_J + m]
-        lower_i[m], lower_j[m] = -h, -k
-    compiled.orthant_same_correlation(lower_i, lower_j, rho, rules, rule_limits, uppers)
+    face_h_i, face_h_j, face_u_i, face_u_j = edges[i, _PDF_BOUND], edges[j, _PDF_BOUND], edges[i, _PDF_ZERO], \
+        edges[j, _PDF_ZERO]
+    # Per orthant, in the order of _BOTH ... _EVERYWHERE: its bounds, φ at them, and P(z_i > h, z_j > k) (a
+    # bound of −inf has φ = 0, and P(z > −inf) = 1).
+    orthants = ((h_i, h_j, face_h_i, face_h_j, p11),
+                (h_i, none, face_h_i, 0.0, edges[i, _ABOVE_BOUND]),
+                (none, h_j, 0.0, face_h_j, edges[j, _ABOVE_BOUND]),
+                (u_i, none, face_u_i, 0.0, edges[i, _ABOVE_ZERO]),
+                (none, u_j, 0.0, face_u_j, edges[j, _ABOVE_ZERO]),
+                (u_i, h_j, face_u_i, face_h_j, uppers[0]),
+                (h_i, u_j, face_h_i, face_u_j, uppers[1]),
+                (u_i, u_j, face_u_i, face_u_j, uppers[2]),
+                (none, none, 0.0, 0.0, 1.0))
     for m in range(9):
-        h, k = bounds[m]
-        if m == _BOTH:
-            upper = p11
-        elif m >= _U_I_H_J and m < _EVERYWHERE:
-            upper = uppers[m - _U_I_H_J]
-        else:  # bounded on one side at most
-            upper = _above(h) * _above(k)
-        _orthant_moments(h, k, rho, upper, moments[m])
+        h, k, face_h, face_k, upper = orthants[m]
+        _orthant_moments(h, k, face_h, face_k, rho, upper, moments[m], faces[0], faces[1])
 
     below_i, step_i, below_j, step_j = below[i], step[i], below[j], step[j]
     v_i, v_j = information[i], information[j]
@@ -321,11 +352,15 @@ def _pair_variance(scale, zero_point, margin, information, below, step, i, j, rh
 @numba.njit(cache=True, nogil=True, error_model="numpy")
 def _pair_variances(scale, zero_point, margin, information, below, step, first, second, rho, p11, tetrachoric,
                     rules, rule_limits, out):
-    moments, cov, c, scores = np.empty((9, 3, 3)), np.empty((7, 7)), np.empty(7), np.empty((2, 2))
-    lower_i, lower_j, uppers = np.empty(3), np.empty(3), np.empty(3)
+    moments, faces, cov, c, scores = np.empty((9, 3, 3)), np.empty((2, 3, 3)), np.empty((7, 7)), np.empty(7), \
+        np.empty((2, 2))
+    lower_i, lower_j, cdf_i, cdf_j, uppers, totals = np.empty(3), np.empty(3), np.empty(3), np.empty(3), np.empty(3), \
+        np.empty(3)
+    edges = _coordinate_edges(margin, zero_point)
     for m in range(rho.size):
-        _pair_variance(scale, zero_point, margin, information, below, step, first[m], second[m], rho[m], p11[m],
-                       tetrachoric, rules, rule_limits, moments, lower_i, lower_j, uppers, cov, c, scores, out[m])
+        _pair_variance(scale, zero_point, margin, information, below, step, edges, first[m], second[m], rho[m],
+                       p11[m], tetrachoric, rules, rule_limits, moments, faces, lower_i, lower_j, cdf_i, cdf_j, uppers,
+                       totals, cov, c, scores, out[m])
 
 
 def pair_variances(terms, first, second, rho, p11, inversion="tetrachoric"):

@@ -2,6 +2,7 @@
 
 import numpy as np
 import pytest
+import scipy.special
 
 from dist_relu import kernels, compiled
 
@@ -210,5 +211,6 @@ def test_orthants_of_one_correlation_are_each_pairs_own():
         rho = [rng.uniform(-1, 1), 1.0, -1.0, 0.0, 0.9999][trial % 5]
         if trial % 7 == 0:
             a_i[trial % 3] = [np.inf, -np.inf, np.nan][trial % 3]
-        compiled.orthant_same_correlation(a_i, a_j, rho, *compiled.ORTHANT_RULES, out)
+        cdf_i, cdf_j = (0.5 * scipy.special.erfc(-a / np.sqrt(2)) for a in (a_i, a_j))
+        compiled.orthant_same_correlation(a_i, a_j, cdf_i, cdf_j, rho, *compiled.ORTHANT_RULES, out, np.empty(3))
         np.testing.assert_allclose(out, compiled.orthant_probability(a_i, a_j, rho), rtol=0, atol=4e-16)
