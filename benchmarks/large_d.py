@@ -281,6 +281,9 @@ def main():
         "count_kernel": attributes["count_kernel"],
         "memory_model": memory,
         "predicted_tasks_mb": memory["task_bytes"] * memory["threads"] / 2**20,
+        # With the pass's waiting results (budget.waiting_bytes; recorded by fits from its introduction on).
+        "predicted_pass_mb": ((memory["task_bytes"] * memory["threads"] + memory["waiting_bytes"]) / 2**20
+                              if "waiting_bytes" in memory else None),
         "covariance_shards": outputs["covariance"]["shards"],
         "square_outputs": outputs,
         "fit_mb_on_disk": fit_mb,
@@ -311,7 +314,9 @@ def main():
               f"peak {peak_text(span['peak_above_baseline_mb'])} above baseline, load {span['load_average'][0]:.2f}")
     print(f"column blocks of {attributes['column_block']}, {attributes['count_kernel']} counts; "
           f"budget: {memory['task_bytes'] / 2**20:.0f} MiB per task × {memory['threads']} threads = "
-          f"{record['predicted_tasks_mb']:.0f} MiB (share {memory['share_per_thread'] / 2**20:.0f} MiB per thread)")
+          f"{record['predicted_tasks_mb']:.0f} MiB (share {memory['share_per_thread'] / 2**20:.0f} MiB per thread)"
+          + (f"; with the pass's waiting results {record['predicted_pass_mb']:.0f} MiB"
+             if record["predicted_pass_mb"] is not None else ""))
     for name, layout in outputs.items():
         print(f"  {name}: shards {layout['shards']}, chunks {layout['chunks']}, {layout['mb_on_disk']:.0f} MB on disk "
               f"({layout['mb_raw']:.0f} MB raw)")
@@ -352,6 +357,9 @@ def plot(record, path):
             ax.axvspan(span["start"], span["end"], color=colours[k % len(colours)], alpha=0.2, label=span["stage"])
         ax.axhline(record["predicted_tasks_mb"] / 1024, color="tab:red", ls="--", lw=0.8,
                    label="budget: task_bytes × threads")
+        if record.get("predicted_pass_mb"):
+            ax.axhline(record["predicted_pass_mb"] / 1024, color="tab:purple", ls=":", lw=0.8,
+                       label="+ the pass's waiting results")
         ax.set_xlabel("seconds from the fit's start")
         ax.set_ylabel("resident memory above imports (GiB)")
         ax.legend(fontsize=7, loc="upper right")

@@ -8,8 +8,8 @@ Per task, with ``c`` columns per block, ``r`` rows per chunk, ``k`` =
   reads each block's columns in place; ``S + S·c/C + c·r/8 + r`` when the
   stored chunks have ``C < d`` columns, for the block a rechunk makes;
 - count: ``2·c·r/8 + 8c²`` (two packed blocks, one int64 count block);
-- running sum over a segment: ``8(k + 2)·c²`` (``k`` count blocks, the
-  running sum before and after);
+- running sum over a segment: ``8(k + 2)·c²`` (``k`` count blocks of at
+  most 8 bytes a count, the running sum before, and the one it makes);
 - inversion: ``48c² + P·B`` (counts, ρ and Σ̂ of the block, pair indices, and
   ``P`` = ``kernels.INVERSION_SLAB_PAIRS`` pairs of ``B`` =
   ``kernels.INVERSION_BYTES_PER_PAIR`` temporaries);
@@ -19,7 +19,12 @@ Per task, with ``c`` columns per block, ``r`` rows per chunk, ``k`` =
 
 ``task_bytes`` is the largest of these. A worker's share per task is half its
 memory divided by its threads: the other half is for results waiting between
-tasks. ``column_block_for`` takes the widest block (a multiple of 64 up to 512
+tasks. Of those, the main pass's are the largest (``waiting_bytes``): the
+running sums of the counts, 8 bytes for each of the ``U`` counted pairs of
+the upper block triangle, and up to a segment's partial counts, ``k·b``
+bytes a pair in the ``b``-byte type that holds a row chunk's counts
+(``compiled.count_dtype``); ``check_waiting`` refuses a fit whose waiting
+results would not fit that half. ``column_block_for`` takes the widest block (a multiple of 64 up to 512
 columns, of 256 beyond, or ``d``)
 that fits the share; beyond 512 columns it also keeps at least ``4 ×
 threads`` blocks in the upper triangle, so that the inversion has work for
@@ -27,14 +32,25 @@ every thread.
 """
 
 import os
+from typing import NamedTuple
 
 from . import kernels
 
 _SMALL_BLOCK = 512
 
 
-def task_bytes(column_block, row_chunk, stored_chunk_bytes, split_every, rechunked_from=None, jackknife_groups=0):
-    """Return the bytes the largest task of a fit holds, by the model above.
+class TaskBytes(NamedTuple):
+    """The bytes each kind of task of a fit holds, by the model above (``jackknife`` 0 without one)."""
+
+    passing: int
+    counting: int
+    summing: int
+    inverting: int
+    jackknife: int
+
+
+def task_sizes(column_block, row_chunk, stored_chunk_bytes, split_every, rechunked_from=None, jackknife_groups=0):
+    """Return the ``TaskBytes`` of a fit's tasks.
 
     ``rechunked_from`` is ``C``, the columns of a stored chunk, when column
     blocks are made by a rechunk; ``None`` when chunks hold whole rows.
@@ -42,12 +58,39 @@ def task_bytes(column_block, row_chunk, stored_chunk_bytes, split_every, rechunk
     """
     c, r = int(column_block), int(row_chunk)
     block_copy = 0 if rechunked_from is None else stored_chunk_bytes * c / int(rechunked_from)
-    passing = stored_chunk_bytes + block_copy + c * r / 8 + r
-    counting = 2 * c * r / 8 + 8 * c * c
-    reducing = 8 * (split_every + 2) * c * c
-    inverting = 48 * c * c + kernels.INVERSION_SLAB_PAIRS * kernels.INVERSION_BYTES_PER_PAIR
-    jackknife = 8 * (jackknife_groups + 10) * c * c + kernels.INVERSION_SLAB_PAIRS * kernels.INVERSION_BYTES_PER_PAIR
-    return int(max(passing, counting, reducing, inverting, jackknife if jackknife_groups else 0))
+    slab = kernels.INVERSION_SLAB_PAIRS * kernels.INVERSION_BYTES_PER_PAIR
+    return TaskBytes(
+        passing=int(stored_chunk_bytes + block_copy + c * r / 8 + r),
+        counting=int(2 * c * r / 8 + 8 * c * c),
+        summing=8 * (split_every + 2) * c * c,
+        inverting=48 * c * c + slab,
+        jackknife=8 * (jackknife_groups + 10) * c * c + slab if jackknife_groups else 0,
+    )
+
+
+def task_bytes(column_block, row_chunk, stored_chunk_bytes, split_every, rechunked_from=None, jackknife_groups=0):
+    """Return the bytes the largest task of a fit holds (the largest of ``task_sizes``)."""
+    return max(task_sizes(column_block, row_chunk, stored_chunk_bytes, split_every, rechunked_from, jackknife_groups))
+
+
+def waiting_bytes(column_chunks, split_every, row_chunk):
+    """Return the bytes of the main pass's results that wait between tasks: ``U·(8 + k·b)`` (see above)."""
+    from .compiled import count_dtype
+
+    sizes = [int(c) for c in column_chunks]
+    counted = (sum(sizes) ** 2 + sum(c * c for c in sizes)) // 2  # U: the pairs of blocks I ≤ J
+    return counted * (8 + split_every * count_dtype(row_chunk).itemsize)
+
+
+def check_waiting(waiting, share_bytes, threads, split_every):
+    """Raise ``ValueError`` if ``waiting`` bytes exceed the half of memory the shares leave for them."""
+    if waiting > share_bytes * threads:
+        raise ValueError(
+            f"the main pass keeps {waiting / 2**20:,.0f} MiB of running sums and partial counts waiting between "
+            f"tasks, more than the {share_bytes * threads / 2**20:,.0f} MiB (half of the memory of all "
+            f"{threads} worker threads) left for them; give the workers more memory (--memory-per-worker), add "
+            f"workers, or sum fewer row chunks per task (--split-every, now {split_every})"
+        )
 
 
 def column_block_for(d, row_chunk, stored_chunk_bytes, split_every, share_bytes, threads, rechunked_from=None,

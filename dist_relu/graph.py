@@ -84,11 +84,13 @@ def finite_row_mask(samples):
 
 
 def _running_sum(previous, parts, checkpoint, name, index):
-    # Counts arrive in the narrowest type that holds a chunk's (compiled.count_dtype); they are summed in int64.
-    integer = np.issubdtype(parts[0].dtype, np.integer)
-    total = np.concatenate(parts, axis=0).sum(axis=0, keepdims=True, dtype=np.int64 if integer else None)
+    # Counts arrive in the narrowest type that holds a chunk's (compiled.count_dtype); they are summed in int64,
+    # part by part into one array: the task holds its inputs and one block more (budget.task_bytes).
+    total = np.array(parts[0], dtype=np.int64 if np.issubdtype(parts[0].dtype, np.integer) else parts[0].dtype)
+    for part in parts[1:]:
+        total += part
     if previous is not None:
-        total = previous + total
+        total += previous
     return total if checkpoint is None else checkpoint.save(name, index, total)
 
 

@@ -7,7 +7,7 @@ import pytest
 import zarr
 
 import dist_relu
-from dist_relu import budget, kernels, compiled
+from dist_relu import budget, compiled, graph, kernels
 
 
 def peak_bytes(function, *args):
@@ -31,11 +31,21 @@ def test_the_model_bounds_what_the_inversion_and_the_count_tasks_hold(c):
     chunk_pass = compiled.chunk_pass(chunk, np.full(c, 0.5))
     counting = peak_bytes(compiled.popcount_counts, chunk_pass.indicators, chunk_pass.indicators)
     passing = peak_bytes(compiled.chunk_pass, chunk, np.full(c, 0.5))
-    model = budget.task_bytes(c, rows, chunk.nbytes, split_every=8)
-    assert max(inversion, counting, passing) <= model, (inversion, counting, passing, model)
+    model = budget.task_sizes(c, rows, chunk.nbytes, split_every=8)
+    assert inversion <= model.inverting and counting <= model.counting and passing <= model.passing, (
+        inversion, counting, passing, model)
+    assert max(model) == budget.task_bytes(c, rows, chunk.nbytes, split_every=8)
+    # A segment's running sum: its inputs (8 count blocks and the sum before) and what it allocates.
+    for dtype in (np.uint16, np.uint32, np.int64):
+        parts = [counts[None].astype(dtype) for _ in range(8)]
+        summing = peak_bytes(graph._running_sum, counts[None], parts, None, "counts", (1, 0, 0))
+        held = summing + sum(part.nbytes for part in parts) + counts.nbytes
+        assert held <= model.summing + 4096, (dtype, held, model.summing)  # (arrays' headers, the list)
+        if dtype == np.int64:
+            assert held > 0.9 * model.summing  # the model is for int64 partials, and not loose there
     # ...and not by a wide margin for the inversion of a large block, which the model is for.
     if c == 512:
-        assert inversion > model / 4
+        assert inversion > model.inverting / 4
 
 
 def test_the_model_bounds_the_pass_over_a_column_block_of_a_wider_chunk():
@@ -93,3 +103,24 @@ def test_the_command_line_takes_sizes_and_refuses_bad_ones(tmp_path, simulated):
     for option, value in (("--memory-per-worker", "lots"), ("--column-block", "wide"), ("--column-block", "0")):
         result = runner.invoke(main, ["fit", str(path), "--out", str(tmp_path / "g.zarr"), option, value])
         assert result.exit_code == 2 and value in result.output
+
+
+def test_a_pass_whose_waiting_sums_do_not_fit_the_other_half_of_memory_is_refused():
+    """Each task fits its share, but the running sums and a segment's partial counts would not fit what is left."""
+    import math
+
+    import dask.array as da
+
+    from dist_relu import pipeline
+
+    threads = budget.memory_share()[1]
+    d = 3000 * math.ceil(math.sqrt(threads))  # about 12·d² bytes wait: more than 60 MiB per thread
+    samples = da.zeros((100_000, d), chunks=(256, d), dtype=np.float32)  # lazy: planning reads nothing
+    share = 60 * 2**20
+    with pytest.raises(ValueError, match="waiting between tasks.*--split-every, now 8"):
+        pipeline.plan_layout(samples, "auto", memory_per_worker=2 * threads * share, split_every=8)
+    layout = pipeline.plan_layout(samples, "auto", memory_per_worker=32 * threads * share, split_every=8)
+    blocks = layout.column_chunks
+    counted = sum(blocks[i] * blocks[j] for i in range(len(blocks)) for j in range(i, len(blocks)))
+    assert layout.memory["waiting_bytes"] == counted * (8 + 8 * 2)  # uint16 partial counts of 256 rows
+    assert layout.memory["waiting_bytes"] <= layout.memory["share_per_thread"] * threads
