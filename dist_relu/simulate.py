@@ -109,12 +109,27 @@ def simulate_to_zarr(out, weights, bias, n_samples, chunk_rows=65_536, seed=0, d
     }
     with storage.atomic_output(out, storage.SAMPLES_FORMAT, (), overwrite) as partial:
         io.write_group(partial, {"samples": samples}, attributes, progress=progress, codecs=io.SAMPLE_CODECS)
-        truth = {"weights": weights, "covariance": weights @ weights.T, "bias": bias}
+        truth = {"weights": weights, "covariance": gram(weights), "bias": bias}
         if mixing is not None:
             truth["mixing"] = mixing
         io.write_group(f"{partial}/truth", truth, {"note": "the parameters the samples were drawn from",
                                                    "noise": float(noise), "latent": latent})
     return attributes
+
+
+def gram(weights, rows=1024):
+    """Return ``W Wᵀ``, exactly symmetric, made by blocks of ``rows`` rows: GEMM on the upper triangle, mirrored.
+
+    numpy hands ``W @ W.T`` itself to BLAS's SYRK, which OpenBLAS's threads
+    crashed in (SIGSEGV) from ``d`` ≈ 15,000 on this project's machines.
+    """
+    d = weights.shape[0]
+    out = np.empty((d, d), dtype=np.result_type(weights, np.float64))
+    for start in range(0, d, rows):
+        stop = min(start + rows, d)
+        out[start:stop, start:] = weights[start:stop] @ weights[start:].T
+        out[start:, start:stop] = out[start:stop, start:].T
+    return out
 
 
 def two_layer_truth(d, hidden, kappa=1.0, seed=0, bias="clipped"):

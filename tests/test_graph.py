@@ -129,3 +129,13 @@ def test_a_one_pass_plan_is_built_without_computing(samples):
     assert isinstance(plan.main.thresholds, da.Array) and isinstance(plan.main.sums.counts, da.Array)
     record = plan.record()
     assert record["passes"] == 1 and record["pilot_rows"] == 200 and record["column_block"] == 4
+
+
+@pytest.mark.parametrize("d, rows", [(2500, 1024), (30, 7), (5, 1024)])
+def test_the_truths_covariance_is_w_wt_and_exactly_symmetric(d, rows):
+    from dist_relu.simulate import gram
+
+    weights = np.random.default_rng(d).standard_normal((d, 40))
+    covariance = gram(weights, rows)
+    assert np.array_equal(covariance, covariance.T)
+    np.testing.assert_allclose(covariance, weights @ weights.T, rtol=1e-12, atol=1e-11)
