@@ -17,18 +17,20 @@ Per task, with ``c`` columns per block, ``r`` rows per chunk, ``k`` =
   P·B`` (the ``G`` groups' count blocks, and the inversion's and the
   replicates' running sums).
 
-``task_bytes`` is the largest of these. A worker's share per task is half its
-memory divided by its threads: the other half is for results waiting between
-tasks. Of those, the main pass's are the largest (``waiting_bytes``): the
-running sums of the counts, 8 bytes for each of the ``U`` counted pairs of
-the upper block triangle, and up to a segment's partial counts, ``k·b``
-bytes a pair in the ``b``-byte type that holds a row chunk's counts
-(``compiled.count_dtype``); ``check_waiting`` refuses a fit whose waiting
-results would not fit that half. ``column_block_for`` takes the widest block (a multiple of 64 up to 512
-columns, of 256 beyond, or ``d``)
-that fits the share; beyond 512 columns it also keeps at least ``4 ×
-threads`` blocks in the upper triangle, so that the inversion has work for
-every thread.
+``task_bytes`` is the largest of these (``task_sizes`` gives each). A
+worker's share per task is half its memory divided by its threads: the other
+half is for results waiting between tasks. Of those, the main pass's are the
+largest (``waiting_bytes``): the running sums of the counts, 8 bytes for each
+of the ``U`` counted pairs of the upper block triangle, and up to a segment's
+partial counts, ``k·b`` bytes a pair in the ``b``-byte type that holds a row
+chunk's counts (``compiled.count_dtype``); ``check_waiting`` refuses a fit
+whose waiting results would not fit that half. The model leaves out the
+chunks read and waiting for their block passes.
+
+``column_block_for`` takes the widest block (a multiple of 64 up to 512
+columns, of 256 beyond, or ``d``) that fits the share; beyond 512 columns it
+also keeps at least ``4 × threads`` blocks in the upper triangle, so that the
+inversion has work for every thread.
 """
 
 import os
