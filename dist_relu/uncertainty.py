@@ -242,7 +242,7 @@ def _score_products(first, second, moments, out):
 _BOTH, _AT_H_I, _AT_H_J, _AT_U_I, _AT_U_J, _U_I_H_J, _H_I_U_J, _U_I_U_J, _EVERYWHERE = range(9)
 
 
-# What ``_pair_variance`` needs of each coordinate alone, made once per coordinate (``_coordinate_edges``).
+# What ``_pair_variance`` needs of each coordinate alone, made once per coordinate (``coordinate_edges``).
 _EXCEEDED, _BOUND, _ABOVE_BOUND, _ABOVE_ZERO, _PDF_BOUND, _PDF_ZERO = range(6)
 
 
@@ -350,20 +350,25 @@ def _pair_variance(scale, zero_point, margin, information, below, step, edges, i
 
 
 @numba.njit(cache=True, nogil=True, error_model="numpy")
-def _pair_variances(scale, zero_point, margin, information, below, step, first, second, rho, p11, tetrachoric,
-                    rules, rule_limits, out):
+def _pair_variances(scale, zero_point, margin, information, below, step, edges, first, second, rho, p11,
+                    tetrachoric, rules, rule_limits, out):
     moments, faces, cov, c, scores = np.empty((9, 3, 3)), np.empty((2, 3, 3)), np.empty((7, 7)), np.empty(7), \
         np.empty((2, 2))
     lower_i, lower_j, cdf_i, cdf_j, uppers, totals = np.empty(3), np.empty(3), np.empty(3), np.empty(3), np.empty(3), \
         np.empty(3)
-    edges = _coordinate_edges(margin, zero_point)
     for m in range(rho.size):
         _pair_variance(scale, zero_point, margin, information, below, step, edges, first[m], second[m], rho[m],
                        p11[m], tetrachoric, rules, rule_limits, moments, faces, lower_i, lower_j, cdf_i, cdf_j, uppers,
                        totals, cov, c, scores, out[m])
 
 
-def pair_variances(terms, first, second, rho, p11, inversion="tetrachoric"):
+def coordinate_edges(terms):
+    """Return what a pair's variance needs of each coordinate of ``terms`` alone: its bound, tails and densities."""
+    margin, zero_point = (np.ascontiguousarray(field, dtype=np.float64) for field in (terms.margin, terms.zero_point))
+    return _coordinate_edges(margin, zero_point)
+
+
+def pair_variances(terms, first, second, rho, p11, inversion="tetrachoric", edges=None):
     """Return ``(var_ρ, var_Σ)`` per sample (divide by ``n``) of pairs ``i ≠ j`` with ``|ρ| < 1``.
 
     Parameters
@@ -378,6 +383,9 @@ def pair_variances(terms, first, second, rho, p11, inversion="tetrachoric"):
     inversion : {"tetrachoric", "model"}
         The margins ``ρ̂`` was inverted with: ``Φ⁻¹(c_i/n)``, or
         ``(b̂_i − t_i)/σ̂_i`` (then ``ρ̂`` carries the Step 1 errors too).
+    edges : ndarray, optional
+        ``coordinate_edges(terms)``, made once by a caller whose many calls
+        share ``terms``; made here by default.
 
     Notes
     -----
@@ -389,7 +397,8 @@ def pair_variances(terms, first, second, rho, p11, inversion="tetrachoric"):
     negative, so in the model ``−a ≥ u``). Compiled, pair by pair.
     """
     out = np.empty((len(rho), 2))
-    _pair_variances(*(np.ascontiguousarray(field, dtype=np.float64) for field in terms[:6]),
+    edges = coordinate_edges(terms) if edges is None else edges
+    _pair_variances(*(np.ascontiguousarray(field, dtype=np.float64) for field in terms[:6]), edges,
                     np.asarray(first, dtype=np.int64), np.asarray(second, dtype=np.int64),
                     np.asarray(rho, dtype=np.float64), np.asarray(p11, dtype=np.float64),
                     inversion == "tetrachoric", *compiled.ORTHANT_RULES, out)
@@ -429,6 +438,7 @@ def standard_error_block(counts, n, covariance, terms_i, terms_j, index_i, index
     terms = CoordinateTerms.unstack(np.concatenate([terms_i, terms_j]))  # the rows', then the columns'
     terms_i, terms_j = CoordinateTerms.unstack(terms_i), CoordinateTerms.unstack(terms_j)
     out = np.full((2,) + counts.shape, np.nan)
+    edges = coordinate_edges(terms)  # once for the block's slabs
     diagonal = counts.shape[0] == counts.shape[1] and np.array_equal(index_i, index_j)
     if diagonal:
         rows, columns = np.triu_indices(counts.shape[0], k=1)
@@ -451,7 +461,7 @@ def standard_error_block(counts, n, covariance, terms_i, terms_j, index_i, index
             fit = np.flatnonzero(informed & estimated)
             if fit.size:
                 var_rho, var_sigma = pair_variances(terms, i[fit], len(terms_i.scale) + j[fit], rho[fit],
-                                                    both[fit] / n, inversion)
+                                                    both[fit] / n, inversion, edges)
                 # The delta method fails where the orthant density vanishes (ρ̂ numerically at ±1): no information.
                 se[0, fit] = np.where(var_rho > 0, np.sqrt(var_rho / n), np.where(np.isnan(var_rho), np.nan, np.inf))
                 se[1, fit] = np.where(var_sigma > 0, np.ldexp(np.sqrt(var_sigma / n), units[fit]),
