@@ -23,7 +23,7 @@ half is for results waiting between tasks. Of those, the main pass's are the
 largest (``waiting_bytes``): the running sums of the counts, 8 bytes for each
 of the ``U`` counted pairs of the upper block triangle, and up to a segment's
 partial counts, ``k·b`` bytes a pair in the ``b``-byte type that holds a row
-chunk's counts (``compiled.count_dtype``); ``check_waiting`` refuses a fit
+chunk's counts (``kernels.count_dtype``); ``check_waiting`` refuses a fit
 whose waiting results would not fit that half. The model leaves out the
 chunks read and waiting for their block passes.
 
@@ -77,11 +77,9 @@ def task_bytes(column_block, row_chunk, stored_chunk_bytes, split_every, rechunk
 
 def waiting_bytes(column_chunks, split_every, row_chunk):
     """Return the bytes of the main pass's results that wait between tasks: ``U·(8 + k·b)`` (see above)."""
-    from .compiled import count_dtype
-
     sizes = [int(c) for c in column_chunks]
     counted = (sum(sizes) ** 2 + sum(c * c for c in sizes)) // 2  # U: the pairs of blocks I ≤ J
-    return counted * (8 + split_every * count_dtype(row_chunk).itemsize)
+    return counted * (8 + split_every * kernels.count_dtype(row_chunk).itemsize)
 
 
 def check_waiting(waiting, share_bytes, threads, split_every):

@@ -190,18 +190,6 @@ def _popcount_counts(a, b, out, symmetric):
                 out[i, j] = out[j, i]
 
 
-def count_dtype(rows):
-    """Return the narrowest unsigned integer type that holds every count of ``rows`` rows exactly.
-
-    A chunk's partial counts travel between worker processes on a cluster:
-    in ``uint16`` (up to 65,535 rows) they are a quarter of the bytes of int64.
-    """
-    for dtype in (np.uint16, np.uint32):
-        if rows <= np.iinfo(dtype).max:
-            return np.dtype(dtype)
-    return np.dtype(np.int64)
-
-
 def popcount_counts(packed_i, packed_j, dtype=np.int64):
     """Return the exact ``(d_i, d_j)`` counts of rows where both indicators are set, by AND and popcount.
 
@@ -222,10 +210,10 @@ def gemm_counts(packed_i, packed_j, rows):
 
 
 def count_block(packed_i, packed_j, rows, kernel):
-    """Return the counts of two packed blocks of ``rows`` rows with ``kernel`` ("popcount" or "gemm"), in ``count_dtype(rows)``."""
+    """Return the counts of two packed blocks of ``rows`` rows with ``kernel`` ("popcount" or "gemm"), in ``kernels.count_dtype(rows)``."""
     if kernel == "popcount":
-        return popcount_counts(packed_i, packed_j, count_dtype(rows))
-    return gemm_counts(packed_i, packed_j, rows).astype(count_dtype(rows))
+        return popcount_counts(packed_i, packed_j, kernels.count_dtype(rows))
+    return gemm_counts(packed_i, packed_j, rows).astype(kernels.count_dtype(rows))
 
 
 # The timing block of choose_count_kernel is at most this wide and this long:

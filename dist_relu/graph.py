@@ -42,7 +42,7 @@ def _coexceedance_partial(pass_i, pass_j, kernel):
     # Blockwise hands a diagonal pair the same object twice, so count_block sees
     # one indicator array on both sides and counts its triangle only.
     kernel = kernel if isinstance(kernel, str) else compiled.COUNT_KERNELS[int(kernel)]
-    return compiled.count_block(pass_i.indicators, pass_j.indicators, pass_i.rows, kernel)[None]  # count_dtype
+    return compiled.count_block(pass_i.indicators, pass_j.indicators, pass_i.rows, kernel)[None]  # kernels.count_dtype
 
 
 def _count_kernel_index(first_pass, rows):
@@ -84,7 +84,7 @@ def finite_row_mask(samples):
 
 
 def _running_sum(previous, parts, checkpoint, name, index):
-    # Counts arrive in the narrowest type that holds a chunk's (compiled.count_dtype); they are summed in int64,
+    # Counts arrive in the narrowest type that holds a chunk's (kernels.count_dtype); they are summed in int64,
     # part by part into one array: the task holds its inputs and one block more (budget.task_bytes).
     total = np.array(parts[0], dtype=np.int64 if np.issubdtype(parts[0].dtype, np.integer) else parts[0].dtype)
     for part in parts[1:]:

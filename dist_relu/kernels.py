@@ -192,6 +192,18 @@ def exceedance_indicators(x, thresholds, keep=None):
     return (x > thresholds).astype(np.float32)
 
 
+def count_dtype(rows):
+    """Return the narrowest unsigned integer type that holds every count of ``rows`` rows exactly.
+
+    A chunk's partial counts travel between worker processes on a cluster:
+    in ``uint16`` (up to 65,535 rows) they are a quarter of the bytes of int64.
+    """
+    for dtype in (np.uint16, np.uint32):
+        if rows <= np.iinfo(dtype).max:
+            return np.dtype(dtype)
+    return np.dtype(np.int64)
+
+
 def coexceedance_partial(indicators_i, indicators_j):
     """Return the exact integer count block ``Iᵢᵀ Iⱼ`` of two indicator blocks.
 

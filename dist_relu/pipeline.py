@@ -124,16 +124,15 @@ def plan_layout(samples, column_block="auto", memory_per_worker=None, split_ever
         rechunked_from = None if samples.numblocks[1] == 1 else stored_columns
         column_block = budget.column_block_for(d, row_chunk, stored_chunk_bytes, split_every, share, threads,
                                                rechunked_from, jackknife_groups)
-        column_chunks = (column_block,) * (d // column_block) + ((d % column_block,) if d % column_block else ())
-        waiting = budget.waiting_bytes(column_chunks, split_every, row_chunk)
-        budget.check_waiting(waiting, share, threads, split_every)
         memory = {"share_per_thread": share, "threads": threads,
                   "task_bytes": budget.task_bytes(column_block, row_chunk, stored_chunk_bytes, split_every,
-                                                  rechunked_from, jackknife_groups),
-                  "waiting_bytes": waiting}
+                                                  rechunked_from, jackknife_groups)}
     blocked = samples
     if max(samples.chunks[1]) != min(column_block, d) or len(set(samples.chunks[1][:-1])) > 1:
         blocked = samples.rechunk({1: column_block})
+    if memory is not None:
+        memory["waiting_bytes"] = budget.waiting_bytes(blocked.chunks[1], split_every, max(blocked.chunks[0]))
+        budget.check_waiting(memory["waiting_bytes"], share, threads, split_every)
     # The fused passes read chunks of whole rows block by block, in place (graph.chunk_passes); other
     # chunkings, and the SGD chains, go through the rechunk to column blocks.
     passed = samples if samples.numblocks[1] == 1 else blocked

@@ -44,7 +44,7 @@ def test_counts_come_in_the_narrowest_type_that_holds_them(rows):
     for kernel, got in both_counts(x, x, np.zeros(2), np.zeros(2), same=True).items():
         assert got.dtype == (np.uint16 if rows < 2**16 else np.uint32), kernel
         np.testing.assert_array_equal(got, rows)
-    assert compiled.count_dtype(2**32 - 1) == np.uint32 and compiled.count_dtype(2**32) == np.int64
+    assert kernels.count_dtype(2**32 - 1) == np.uint32 and kernels.count_dtype(2**32) == np.int64
 
 
 @pytest.mark.parametrize("name", BLOCKS)
@@ -56,7 +56,7 @@ def test_both_count_paths_equal_the_integer_gram_of_the_indicators(name):
     t_i, t_j = np.full(d_i, 0.5), np.full(d_j, 0.5)
     expected = reference_counts(x_i, x_j, t_i, t_j)
     for kernel, got in both_counts(x_i, x_j, t_i, t_j).items():
-        assert got.dtype == compiled.count_dtype(rows)
+        assert got.dtype == kernels.count_dtype(rows)
         np.testing.assert_array_equal(got, expected, err_msg=kernel)
     if d_i == d_j:
         # The diagonal block: the same indicators on both sides, counted as a triangle and mirrored.
