@@ -462,3 +462,22 @@ def test_an_unreachable_scheduler_is_an_environment_error(workspace):
     line, = result.stderr.strip().splitlines()
     assert f"cannot reach the dask scheduler at tcp://127.0.0.1:{port}" in line
     assert not (workspace / "new.zarr").exists()
+
+
+def test_a_fit_whose_waiting_sums_do_not_fit_memory_is_refused_and_changes_nothing(workspace):
+    """Each task fits its share, but the running sums of a wide store would not: refused before any work."""
+    import math
+
+    from dist_relu import budget
+
+    threads = budget.memory_share()[1]
+    d = 3000 * math.ceil(math.sqrt(threads))  # about 12·d² bytes of running sums: more than 60 MiB a thread
+    weights = np.random.default_rng(0).standard_normal((d, 4))  # d coordinates of 4 latents: quick to draw
+    dist_relu.simulate_to_zarr(workspace / "wide.zarr", weights, np.full(d, 0.5), 512, chunk_rows=256, seed=0)
+    before = digest(workspace)
+    result = run("fit", "wide.zarr", "--out", "fit.zarr", "--overwrite", "--memory-per-worker",
+                 str(2 * threads * 60 * 2**20), cwd=workspace)
+    assert result.returncode == EXIT_BAD_INPUT, result.stderr
+    line, = result.stderr.strip().splitlines()
+    assert line.startswith("error: the main pass keeps") and "waiting between tasks" in line
+    assert digest(workspace) == before  # the earlier fit it would have replaced is intact
