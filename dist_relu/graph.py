@@ -16,6 +16,7 @@ counted.
 """
 
 import functools
+import operator
 
 import dask.array as da
 import numpy as np
@@ -188,18 +189,38 @@ def chunk_passes(samples, thresholds=None, keep=None, column_chunks=None, expone
 
 
 def _column_block_passes(samples, thresholds, keep, column_chunks, exponents):
-    """``chunk_passes`` of ``samples`` in whole-row chunks: task ``(r, i)`` passes block ``i``'s columns of chunk ``r``."""
+    """``chunk_passes`` of ``samples`` in whole-row chunks: one task per row chunk passes all its blocks.
+
+    Task ``r`` of the row layer makes the ``ChunkPass`` of each column block
+    of chunk ``r``, in place; task ``(r, i)`` takes block ``i``'s. The chunk
+    thus has one reader, which dask fuses with the read: on a cluster, a
+    chunk never travels, only its bit-packed indicators (``1/32`` of a
+    float32 chunk) do.
+    """
     keep_name = None if keep is None else keep.name
-    name = f"chunk-pass-{tokenize(samples.name, thresholds.name, keep_name, column_chunks, exponents.name)}"
-    first_columns = np.cumsum((0,) + column_chunks[:-1])
-    layer = {
-        (name, r, i): (compiled.chunk_pass, (samples.name, r, 0), (thresholds.name, i),
-                       None if keep is None else (keep.name, r), int(first), (exponents.name, i))
-        for r in range(samples.numblocks[0]) for i, first in enumerate(first_columns)
+    token = tokenize(samples.name, thresholds.name, keep_name, column_chunks, exponents.name)
+    name, row_name = f"chunk-pass-{token}", f"row-chunk-pass-{token}"
+    first_columns = [int(first) for first in np.cumsum((0,) + column_chunks[:-1])]
+    block_thresholds = [(thresholds.name, i) for i in range(len(column_chunks))]
+    block_exponents = [(exponents.name, i) for i in range(len(column_chunks))]
+    rows_layer = {
+        (row_name, r): (_row_chunk_passes, (samples.name, r, 0), block_thresholds,
+                        None if keep is None else (keep.name, r), first_columns, block_exponents)
+        for r in range(samples.numblocks[0])
     }
+    layer = {(name, r, i): (operator.getitem, (row_name, r), i)
+             for r in range(samples.numblocks[0]) for i in range(len(column_chunks))}
     dependencies = [samples, thresholds, exponents] + ([] if keep is None else [keep])
-    graph = HighLevelGraph.from_collections(name, layer, dependencies=dependencies)
+    row_passes = da.Array(HighLevelGraph.from_collections(row_name, rows_layer, dependencies=dependencies), row_name,
+                          chunks=(samples.chunks[0],), meta=np.empty(0, dtype=object))
+    graph = HighLevelGraph.from_collections(name, layer, dependencies=[row_passes])
     return da.Array(graph, name, chunks=(samples.chunks[0], column_chunks), meta=np.empty((0, 0), dtype=object))
+
+
+def _row_chunk_passes(chunk, thresholds, keep, first_columns, exponents):
+    """Return the ``ChunkPass`` of each column block of a row chunk (block ``i`` from ``first_columns[i]``)."""
+    return tuple(compiled.chunk_pass(chunk, t, keep, first, e) for t, first, e in zip(thresholds, first_columns,
+                                                                                      exponents))
 
 
 def _per_column_sums(passes, partial, width, dtype, name, split_every, checkpoint=None, groups=None):
