@@ -60,7 +60,7 @@ def scheduler(address=None, workers=None, log=None, tls_ca_file=None, tls_cert=N
             # with warnings, before this process closes the cluster. Signals ignored while the workers
             # start stay ignored in them (POSIX keeps them across exec, and Python then installs no
             # handler of its own), so only this process answers; an interrupt during the start is dropped.
-            with interrupts_ignored():
+            with interrupts_ignored(), dask.config.set(_worker_environment()):
                 cluster = stack.enter_context(
                     LocalCluster(
                         n_workers=workers, threads_per_worker=1, processes=True,
@@ -75,6 +75,26 @@ def scheduler(address=None, workers=None, log=None, tls_ca_file=None, tls_cert=N
             log(f"scheduler {client.scheduler.address}, dashboard {client.dashboard_link}")
         stack.enter_context(_quiet_when_interrupted())  # left first: before the client and cluster close
         yield client
+
+
+# glibc's malloc then asks for transparent huge pages (where the kernel gives them on request, THP
+# "madvise"), for the buffers zarr decompresses chunks into: a 128 MiB chunk's buffer is 64 page
+# faults instead of 32,768, and a read at d = 4096 spent half its CPU in the kernel faulting them in
+# (benchmarks/README.md). Read at a process's start, so it is for the workers this process starts;
+# other C libraries ignore it.
+WORKER_GLIBC_TUNABLES = "glibc.malloc.hugetlb=1"
+
+
+def _worker_environment():
+    """Return the Dask config that gives the worker processes of a local cluster ``WORKER_GLIBC_TUNABLES``.
+
+    Set before the workers start (``distributed.nanny.pre-spawn-environ``);
+    a ``GLIBC_TUNABLES`` in this process's environment wins, as distributed
+    lets any variable there win over its config.
+    """
+    environ = dict(dask.config.get("distributed.nanny.pre-spawn-environ", {}))
+    environ.setdefault("GLIBC_TUNABLES", WORKER_GLIBC_TUNABLES)
+    return {"distributed.nanny.pre-spawn-environ": environ}
 
 
 @contextlib.contextmanager

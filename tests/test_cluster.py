@@ -9,6 +9,7 @@ import os
 import shutil
 import signal
 import subprocess
+import sys
 import time
 
 import pytest
@@ -139,3 +140,24 @@ def test_the_local_cluster_listens_on_loopback_only():
         addresses = [client.scheduler.address, *info["workers"]]
         assert all(address.startswith("tcp://127.0.0.1:") for address in addresses), addresses
         assert client.dashboard_link.startswith("http://127.0.0.1:")
+
+
+def _start_environment():
+    """The environment this process started with (what glibc read its tunables from)."""
+    with open(f"/proc/{os.getpid()}/environ", "rb") as environ:
+        return dict(item.split(b"=", 1) for item in environ.read().split(b"\0") if b"=" in item)
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="/proc/PID/environ is Linux's")
+def test_the_local_clusters_workers_start_with_malloc_asking_for_huge_pages(monkeypatch):
+    # distributed sets the workers' variables in this process's environment too; monkeypatch restores it.
+    monkeypatch.setenv("GLIBC_TUNABLES", "")
+    monkeypatch.delenv("GLIBC_TUNABLES")
+    with scheduler(workers=2) as client:
+        started = client.run(_start_environment)
+    assert [env.get(b"GLIBC_TUNABLES") for env in started.values()] == [b"glibc.malloc.hugetlb=1"] * 2
+    # A user's own tunables win.
+    monkeypatch.setenv("GLIBC_TUNABLES", "glibc.malloc.arena_max=2")
+    with scheduler(workers=1) as client:
+        started = client.run(_start_environment)
+    assert [env.get(b"GLIBC_TUNABLES") for env in started.values()] == [b"glibc.malloc.arena_max=2"]
