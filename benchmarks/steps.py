@@ -11,6 +11,7 @@ import hashlib
 import json
 import os
 import platform
+import resource
 import subprocess
 import sys
 import time
@@ -25,6 +26,9 @@ def status_kb(field):
 
 def run_step(code, namespace, setup=None):
     """Run ``code`` in ``namespace`` here; print JSON with its seconds, peak and baseline memory (MB).
+
+    The record also has the process's minor page faults and user and system
+    CPU seconds (all threads) over ``code``: ``getrusage`` before and after.
 
     ``setup`` runs first, untimed (e.g. the same fit once, to measure one in
     a warm process). A fit's attributes, left in ``namespace["RESULT"]``, add
@@ -42,10 +46,14 @@ def run_step(code, namespace, setup=None):
     with open("/proc/self/clear_refs", "w") as clear:
         clear.write("5")
     baseline = status_kb("VmRSS")
+    usage = resource.getrusage(resource.RUSAGE_SELF)
     start = time.perf_counter()
     exec(code, namespace)
     seconds = time.perf_counter() - start
-    record = {"seconds": seconds, "peak_mb": status_kb("VmHWM") / 1024, "baseline_mb": baseline / 1024}
+    after = resource.getrusage(resource.RUSAGE_SELF)
+    record = {"seconds": seconds, "peak_mb": status_kb("VmHWM") / 1024, "baseline_mb": baseline / 1024,
+              "minor_faults": after.ru_minflt - usage.ru_minflt, "user_seconds": after.ru_utime - usage.ru_utime,
+              "system_seconds": after.ru_stime - usage.ru_stime}
     if "RESULT" in namespace:
         attributes = namespace["RESULT"]
         record.update(fit_seconds=attributes["seconds"], timings=attributes["timings"],

@@ -1,15 +1,19 @@
 """How wide a column block may be: the memory of a fit's tasks, and the block that fits a worker's share.
 
 Per task, with ``c`` columns per block, ``r`` rows per chunk, ``k`` =
-``split_every`` and a stored chunk of ``S`` bytes (all in bytes):
+``split_every``, a stored chunk of ``S`` bytes decoded and ``S_z`` as stored
+(compressed), and ``b`` bytes a partial count (``kernels.count_dtype``: 2 up
+to 65,535 rows), all in bytes:
 
-- read and fused pass: ``S + c·r/8 + r`` (the chunk, the block's bit-packed
-  indicators, the row mask) when chunks hold whole rows, as the pass then
-  reads each block's columns in place; ``S + S·c/C + c·r/8 + r`` when the
+- read: ``S_z + 2S`` (zarr holds the stored bytes and the decoded chunk, and
+  copies it into the array dask gets);
+- fused pass: ``S + d·r/8 + r`` (the chunk, every block's bit-packed
+  indicators, the row mask) when chunks hold whole rows, as one task then
+  passes each block's columns in place; ``S + S·c/C + c·r/8 + r`` when the
   stored chunks have ``C < d`` columns, for the block a rechunk makes;
-- count: ``2·c·r/8 + 8c²`` (two packed blocks, one int64 count block);
-- running sum over a segment: ``8(k + 2)·c²`` (``k`` count blocks of at
-  most 8 bytes a count, the running sum before, and the one it makes);
+- count: ``2·c·r/8 + b·c²`` (two packed blocks, one block of counts);
+- running sum over a segment: ``(k·b + 16)·c²`` (``k`` count blocks, the
+  int64 running sum before, and the one it makes);
 - inversion: ``48c² + P·B`` (counts, ρ and Σ̂ of the block, pair indices, and
   ``P`` = ``kernels.INVERSION_SLAB_PAIRS`` pairs of ``B`` =
   ``kernels.INVERSION_BYTES_PER_PAIR`` temporaries);
@@ -22,10 +26,9 @@ worker's share per task is half its memory divided by its threads: the other
 half is for results waiting between tasks. Of those, the main pass's are the
 largest (``waiting_bytes``): the running sums of the counts, 8 bytes for each
 of the ``U`` counted pairs of the upper block triangle, and up to a segment's
-partial counts, ``k·b`` bytes a pair in the ``b``-byte type that holds a row
-chunk's counts (``kernels.count_dtype``); ``check_waiting`` refuses a fit
-whose waiting results would not fit that half. The model leaves out the
-chunks read and waiting for their block passes.
+partial counts, ``k·b`` bytes a pair; ``check_waiting`` refuses a fit whose
+waiting results would not fit that half. A fit's peak is then about
+``threads × task_bytes + waiting_bytes``.
 
 ``column_block_for`` takes the widest block (a multiple of 64 up to 512
 columns, of 256 beyond, or ``d``) that fits the share; beyond 512 columns it
@@ -41,9 +44,29 @@ from . import kernels
 _SMALL_BLOCK = 512
 
 
+class StoredChunk(NamedTuple):
+    """The largest stored chunk of the samples, as the budget sizes it."""
+
+    rows: int
+    columns: int  # d when chunks hold whole rows
+    itemsize: int
+    stored_bytes: int | None = None  # as stored (compressed); None when unknown, then taken as decoded
+
+    @property
+    def decoded_bytes(self):
+        return self.rows * self.columns * self.itemsize
+
+    @property
+    def read_bytes(self):
+        """What reading it holds: the stored bytes, the decoded chunk and its copy (``S_z + 2S``)."""
+        stored = self.decoded_bytes if self.stored_bytes is None else min(self.stored_bytes, self.decoded_bytes)
+        return stored + 2 * self.decoded_bytes
+
+
 class TaskBytes(NamedTuple):
     """The bytes each kind of task of a fit holds, by the model above (``jackknife`` 0 without one)."""
 
+    reading: int
     passing: int
     counting: int
     summing: int
@@ -51,28 +74,32 @@ class TaskBytes(NamedTuple):
     jackknife: int
 
 
-def task_sizes(column_block, row_chunk, stored_chunk_bytes, split_every, rechunked_from=None, jackknife_groups=0):
-    """Return the ``TaskBytes`` of a fit's tasks.
+def task_sizes(d, column_block, chunk, split_every, jackknife_groups=0):
+    """Return the ``TaskBytes`` of a fit's tasks over ``d`` columns, in blocks of ``column_block``.
 
-    ``rechunked_from`` is ``C``, the columns of a stored chunk, when column
-    blocks are made by a rechunk; ``None`` when chunks hold whole rows.
-    ``jackknife_groups`` is ``G``, 0 without a jackknife.
+    ``chunk`` is the ``StoredChunk``; ``jackknife_groups`` is ``G``, 0
+    without a jackknife.
     """
-    c, r = int(column_block), int(row_chunk)
-    block_copy = 0 if rechunked_from is None else stored_chunk_bytes * c / int(rechunked_from)
+    c, r, size = int(column_block), int(chunk.rows), chunk.decoded_bytes
+    count = kernels.count_dtype(r).itemsize
     slab = kernels.INVERSION_SLAB_PAIRS * kernels.INVERSION_BYTES_PER_PAIR
+    if chunk.columns >= d:
+        passing = size + d * r / 8 + r
+    else:
+        passing = size + size * c / chunk.columns + c * r / 8 + r
     return TaskBytes(
-        passing=int(stored_chunk_bytes + block_copy + c * r / 8 + r),
-        counting=int(2 * c * r / 8 + 8 * c * c),
-        summing=8 * (split_every + 2) * c * c,
+        reading=chunk.read_bytes,
+        passing=int(passing),
+        counting=int(2 * c * r / 8 + count * c * c),
+        summing=(split_every * count + 16) * c * c,
         inverting=48 * c * c + slab,
         jackknife=8 * (jackknife_groups + 10) * c * c + slab if jackknife_groups else 0,
     )
 
 
-def task_bytes(column_block, row_chunk, stored_chunk_bytes, split_every, rechunked_from=None, jackknife_groups=0):
+def task_bytes(d, column_block, chunk, split_every, jackknife_groups=0):
     """Return the bytes the largest task of a fit holds (the largest of ``task_sizes``)."""
-    return max(task_sizes(column_block, row_chunk, stored_chunk_bytes, split_every, rechunked_from, jackknife_groups))
+    return max(task_sizes(d, column_block, chunk, split_every, jackknife_groups))
 
 
 def waiting_bytes(column_chunks, split_every, row_chunk):
@@ -93,8 +120,7 @@ def check_waiting(waiting, share_bytes, threads, split_every):
         )
 
 
-def column_block_for(d, row_chunk, stored_chunk_bytes, split_every, share_bytes, threads, rechunked_from=None,
-                     jackknife_groups=0):
+def column_block_for(d, chunk, split_every, share_bytes, threads, jackknife_groups=0):
     """Return the widest column block whose tasks fit ``share_bytes`` (see the module's notes).
 
     Raises ``ValueError`` when even the narrowest block does not fit.
@@ -105,11 +131,10 @@ def column_block_for(d, row_chunk, stored_chunk_bytes, split_every, share_bytes,
     for c in candidates:
         n_blocks = -(-d // c)
         parallel = c <= _SMALL_BLOCK or n_blocks * (n_blocks + 1) // 2 >= 4 * threads
-        fits = task_bytes(c, row_chunk, stored_chunk_bytes, split_every, rechunked_from, jackknife_groups) <= share_bytes
-        if fits and parallel:
+        if task_bytes(d, c, chunk, split_every, jackknife_groups) <= share_bytes and parallel:
             chosen = c
     if chosen is None:
-        need = task_bytes(candidates[0], row_chunk, stored_chunk_bytes, split_every, rechunked_from, jackknife_groups)
+        need = task_bytes(d, candidates[0], chunk, split_every, jackknife_groups)
         raise ValueError(
             f"even {candidates[0]}-column blocks need {need / 2**20:,.0f} MiB per task, more than the "
             f"{share_bytes / 2**20:,.0f} MiB share of each worker thread; give the workers more memory "

@@ -11,7 +11,7 @@ appear whole, written in place), so a file that exists is complete.
 ``manifest.json`` records what the partial sums are of (the source, its shape,
 dtype and chunking, the segment size, and the data's identity: the sizes and
 modification times, or ETags, of its stored objects; see
-``io.data_identity``), and ``thresholds.npy`` beside the sums the thresholds
+``io.stored_data``), and ``thresholds.npy`` beside the sums the thresholds
 they were counted at. A checkpoint made for other data or another chunking
 is refused rather than mixed in.
 """

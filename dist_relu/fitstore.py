@@ -194,7 +194,7 @@ def provenance(record, seconds, timings, source=None, data=None, model=MODEL):
         "format_version": FORMAT_VERSION,
         "model": model,
         "fit_id": uuid.uuid4().hex,  # what merge and update know this fit by
-        "data": data,  # io.data_identity of the samples, when known
+        "data": data,  # io.stored_data of the samples, when known
         "dist_relu_version": __version__,
         "created": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "seconds": round(seconds, 3),

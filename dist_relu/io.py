@@ -8,6 +8,7 @@ import hashlib
 import itertools
 import json
 import os
+from typing import NamedTuple
 
 import dask.array as da
 import numpy as np
@@ -117,14 +118,23 @@ def fitted_dtype(dtype):
     return dtype.newbyteorder("=")
 
 
-def data_identity(source, samples, array="samples"):
-    """Return a short digest that changes when the stored samples change, or the dask name of in-memory ones.
+class StoredData(NamedTuple):
+    """What one listing of a stored array tells: its identity and the size of its largest stored object."""
+
+    identity: str | None  # changes when the stored samples change; None where no cheap listing is possible
+    largest_object: int | None  # bytes of the largest stored object (a compressed chunk, or a shard); None: unlisted
+
+
+def stored_data(source, samples, array="samples"):
+    """Return the ``StoredData`` of the samples: a digest that changes when they change, and their largest object.
 
     For a Zarr store: the digest of the names, sizes and modification times
     (ETags, on object stores that give them) of the array's stored objects,
     metadata included. It costs one listing, no read. Data rewritten with
     the same sizes and modification times (``cp -p``, a restored backup) is
-    not told apart; a copy of the same data elsewhere is (new times).
+    not told apart; a copy of the same data elsewhere is (new times). For
+    samples in memory, the identity is their dask name (numpy: a hash of the
+    values; dask: of the graph) and nothing is listed.
     """
     if isinstance(source, (str, os.PathLike)):
         where = location(source)
@@ -134,16 +144,18 @@ def data_identity(source, samples, array="samples"):
     elif isinstance(source, zarr.Array) and isinstance(source.store_path.store, LocalStore):
         fs, root = LocalFileSystem(), f"{source.store_path.store.root}/{source.store_path.path}".rstrip("/")
     elif isinstance(source, (zarr.Array, zarr.Group)):
-        return None  # opened by the caller on a store without a cheap listing here
+        return StoredData(None, None)  # opened by the caller on a store without a cheap listing here
     else:
-        return samples.name  # numpy: a hash of the values; dask: of the graph
+        return StoredData(samples.name, None)
     entries = fs.find(root, detail=True)
     described = sorted(
         (name[len(root):], info.get("size"),
          str(info.get("ETag") or info.get("etag") or info.get("mtime") or info.get("LastModified") or ""))
         for name, info in entries.items()
     )
-    return hashlib.sha256(json.dumps(described, default=str).encode()).hexdigest()[:32]
+    identity = hashlib.sha256(json.dumps(described, default=str).encode()).hexdigest()[:32]
+    sizes = [size for _, size, _ in described if isinstance(size, int)]
+    return StoredData(identity, max(sizes, default=None))
 
 
 def check_samples(samples):

@@ -31,7 +31,8 @@ class Input:
 
     samples: da.Array
     label: str | None  # the path or URL given; None for arrays in memory
-    identity: str | None  # io.data_identity: changes when the stored data change
+    identity: str | None  # io.stored_data: changes when the stored data change
+    largest_object: int | None = None  # bytes of the largest stored object (io.stored_data); None if unknown
 
     @classmethod
     def open(cls, source, array="samples", allow_missing_chunks=False):
@@ -39,7 +40,7 @@ class Input:
         samples = io.open_samples(source, array=array, allow_missing_chunks=allow_missing_chunks)
         io.check_samples(samples)
         label = None if hasattr(source, "shape") else str(source)
-        return cls(samples, label, io.data_identity(source, samples, array))
+        return cls(samples, label, *io.stored_data(source, samples, array))
 
 
 @dataclass(frozen=True)
@@ -102,7 +103,8 @@ def split_at_groups(samples, n_groups):
     return samples, tuple(int(g) for g in groups)
 
 
-def plan_layout(samples, column_block="auto", memory_per_worker=None, split_every=8, jackknife_groups=0):
+def plan_layout(samples, column_block="auto", memory_per_worker=None, split_every=8, jackknife_groups=0,
+                stored_bytes=None):
     """Return the ``Layout`` of ``samples``: a given ``column_block``, or with "auto" the widest that fits memory.
 
     "auto" asks ``budget`` for the widest block whose tasks fit each worker
@@ -111,6 +113,8 @@ def plan_layout(samples, column_block="auto", memory_per_worker=None, split_ever
     ``G``, row chunks are split where a group begins (``split_at_groups``),
     so that each row chunk's partial sums belong to one group, and the
     budget counts the jackknife's tasks, which hold ``G`` count blocks.
+    ``stored_bytes`` is the size of the largest stored chunk as stored
+    (``Input.largest_object``); None: as large as decoded.
     """
     n, d = samples.shape
     memory = None
@@ -119,14 +123,11 @@ def plan_layout(samples, column_block="auto", memory_per_worker=None, split_ever
         samples, row_groups = split_at_groups(samples, jackknife_groups)
     if column_block == "auto":
         share, threads = budget.memory_share(memory_per_worker, current_client())
-        row_chunk, stored_columns = max(samples.chunks[0]), max(samples.chunks[1])
-        stored_chunk_bytes = row_chunk * stored_columns * samples.dtype.itemsize
-        rechunked_from = None if samples.numblocks[1] == 1 else stored_columns
-        column_block = budget.column_block_for(d, row_chunk, stored_chunk_bytes, split_every, share, threads,
-                                               rechunked_from, jackknife_groups)
+        chunk = budget.StoredChunk(max(samples.chunks[0]), max(samples.chunks[1]), samples.dtype.itemsize,
+                                   stored_bytes)
+        column_block = budget.column_block_for(d, chunk, split_every, share, threads, jackknife_groups)
         memory = {"share_per_thread": share, "threads": threads,
-                  "task_bytes": budget.task_bytes(column_block, row_chunk, stored_chunk_bytes, split_every,
-                                                  rechunked_from, jackknife_groups)}
+                  "task_bytes": budget.task_bytes(d, column_block, chunk, split_every, jackknife_groups)}
     blocked = samples
     if max(samples.chunks[1]) != min(column_block, d) or len(set(samples.chunks[1][:-1])) > 1:
         blocked = samples.rechunk({1: column_block})

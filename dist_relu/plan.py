@@ -101,7 +101,7 @@ def plan_fit(input, settings, checkpoint=None, thresholds=None, stages=None, pro
     samples = input.samples
     n, d = samples.shape
     layout = plan_layout(samples, settings.column_block, settings.memory_per_worker, settings.split_every,
-                         settings.jackknife_groups)
+                         settings.jackknife_groups, input.largest_object)
     passed, column_chunks, split_every = layout.passed, layout.column_chunks, settings.split_every
     checkpoint = open_checkpoint(checkpoint, input, layout, split_every, settings.drop_nonfinite)
     sgd_settings = {"seed": settings.seed, "n_batches": settings.sgd_batches, "radius": settings.sgd_radius,

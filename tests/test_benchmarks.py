@@ -150,3 +150,21 @@ def test_codecs_benchmark_quick(tmp_path):
     assert case["summary"]["zstd-0"]["read_over_reference"] == 1
     assert record["choice"]["chosen"] in case["summary"]
     assert (tmp_path / "codecs_quick.png").stat().st_size > 10_000
+
+
+def test_huge_pages_benchmark_quick(tmp_path):
+    subprocess.run([sys.executable, str(BENCHMARKS / "huge_pages.py"), "--quick", "--out", str(tmp_path)],
+                   check=True, capture_output=True, text=True, timeout=300)
+    record = json.loads((tmp_path / "huge_pages_quick.json").read_text())
+    assert (record["n"], record["d"], record["chunk_rows"], record["repeats"]) == (100_000, 50, 8192, 1)
+    assert set(record["runs"]) == set(record["summary"]) == {"read", "fit"}
+    for step in ("read", "fit"):
+        assert set(record["runs"][step]) == {"plain", "huge pages"}
+        for name, tunables in (("plain", None), ("huge pages", "glibc.malloc.hugetlb=1")):
+            (run,) = record["runs"][step][name]
+            assert run["seconds"] > 0 and run["glibc_tunables"] == tunables
+            assert run["minor_faults"] >= 0 and run["user_seconds"] + run["system_seconds"] > 0
+            assert record["summary"][step][name]["median_seconds"] == run["seconds"]
+        assert record["summary"][step]["plain_over_huge_pages"]["seconds"] > 0
+    assert record["glibc"][0] and "cores" in record["machine"] and "enabled" in record["transparent_hugepage"]
+    assert (tmp_path / "huge_pages_quick.png").stat().st_size > 10_000

@@ -150,11 +150,12 @@ def test_settings_that_cannot_make_a_jackknife_are_refused(tmp_path, relu_data):
 
 
 def test_the_budget_counts_the_jackknifes_count_blocks():
-    plain = budget.task_bytes(512, 4096, 4096 * 4096 * 4, 8)
-    assert budget.task_bytes(512, 4096, 4096 * 4096 * 4, 8, jackknife_groups=100) > 8 * 100 * 512**2 > plain
+    chunk = budget.StoredChunk(4096, 4096, 4)
+    plain = budget.task_bytes(4096, 512, chunk, 8)
+    assert budget.task_bytes(4096, 512, chunk, 8, jackknife_groups=100) > 8 * 100 * 512**2 > plain
     share = 2 * 8 * 50 * 512**2
-    assert budget.column_block_for(4096, 4096, 4096 * 4096 * 4, 8, share, 2, jackknife_groups=50) < \
-        budget.column_block_for(4096, 4096, 4096 * 4096 * 4, 8, share, 2)
+    assert budget.column_block_for(4096, chunk, 8, share, 2, jackknife_groups=50) < \
+        budget.column_block_for(4096, chunk, 8, share, 2)
 
 
 def test_the_summary_gives_the_jackknifes_ratios(tmp_path, relu_data):
