@@ -12,7 +12,7 @@ PACKAGE = Path(__file__).parent.parent / "dist_relu"
 LAYERS = [
     {"errors", "kernels", "model", "separable", "sgd"},  # the math, on plain arrays
     {"entry", "compiled", "budget", "latent"},
-    {"storage", "scheduler", "settings", "uncertainty"},
+    {"storage", "scheduler", "settings", "uncertainty", "polychoric"},
     {"io", "checkpoint"},  # Zarr in and out; saved partial sums
     {"graph"},  # dask graphs of the kernels
     {"pipeline", "fitstore"},  # the seam every model uses; the fit format
@@ -23,7 +23,7 @@ LAYERS = [
     {"cli"},
 ]
 LAYER = {module: level for level, modules in enumerate(LAYERS) for module in modules}
-MATH = LAYERS[0] | {"compiled", "latent", "uncertainty"}
+MATH = LAYERS[0] | {"compiled", "latent", "uncertainty", "polychoric"}
 
 
 def imports(module):
