@@ -29,6 +29,7 @@ def test_the_model_bounds_what_the_inversion_and_the_count_tasks_hold(c):
     rows = 65_536
     chunk = np.abs(rng.standard_normal((rows, c))).astype(np.float32)
     chunk_pass = compiled.chunk_pass(chunk, np.full(c, 0.5))
+    compiled.popcount_counts(chunk_pass.indicators[:4, :1], chunk_pass.indicators[:4, :1])  # compiled outside
     counting = peak_bytes(compiled.popcount_counts, chunk_pass.indicators, chunk_pass.indicators)
     passing = peak_bytes(compiled.chunk_pass, chunk, np.full(c, 0.5))
     model = budget.task_sizes(c, c, budget.StoredChunk(rows, c, 4), split_every=8)

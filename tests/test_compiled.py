@@ -214,3 +214,38 @@ def test_orthants_of_one_correlation_are_each_pairs_own():
         cdf_i, cdf_j = (0.5 * scipy.special.erfc(-a / np.sqrt(2)) for a in (a_i, a_j))
         compiled.orthant_same_correlation(a_i, a_j, cdf_i, cdf_j, rho, *compiled.ORTHANT_RULES, out, np.empty(3))
         np.testing.assert_allclose(out, compiled.orthant_probability(a_i, a_j, rho), rtol=0, atol=4e-16)
+
+
+def test_cut_points_give_each_value_one_bit_per_cut_and_their_counts_give_each_pairs_table():
+    """K cut points per column: bit j·K + a is x_j > c_ja; the counts of those bits make every pair's table."""
+    from dist_relu import polychoric
+
+    rng = np.random.default_rng(11)
+    rows, d, k = 1000, 5, 3
+    x = np.maximum(0, rng.standard_normal((rows, d)) + 0.2).astype(np.float32)
+    keep = rng.random(rows) < 0.9
+    cuts = np.sort(rng.uniform(0, 1.2, (d, k)), axis=1)
+    cuts[:, 0] = [0.0, 0.1, 0.2, 0.0, 0.3]  # the first cut is the threshold
+    result = compiled.chunk_pass(x, cuts, keep, first_column=0)
+    bits = compiled.unpack_indicators(result.indicators, result.rows)  # (rows kept, K·d)
+    kept = x[keep].astype(np.float64)
+    expected = (kept[:, :, None] > cuts[None]).reshape(kept.shape[0], d * k)
+    np.testing.assert_array_equal(bits, expected)
+    # The same statistics as one cut per column, and the first cut's bits are that pass's indicators.
+    single = compiled.chunk_pass(x, cuts[:, 0], keep)
+    np.testing.assert_array_equal(result.statistics, single.statistics)
+    np.testing.assert_array_equal(result.indicators[::k], single.indicators)
+    # Counts of the K·d indicators, with n and the margins, are the cumulative exceedances of every pair.
+    counts = compiled.popcount_counts(result.indicators, result.indicators).reshape(d, k, d, k)
+    n = result.rows
+    for i, j in ((0, 1), (2, 4), (3, 3)):
+        exceedances = np.empty((k + 1, k + 1), dtype=np.int64)
+        exceedances[0, 0] = n
+        exceedances[1:, 0] = np.diagonal(counts[i, :, i, :])
+        exceedances[0, 1:] = np.diagonal(counts[j, :, j, :])
+        exceedances[1:, 1:] = counts[i, :, j, :]
+        table = np.zeros((k + 1, k + 1), dtype=np.int64)
+        np.add.at(table, ((kept[:, i, None] > cuts[i]).sum(1), (kept[:, j, None] > cuts[j]).sum(1)), 1)
+        np.testing.assert_array_equal(polychoric.cell_counts(exceedances), table)
+    with pytest.raises(ValueError, match=r"\(d,\) or \(d, K\)"):
+        compiled.chunk_pass(x, np.zeros((d, k, 1)))
