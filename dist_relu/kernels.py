@@ -231,6 +231,44 @@ def coexceedance_partial(indicators_i, indicators_j):
     return out
 
 
+# A coordinate gets a cut point above its threshold only for every this many of the pilot's values above it,
+# so that each category above the threshold holds about this many of the pilot's rows at least.
+CUT_MIN_PER_CATEGORY = 20
+
+
+def cut_points(values, thresholds, cuts, min_per_category=CUT_MIN_PER_CATEGORY):
+    """Return ``(d, cuts)`` cut points per column: its threshold, then quantiles of its values above it.
+
+    ``values`` ``(rows, d)`` are the pilot's rows (non-finite values are left
+    out), ``thresholds`` ``(d,)``. Column ``j``, with ``m_j`` values above
+    its threshold, gets ``k_j = min(cuts, max(1, m_j // min_per_category))``
+    cut points: the threshold, and the values at the levels ``a/k_j`` (``a =
+    1 … k_j − 1``) of those above it (the lower quantiles: each cut point is
+    a value seen), each once. Columns with fewer, whether from few values
+    or from ties, are filled with ``+inf``: no value exceeds it, so its
+    category is empty and carries nothing. ``finite_cuts`` counts each
+    column's.
+    """
+    values = np.asarray(values, dtype=np.float64)
+    thresholds = np.asarray(thresholds, dtype=np.float64)
+    points = np.full((thresholds.size, cuts), np.inf)
+    points[:, 0] = thresholds
+    for j, threshold in enumerate(thresholds):
+        column = values[:, j]
+        above = np.sort(column[np.isfinite(column) & (column > threshold)])
+        wanted = min(cuts, max(1, above.size // min_per_category))
+        if wanted > 1:
+            levels = np.arange(1, wanted) / wanted
+            chosen = np.unique(above[np.floor(levels * (above.size - 1)).astype(np.int64)])
+            points[j, 1:1 + chosen.size] = chosen
+    return points
+
+
+def finite_cuts(points):
+    """Return how many finite cut points each column of ``cut_points`` has."""
+    return np.isfinite(points).sum(axis=1)
+
+
 # The most the default pilot holds in memory (its chunks wait for the thresholds, see plan.plan_fit).
 PILOT_BYTES = 64 * 2**20
 

@@ -33,6 +33,16 @@ import numpy as np
 
 from . import compiled
 
+# Where a search may start at most: the tetrachoric start can be ±1, where every density underflows.
+_START_LIMIT = 0.99
+
+# Below this a cell's probability is rounding: differences of orthant probabilities of order 1, each to
+# about 1e-16. Such cells add nothing to the information.
+_RELIABLE_CELL = 1e-12
+
+# Pairs fitted at a time: their tables and cut points, about (K + 1)²·8 + 4K·8 bytes a pair.
+_SLAB_PAIRS = 16_384
+
 
 def cell_counts(exceedances):
     """Return the ``(…, K+1, K+1)`` category counts of cumulative ``exceedances`` ``E`` (see above).
@@ -80,9 +90,11 @@ def _score(h_i, h_j, table, r, corners_i, corners_j, cdf_i, cdf_j, orthants, tot
         for b in range(k + 1):
             p = upper[a, b] - upper[a + 1, b] - upper[a, b + 1] + upper[a + 1, b + 1]
             dp = slope[a, b] - slope[a + 1, b] - slope[a, b + 1] + slope[a + 1, b + 1]
-            p = max(p, 1e-300)
-            score += table[a, b] * dp / p
-            information += dp * dp / p
+            if p > _RELIABLE_CELL:
+                score += table[a, b] * dp / p
+                information += dp * dp / p
+            elif table[a, b] > 0.0:
+                score += table[a, b] * dp / _RELIABLE_CELL  # rows where ρ all but rules them out push it away
     return score / max(n, 1.0), information
 
 
@@ -105,21 +117,28 @@ def _fit_pairs(h_i, h_j, tables, start, rho, information, rules, limits, max_ite
                 cdf_i[a * k + b] = 0.5 * math.erfc(h_i[m, a] / math.sqrt(2.0))
                 cdf_j[a * k + b] = 0.5 * math.erfc(h_j[m, b] / math.sqrt(2.0))
         table = tables[m]
+        informative_i = informative_j = False
+        for a in range(k):
+            informative_i = informative_i or math.isfinite(h_i[m, a])
+            informative_j = informative_j or math.isfinite(h_j[m, a])
+        if not (informative_i and informative_j):
+            rho[m], information[m] = 0.0, 0.0  # no cut inside one margin: the table says nothing of ρ
+            continue
         low, high = -1.0, 1.0
-        r = min(max(start[m], -0.999), 0.999)
+        r = min(max(start[m], -_START_LIMIT), _START_LIMIT)
         info = 0.0
         for _ in range(max_iter):
             score, info = _score(h_i[m], h_j[m], table, r, corners_i, corners_j, cdf_i, cdf_j, orthants, totals,
                                  upper, slope, rules, limits)
-            if not info > 0.0:
-                r = math.nan if info != info else 0.0  # no cut inside either margin: the table says nothing of ρ
-                break
-            if score > 0.0:
-                low = r
-            else:
-                high = r
-            step = score / info
-            new = r + step
+            new = math.nan
+            if info > 0.0 and score == score:
+                if score > 0.0:
+                    low = r
+                else:
+                    high = r
+                new = r + score / info
+            # Outside the bracket, or where the likelihood is flat to rounding (near ρ = ±1 every corner's
+            # density underflows, and neither the score nor the information says which way to go): bisect.
             if not low < new < high:
                 new = 0.5 * (low + high)
             change = abs(new - r)
@@ -149,4 +168,48 @@ def fit_pairs(h_i, h_j, tables, start=None, max_iter=100, tol=1e-12):
     start = np.zeros(pairs) if start is None else np.ascontiguousarray(np.broadcast_to(start, (pairs,)), np.float64)
     rho, information = np.empty(pairs), np.empty(pairs)
     _fit_pairs(h_i, h_j, tables, start, rho, information, *compiled.ORTHANT_RULES, max_iter, tol)
+    return rho, information
+
+
+def standardised_cuts(cuts, bias, scale):
+    """Return ``h = (c − b̂)/σ̂`` ``(d, K)`` of each coordinate's cut points; ``+inf`` where ``σ̂`` is not > 0."""
+    cuts, bias, scale = (np.asarray(v, dtype=np.float64) for v in (cuts, bias, scale))
+    with np.errstate(divide="ignore", invalid="ignore"):
+        h = (cuts - bias[:, None]) / scale[:, None]
+    return np.where((scale > 0)[:, None], h, np.inf)
+
+
+def correlation_block(counts, n, margins_i, margins_j, h_i, h_j, index_i, index_j):
+    """Return ``(ρ, information)`` ``(d_i, d_j)`` of a block pair from the counts of its ``K`` indicators a value.
+
+    ``counts`` ``(K·d_i, K·d_j)`` are the block pair's co-exceedances,
+    coordinate ``p``'s cut ``a`` in row ``p·K + a`` (``compiled.chunk_pass``
+    with ``(d, K)`` thresholds); ``margins_i`` ``(d_i, K)`` each coordinate's
+    exceedances of its cut points (the diagonal of its own block's counts);
+    ``h_i`` ``(d_i, K)`` its standardised cut points (``standardised_cuts``).
+    Each pair's search starts from the tetrachoric ``ρ`` of its first cut
+    points. Where ``index_i`` equals ``index_j``, ``ρ = 1``; a block on the
+    diagonal is fitted on its upper triangle and mirrored.
+    """
+    from scipy import special
+
+    d_i, k = margins_i.shape
+    d_j = margins_j.shape[0]
+    rho, information = np.empty((d_i, d_j)), np.zeros((d_i, d_j))
+    diagonal = d_i == d_j and np.array_equal(index_i, index_j)
+    rows, columns = np.triu_indices(d_i, k=1) if diagonal else (v.ravel() for v in np.indices((d_i, d_j)))
+    grid = counts.reshape(d_i, k, d_j, k)
+    first_i, first_j = special.ndtri(margins_i[:, 0] / n), special.ndtri(margins_j[:, 0] / n)
+    for start in range(0, rows.size, _SLAB_PAIRS):
+        p, q = rows[start:start + _SLAB_PAIRS], columns[start:start + _SLAB_PAIRS]
+        exceedances = np.empty((p.size, k + 1, k + 1), dtype=np.int64)
+        exceedances[:, 0, 0] = n
+        exceedances[:, 1:, 0] = margins_i[p]
+        exceedances[:, 0, 1:] = margins_j[q]
+        exceedances[:, 1:, 1:] = grid[p, :, q, :]
+        begin = compiled.invert_orthant(first_i[p], first_j[q], grid[p, 0, q, 0] / n)
+        rho[p, q], information[p, q] = fit_pairs(h_i[p], h_j[q], cell_counts(exceedances), begin)
+    if diagonal:
+        rho[columns, rows], information[columns, rows] = rho[rows, columns], information[rows, columns]
+    rho[index_i[:, None] == index_j[None, :]] = 1.0
     return rho, information
