@@ -3,20 +3,22 @@
 Per task, with ``c`` columns per block, ``r`` rows per chunk, ``k`` =
 ``split_every``, a stored chunk of ``S`` bytes decoded and ``S_z`` as stored
 (compressed), and ``b`` bytes a partial count (``kernels.count_dtype``: 2 up
-to 65,535 rows), all in bytes:
+to 65,535 rows), and ``K`` cut points per column (1 by default: ``K`` indicator
+bits a value, count blocks ``K²`` as large), all in bytes:
 
 - read: ``S_z + 2S`` (zarr holds the stored bytes and the decoded chunk, and
   copies it into the array dask gets);
-- fused pass: ``S + d·r/8 + r`` (the chunk, every block's bit-packed
+- fused pass: ``S + K·d·r/8 + r`` (the chunk, every block's bit-packed
   indicators, the row mask) when chunks hold whole rows, as one task then
-  passes each block's columns in place; ``S + S·c/C + c·r/8 + r`` when the
+  passes each block's columns in place; ``S + S·c/C + K·c·r/8 + r`` when the
   stored chunks have ``C < d`` columns, for the block a rechunk makes;
-- count: ``2·c·r/8 + b·c²`` (two packed blocks, one block of counts);
-- running sum over a segment: ``(k·b + 16)·c²`` (``k`` count blocks, the
+- count: ``2·K·c·r/8 + b·K²c²`` (two packed blocks, one block of counts);
+- running sum over a segment: ``(k·b + 16)·K²c²`` (``k`` count blocks, the
   int64 running sum before, and the one it makes);
 - inversion: ``48c² + P·B`` (counts, ρ and Σ̂ of the block, pair indices, and
   ``P`` = ``kernels.INVERSION_SLAB_PAIRS`` pairs of ``B`` =
-  ``kernels.INVERSION_BYTES_PER_PAIR`` temporaries);
+  ``kernels.INVERSION_BYTES_PER_PAIR`` temporaries), and ``8(K² − 1)c²``
+  more for the counts of ``K`` cut points;
 - with a jackknife over ``G`` groups, its standard errors: ``8(G + 10)c² +
   P·B`` (the ``G`` groups' count blocks, and the inversion's and the
   replicates' running sums).
@@ -25,8 +27,8 @@ to 65,535 rows), all in bytes:
 worker's share per task is half its memory divided by its threads: the other
 half is for results waiting between tasks. Of those, the main pass's are the
 largest (``waiting_bytes``): the running sums of the counts, 8 bytes for each
-of the ``U`` counted pairs of the upper block triangle, and up to a segment's
-partial counts, ``k·b`` bytes a pair; ``check_waiting`` refuses a fit whose
+of the ``U·K²`` counted pairs of indicators, and up to a segment's partial
+counts, ``k·b`` bytes a pair; ``check_waiting`` refuses a fit whose
 waiting results would not fit that half. A fit's peak is then about
 ``threads × task_bytes + waiting_bytes``.
 
@@ -74,39 +76,39 @@ class TaskBytes(NamedTuple):
     jackknife: int
 
 
-def task_sizes(d, column_block, chunk, split_every, jackknife_groups=0):
+def task_sizes(d, column_block, chunk, split_every, jackknife_groups=0, cuts=1):
     """Return the ``TaskBytes`` of a fit's tasks over ``d`` columns, in blocks of ``column_block``.
 
     ``chunk`` is the ``StoredChunk``; ``jackknife_groups`` is ``G``, 0
-    without a jackknife.
+    without a jackknife; ``cuts`` is ``K``.
     """
-    c, r, size = int(column_block), int(chunk.rows), chunk.decoded_bytes
+    c, r, size, k = int(column_block), int(chunk.rows), chunk.decoded_bytes, int(cuts)
     count = kernels.count_dtype(r).itemsize
     slab = kernels.INVERSION_SLAB_PAIRS * kernels.INVERSION_BYTES_PER_PAIR
     if chunk.columns >= d:
-        passing = size + d * r / 8 + r
+        passing = size + k * d * r / 8 + r
     else:
-        passing = size + size * c / chunk.columns + c * r / 8 + r
+        passing = size + size * c / chunk.columns + k * c * r / 8 + r
     return TaskBytes(
         reading=chunk.read_bytes,
         passing=int(passing),
-        counting=int(2 * c * r / 8 + count * c * c),
-        summing=(split_every * count + 16) * c * c,
-        inverting=48 * c * c + slab,
+        counting=int(2 * k * c * r / 8 + count * k * k * c * c),
+        summing=(split_every * count + 16) * k * k * c * c,
+        inverting=(48 + 8 * (k * k - 1)) * c * c + slab,
         jackknife=8 * (jackknife_groups + 10) * c * c + slab if jackknife_groups else 0,
     )
 
 
-def task_bytes(d, column_block, chunk, split_every, jackknife_groups=0):
+def task_bytes(d, column_block, chunk, split_every, jackknife_groups=0, cuts=1):
     """Return the bytes the largest task of a fit holds (the largest of ``task_sizes``)."""
-    return max(task_sizes(d, column_block, chunk, split_every, jackknife_groups))
+    return max(task_sizes(d, column_block, chunk, split_every, jackknife_groups, cuts))
 
 
-def waiting_bytes(column_chunks, split_every, row_chunk):
-    """Return the bytes of the main pass's results that wait between tasks: ``U·(8 + k·b)`` (see above)."""
+def waiting_bytes(column_chunks, split_every, row_chunk, cuts=1):
+    """Return the bytes of the main pass's results that wait between tasks: ``U·K²·(8 + k·b)`` (see above)."""
     sizes = [int(c) for c in column_chunks]
     counted = (sum(sizes) ** 2 + sum(c * c for c in sizes)) // 2  # U: the pairs of blocks I ≤ J
-    return counted * (8 + split_every * kernels.count_dtype(row_chunk).itemsize)
+    return counted * cuts * cuts * (8 + split_every * kernels.count_dtype(row_chunk).itemsize)
 
 
 def check_waiting(waiting, share_bytes, threads, split_every):
@@ -120,7 +122,7 @@ def check_waiting(waiting, share_bytes, threads, split_every):
         )
 
 
-def column_block_for(d, chunk, split_every, share_bytes, threads, jackknife_groups=0):
+def column_block_for(d, chunk, split_every, share_bytes, threads, jackknife_groups=0, cuts=1):
     """Return the widest column block whose tasks fit ``share_bytes`` (see the module's notes).
 
     Raises ``ValueError`` when even the narrowest block does not fit.
@@ -131,10 +133,10 @@ def column_block_for(d, chunk, split_every, share_bytes, threads, jackknife_grou
     for c in candidates:
         n_blocks = -(-d // c)
         parallel = c <= _SMALL_BLOCK or n_blocks * (n_blocks + 1) // 2 >= 4 * threads
-        if task_bytes(d, c, chunk, split_every, jackknife_groups) <= share_bytes and parallel:
+        if task_bytes(d, c, chunk, split_every, jackknife_groups, cuts) <= share_bytes and parallel:
             chosen = c
     if chosen is None:
-        need = task_bytes(d, candidates[0], chunk, split_every, jackknife_groups)
+        need = task_bytes(d, candidates[0], chunk, split_every, jackknife_groups, cuts)
         raise ValueError(
             f"even {candidates[0]}-column blocks need {need / 2**20:,.0f} MiB per task, more than the "
             f"{share_bytes / 2**20:,.0f} MiB share of each worker thread; give the workers more memory "

@@ -24,7 +24,7 @@ from dask import delayed
 from dask.base import tokenize
 from dask.highlevelgraph import HighLevelGraph
 
-from . import compiled, kernels, latent, separable, sgd, uncertainty
+from . import compiled, kernels, latent, polychoric, separable, sgd, uncertainty
 
 
 def _statistics_partial(chunk_pass):
@@ -151,11 +151,11 @@ def sum_over_rows(partials, split_every, name, checkpoint=None, groups=None):
 
 
 def _per_column(values, column_chunks, default, dtype):
-    """Return ``values`` (d,), numpy or dask, or ``default`` everywhere if None, as dask in ``column_chunks``."""
+    """Return ``values`` (d, …), numpy or dask, or ``default`` (d,) if None, as dask in ``column_chunks`` of rows."""
     if isinstance(values, da.Array):
         return values if values.chunks[0] == column_chunks else values.rechunk({0: column_chunks})
     values = np.full(sum(column_chunks), default, dtype=dtype) if values is None else np.asarray(values, dtype=dtype)
-    return da.from_array(values, chunks=(column_chunks,))
+    return da.from_array(values, chunks=(column_chunks,) + values.shape[1:])
 
 
 def chunk_passes(samples, thresholds=None, keep=None, column_chunks=None, exponents=None):
@@ -165,7 +165,9 @@ def chunk_passes(samples, thresholds=None, keep=None, column_chunks=None, expone
     ``samples`` is stored in chunks of whole rows, each block's task takes
     its columns straight from the row chunk: no rechunk, no copy.
     ``thresholds`` (``(d,)``, numpy, or dask chunked as the column blocks)
-    default to ``+inf`` (no indicator set), for the statistics alone. With
+    default to ``+inf`` (no indicator set), for the statistics alone; as
+    ``(d, K)`` they are ``K`` cut points per column, ``K`` indicator bits a
+    value (``compiled.chunk_pass``). With
     ``keep`` (a row mask), only the kept rows count. The blocks are not
     arrays: only ``column_statistics``, ``value_problems`` and
     ``coexceedance_counts`` take them. Build them once and give them to
@@ -183,8 +185,8 @@ def chunk_passes(samples, thresholds=None, keep=None, column_chunks=None, expone
         samples = samples.rechunk({1: column_chunks})
     rows = _with_rows(keep) or (None, None)
     return da.blockwise(
-        compiled.chunk_pass, "ri", samples, "ri", thresholds, "i", *rows, 0, None, exponents, "i",
-        dtype=object, token="chunk-pass", meta=np.empty((0, 0), dtype=object),
+        compiled.chunk_pass, "ri", samples, "ri", thresholds, "ik"[:thresholds.ndim], *rows, 0, None,
+        exponents, "i", concatenate=True, dtype=object, token="chunk-pass", meta=np.empty((0, 0), dtype=object),
     )
 
 
@@ -201,7 +203,7 @@ def _column_block_passes(samples, thresholds, keep, column_chunks, exponents):
     token = tokenize(samples.name, thresholds.name, keep_name, column_chunks, exponents.name)
     name, row_name = f"chunk-pass-{token}", f"row-chunk-pass-{token}"
     first_columns = [int(first) for first in np.cumsum((0,) + column_chunks[:-1])]
-    block_thresholds = [(thresholds.name, i) for i in range(len(column_chunks))]
+    block_thresholds = [(thresholds.name, i) + (0,) * (thresholds.ndim - 1) for i in range(len(column_chunks))]
     block_exponents = [(exponents.name, i) for i in range(len(column_chunks))]
     rows_layer = {
         (row_name, r): (_row_chunk_passes, (samples.name, r, 0), block_thresholds,
@@ -336,8 +338,12 @@ def count_kernel_choice(passes):
     return da.from_delayed(choice, shape=(), dtype=np.int64)
 
 
-def coexceedance_counts(passes, split_every=8, checkpoint=None, kernel="popcount", groups=None):
+def coexceedance_counts(passes, split_every=8, checkpoint=None, kernel="popcount", groups=None, cuts=1):
     """Return the lazy ``(d, d)`` int64 counts ``C = Iᵀ I`` of the indicators of ``chunk_passes``.
+
+    With ``cuts`` ``K`` cut points per column (``chunk_passes`` at ``(d, K)``
+    thresholds), the ``(K·d, K·d)`` counts of the ``K·d`` indicators, in
+    blocks ``K`` times as wide, coordinate ``p``'s cut ``a`` at ``p·K + a``.
 
     ``kernel`` ("popcount" or "gemm", or a ``count_kernel_choice``) decides
     only the speed: the counts are exact integers either way. Memory: a count
@@ -349,9 +355,10 @@ def coexceedance_counts(passes, split_every=8, checkpoint=None, kernel="popcount
     """
     if not isinstance(kernel, da.Array) and kernel not in ("popcount", "gemm"):
         raise ValueError(f"kernel must be 'popcount' or 'gemm'; got {kernel!r}")
+    widened = functools.partial(int.__mul__, int(cuts))
     partials = da.blockwise(
         _coexceedance_partial, "rij", passes, "ri", passes, "rj", kernel, _scalar_index(kernel),
-        adjust_chunks={"r": 1}, dtype=np.int64, token="coexceedance",
+        adjust_chunks={"r": 1, "i": widened, "j": widened}, dtype=np.int64, token="coexceedance",
         meta=np.empty((0, 0, 0), dtype=np.int64),
     )
     return _mirror_upper_blocks(sum_over_rows(partials, split_every, "counts", checkpoint, groups))
@@ -438,6 +445,34 @@ def jackknife_standard_errors(group_counts, counts, replicates):
         new_axes={"s": 2}, concatenate=True, dtype=np.float64, token="jackknife-block",
     )
     return _mirror_upper_blocks(stacked[0]), _mirror_upper_blocks(stacked[1])
+
+
+def _cut_correlation_block(counts, n, margins_i, margins_j, h_i, h_j, index_i, index_j):
+    return np.stack(polychoric.correlation_block(counts, n, margins_i, margins_j, h_i, h_j, index_i, index_j))
+
+
+def cut_correlations(counts, n_samples, exceeded, standardised):
+    """Return lazy ``(ρ, information)``, each ``(d, d)``, of every pair's table of cut-point categories.
+
+    ``counts`` are the ``(K·d, K·d)`` counts of ``coexceedance_counts`` with
+    ``cuts`` ``K``; ``exceeded`` ``(d, K)`` each coordinate's exceedances of
+    its cut points; ``standardised`` ``(d, K)`` its cut points standardised
+    by the fitted margins (``polychoric.standardised_cuts``). One task per
+    block pair of the upper triangle (``polychoric.correlation_block``); the
+    lower is its transpose.
+    """
+    cuts = exceeded.shape[1]
+    chunks = tuple(size // cuts for size in counts.chunks[0])
+    exceeded, standardised = (da.asarray(v).rechunk({0: chunks, 1: cuts}) for v in (exceeded, standardised))
+    index = da.arange(counts.shape[0] // cuts, chunks=chunks)
+    both = da.blockwise(
+        _cut_correlation_block, "sij", counts, "ij", n_samples, _scalar_index(n_samples),
+        exceeded, "ik", exceeded, "jk", standardised, "ik", standardised, "jk", index, "i", index, "j",
+        new_axes={"s": 2}, adjust_chunks={"i": lambda size: size // cuts, "j": lambda size: size // cuts}, align_arrays=False, concatenate=True,
+        dtype=np.float64, token="cut-correlation-block", meta=np.empty((0, 0, 0), dtype=np.float64),
+    )
+    both = _mirror_upper_blocks(both)
+    return both[0], both[1]
 
 
 def _variance_ratio_block(numerator, denominator, block_info=None):

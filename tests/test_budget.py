@@ -145,3 +145,24 @@ def test_the_model_bounds_a_chunks_read_by_its_stored_size(simulated):
     # The fit's budget is made from that listing: its largest task here is the read.
     fitted = dist_relu.ReLUGaussian().fit(str(path))
     assert fitted.settings_["memory"]["task_bytes"] == budget.task_bytes(200, 200, chunk, 8) == chunk.read_bytes
+
+
+def test_the_model_grows_with_the_cut_points_as_their_count_blocks_do():
+    """K cut points: K bits a value, count blocks K² as large; the model bounds a count task of K·c indicators."""
+    rows, c, k = 4096, 64, 3
+    rng = np.random.default_rng(2)
+    chunk = np.abs(rng.standard_normal((rows, c))).astype(np.float32)
+    cuts = np.sort(rng.uniform(0, 1.5, (c, k)), axis=1)
+    chunk_pass = compiled.chunk_pass(chunk, cuts)
+    dtype = kernels.count_dtype(rows)
+    compiled.popcount_counts(chunk_pass.indicators[:4, :1], chunk_pass.indicators[:4, :1], dtype)  # compiled outside
+    counting = peak_bytes(compiled.popcount_counts, chunk_pass.indicators, chunk_pass.indicators, dtype)
+    one, three = (budget.task_sizes(c, c, budget.StoredChunk(rows, c, 4), 8, cuts=cuts_) for cuts_ in (1, k))
+    assert counting + chunk_pass.indicators.nbytes * 2 <= three.counting + 4096  # (the array's header)
+    assert counting > 0.9 * (three.counting - 2 * chunk_pass.indicators.nbytes)  # the counts block, K²c² of b bytes
+    assert three.summing == k * k * one.summing and three.reading == one.reading
+    assert budget.waiting_bytes((c, c), 8, rows, cuts=k) == k * k * budget.waiting_bytes((c, c), 8, rows)
+    # Wider cut-point counts narrow the block the same share allows.
+    share = budget.task_bytes(4096, 1280, budget.StoredChunk(8192, 4096, 4), 8)
+    assert budget.column_block_for(4096, budget.StoredChunk(8192, 4096, 4), 8, share, 2, cuts=3) < \
+        budget.column_block_for(4096, budget.StoredChunk(8192, 4096, 4), 8, share, 2)

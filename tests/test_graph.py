@@ -139,3 +139,34 @@ def test_the_truths_covariance_is_w_wt_and_exactly_symmetric(d, rows):
     covariance = gram(weights, rows)
     assert np.array_equal(covariance, covariance.T)
     np.testing.assert_allclose(covariance, weights @ weights.T, rtol=1e-12, atol=1e-11)
+
+
+@pytest.mark.parametrize("stored_columns", [10, 4])
+def test_cut_points_make_k_indicators_a_value_counted_and_fitted_block_by_block(stored_columns):
+    """K cut points per column through the graph: the (K·d)² counts are those of the K·d indicators counted
+    directly, whether chunks hold whole rows or column blocks, and the block pairs' correlations are those
+    of one block holding every column."""
+    from dist_relu import polychoric
+
+    rng = np.random.default_rng(5)
+    n, d, k = 3000, 10, 3
+    weights, bias = rng.standard_normal((d, 3)), np.maximum(0, rng.standard_normal(d))
+    x = kernels.relu_gaussian_chunk(n, weights, bias, 5, 0).astype(np.float32)
+    keep = rng.random(n) < 0.9
+    fitted_bias, scale, _ = kernels.fit_coordinates(kernels.chunk_statistics(x))
+    cuts = kernels.cut_points(x[:1000], np.maximum(0, fitted_bias), k, min_per_category=5)
+    samples = da.from_array(x, chunks=(700, stored_columns))
+    passes = graph.chunk_passes(samples, cuts, da.from_array(keep, chunks=700), column_chunks=(4, 4, 2))
+    counts = graph.coexceedance_counts(passes, split_every=2, cuts=k)
+    assert counts.chunks == ((12, 12, 6),) * 2
+    indicators = (x[keep].astype(np.float64)[:, :, None] > cuts[None]).reshape(-1, d * k).astype(np.int64)
+    expected = indicators.T @ indicators
+    np.testing.assert_array_equal(counts.compute(), expected)
+    kept = int(keep.sum())
+    exceeded = np.array([np.diag(expected.reshape(d, k, d, k)[p, :, p, :]) for p in range(d)])
+    h = polychoric.standardised_cuts(cuts, fitted_bias, scale)
+    rho, information = graph.cut_correlations(counts, kept, exceeded, h)
+    assert rho.chunks == ((4, 4, 2),) * 2
+    whole = polychoric.correlation_block(expected, kept, exceeded, exceeded, h, h, np.arange(d), np.arange(d))
+    np.testing.assert_array_equal(rho.compute(), whole[0])
+    np.testing.assert_array_equal(information.compute(), whole[1])
