@@ -1,12 +1,13 @@
 """Graph building: which kernel runs on which blocks, and how partials reduce.
 
-Dask only; every number is computed by a kernel of ``kernels.py`` or
-``compiled.py``, and nothing here computes: each function takes dask arrays and
+Dask only; every number is computed by a kernel of the math modules (``kernels.py``,
+``compiled.py``, ``polychoric.py``, …), and nothing here computes: each function takes dask arrays and
 returns dask arrays.
 
 Shapes (docs/design.md §5): samples are chunked in row chunks ``r`` and column blocks
-``I``. One fused task per (row chunk, column block) reads the chunk once and
-makes its ``compiled.ChunkPass``: statistics ``(d_I, 4)``, value checks
+``I``. The fused pass of each (row chunk, column block) reads the chunk once and
+makes its ``compiled.ChunkPass`` (one task per row chunk for all its blocks when
+chunks hold whole rows): statistics ``(d_I, 4)``, value checks
 ``(d_I, 2)`` and bit-packed indicators. Statistics are summed over row chunks
 in segments of ``split_every`` chunks, each adding to the running sum of the
 segment before (``sum_over_rows``). Counts are ``(d_I, d_J)`` partials per
@@ -195,9 +196,9 @@ def _column_block_passes(samples, thresholds, keep, column_chunks, exponents):
 
     Task ``r`` of the row layer makes the ``ChunkPass`` of each column block
     of chunk ``r``, in place; task ``(r, i)`` takes block ``i``'s. The chunk
-    thus has one reader, which dask fuses with the read: on a cluster, a
-    chunk never travels, only its bit-packed indicators (``1/32`` of a
-    float32 chunk) do.
+    thus has one reader, which a cluster's scheduler runs where the chunk was
+    read: a chunk does not travel between workers, its bit-packed indicators
+    (``1/32`` of a float32 chunk) do.
     """
     keep_name = None if keep is None else keep.name
     token = tokenize(samples.name, thresholds.name, keep_name, column_chunks, exponents.name)
@@ -355,7 +356,7 @@ def coexceedance_counts(passes, split_every=8, checkpoint=None, kernel="popcount
     """
     if not isinstance(kernel, da.Array) and kernel not in ("popcount", "gemm"):
         raise ValueError(f"kernel must be 'popcount' or 'gemm'; got {kernel!r}")
-    widened = functools.partial(int.__mul__, int(cuts))
+    widened = functools.partial(int.__mul__, int(cuts))  # a block of c columns has K·c indicators
     partials = da.blockwise(
         _coexceedance_partial, "rij", passes, "ri", passes, "rj", kernel, _scalar_index(kernel),
         adjust_chunks={"r": 1, "i": widened, "j": widened}, dtype=np.int64, token="coexceedance",
@@ -468,7 +469,7 @@ def cut_correlations(counts, n_samples, exceeded, standardised):
     both = da.blockwise(
         _cut_correlation_block, "sij", counts, "ij", n_samples, _scalar_index(n_samples),
         exceeded, "ik", exceeded, "jk", standardised, "ik", standardised, "jk", index, "i", index, "j",
-        new_axes={"s": 2}, adjust_chunks={"i": lambda size: size // cuts, "j": lambda size: size // cuts}, align_arrays=False, concatenate=True,
+        new_axes={"s": 2}, adjust_chunks={"i": chunks, "j": chunks}, align_arrays=False, concatenate=True,
         dtype=np.float64, token="cut-correlation-block", meta=np.empty((0, 0, 0), dtype=np.float64),
     )
     both = _mirror_upper_blocks(both)
