@@ -405,6 +405,165 @@ def pair_variances(terms, first, second, rho, p11, inversion="tetrachoric", edge
     return out[:, 0], out[:, 1]
 
 
+# --------------------------------------------------------------------------
+# Per pair, from a table of cut-point categories (the polychoric ρ̂)
+# --------------------------------------------------------------------------
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _cut_pair_variance(scale, zero_point, information, below, step, i, j, h_i, h_j, rho, rules, rule_limits, out):
+    """Write ``(var_ρ, var_Σ)`` per sample of the pair ``(i, j)``'s polychoric ``ρ̂`` into ``out`` (``cut_pair_variances``)."""
+    k = h_i.size
+    sd = math.sqrt((1.0 - rho) * (1.0 + rho))
+    # The grid of each coordinate: −inf, the zero point u, the K standardised cuts (u ≤ h_1, cuts ≥ 0), +inf.
+    # Its intervals are the fine cells' sides; interval 0 is z ≤ u, and interval g ≥ 1 lies in category g − 1.
+    lines = k + 3
+    grid_i, grid_j = np.empty(lines), np.empty(lines)
+    grid_i[0], grid_j[0], grid_i[1], grid_j[1] = -math.inf, -math.inf, zero_point[i], zero_point[j]
+    for a in range(k):
+        grid_i[2 + a], grid_j[2 + a] = h_i[a], h_j[a]
+    grid_i[lines - 1], grid_j[lines - 1] = math.inf, math.inf
+    # Orthant moments T(g, e) = E[z_i^p z_j^q 1{z_i > grid_i[g]} 1{z_j > grid_j[e]}] at every corner.
+    corners = (lines - 1) * (lines - 1)
+    lower_i, lower_j, cdf_i, cdf_j = np.empty(corners), np.empty(corners), np.empty(corners), np.empty(corners)
+    uppers, totals = np.empty(corners), np.empty(corners)
+    for g in range(lines - 1):
+        for e in range(lines - 1):
+            m = g * (lines - 1) + e
+            lower_i[m], lower_j[m] = -grid_i[g], -grid_j[e]
+            cdf_i[m], cdf_j[m] = _above(grid_i[g]), _above(grid_j[e])
+    compiled.orthant_same_correlation(lower_i, lower_j, cdf_i, cdf_j, rho, rules, rule_limits, uppers, totals)
+    orthant = np.zeros((lines, lines, 3, 3))  # a bound of +inf (the last line) leaves nothing
+    faces = np.empty((2, 3, 3))
+    for g in range(lines - 1):
+        for e in range(lines - 1):
+            if grid_i[g] < math.inf and grid_j[e] < math.inf:  # _orthant_moments reads an infinite bound as none
+                _orthant_moments(grid_i[g], grid_j[e], _pdf(grid_i[g]), _pdf(grid_j[e]), rho,
+                                 uppers[g * (lines - 1) + e], orthant[g, e], faces[0], faces[1])
+    # The fine cells' moments, and the categories' probabilities and their slopes in ρ.
+    fine = np.empty((lines - 1, lines - 1, 3, 3))
+    cells, slopes = np.zeros((k + 1, k + 1)), np.zeros((k + 1, k + 1))
+    for g in range(lines - 1):
+        for e in range(lines - 1):
+            for p in range(3):
+                for q in range(3):
+                    fine[g, e, p, q] = orthant[g, e, p, q] - orthant[g + 1, e, p, q] - orthant[g, e + 1, p, q] \
+                        + orthant[g + 1, e + 1, p, q]
+            cells[max(g - 1, 0), max(e - 1, 0)] += fine[g, e, 0, 0]
+    corner = np.zeros((k + 2, k + 2))  # φ₂ at the categories' corners (h_a, h_b), a, b = 1 … K
+    above_i, above_j = np.zeros((k + 2, k + 2)), np.zeros((k + 2, k + 2))  # ∂U/∂h_i and ∂U/∂h_j there
+    for a in range(1, k + 1):
+        x = h_i[a - 1]
+        if math.isfinite(x):
+            above_i[a, 0] = -_pdf(x)
+        for b in range(1, k + 1):
+            y = h_j[b - 1]
+            if math.isfinite(x) and math.isfinite(y):
+                corner[a, b] = math.exp(-(x * x - 2.0 * rho * x * y + y * y) / (2.0 * sd * sd)) / (2.0 * math.pi * sd)
+                above_i[a, b] = -_pdf(x) * _above((y - rho * x) / sd)
+                above_j[a, b] = -_pdf(y) * _above((x - rho * y) / sd)
+            if a == 1 and math.isfinite(y):
+                above_j[0, b] = -_pdf(y)
+    for a in range(k + 1):
+        for b in range(k + 1):
+            slopes[a, b] = corner[a, b] - corner[a + 1, b] - corner[a, b + 1] + corner[a + 1, b + 1]
+    # The score of ρ is w_ab on category (a, b); its information; and G, the derivative of its mean in (b, σ).
+    weights = np.zeros((k + 1, k + 1))
+    info = 0.0
+    g_i, g_j = np.zeros(2), np.zeros(2)
+    for a in range(k + 1):
+        for b in range(k + 1):
+            if cells[a, b] > 1e-12:
+                w = slopes[a, b] / cells[a, b]
+                weights[a, b] = w
+                info += w * slopes[a, b]
+                # ∂P_ab/∂h_i,c: the category's lower cut c = a (a ≥ 1) and upper cut c = a + 1 (a < K).
+                for c, sign in ((a, 1.0), (a + 1, -1.0)):
+                    if 1 <= c <= k and math.isfinite(h_i[c - 1]):
+                        change = sign * (above_i[c, b] - above_i[c, b + 1])
+                        g_i[0] += w * change / scale[i]  # −w ∂P/∂h · ∂h/∂b, ∂h/∂b = −1/σ
+                        g_i[1] += w * change * h_i[c - 1] / scale[i]  # ∂h/∂σ = −h/σ
+                for c, sign in ((b, 1.0), (b + 1, -1.0)):
+                    if 1 <= c <= k and math.isfinite(h_j[c - 1]):
+                        change = sign * (above_j[a, c] - above_j[a + 1, c])
+                        g_j[0] += w * change / scale[j]
+                        g_j[1] += w * change * h_j[c - 1] / scale[j]
+    if not info > 0.0:
+        out[0], out[1] = math.nan, math.nan
+        return
+    # E[s_ρ s_i], E[s_ρ s_j] and E[s_i s_jᵀ] over the fine cells: the scores are below + step above u.
+    score_i, score_j, scores = np.zeros(2), np.zeros(2), np.zeros((2, 2))
+    coefficients_i, coefficients_j = np.empty((2, 3)), np.empty((2, 3))
+    for g in range(lines - 1):
+        for e in range(lines - 1):
+            w = weights[max(g - 1, 0), max(e - 1, 0)]
+            for c in range(2):
+                for x in range(3):
+                    coefficients_i[c, x] = below[i, c, x] + (step[i, c, x] if g >= 1 else 0.0)
+                    coefficients_j[c, x] = below[j, c, x] + (step[j, c, x] if e >= 1 else 0.0)
+            for c in range(2):
+                for x in range(3):
+                    score_i[c] += w * coefficients_i[c, x] * fine[g, e, x, 0]
+                    score_j[c] += w * coefficients_j[c, x] * fine[g, e, 0, x]
+            _score_products(coefficients_i, coefficients_j, fine[g, e], scores)
+    # Cov of (s_ρ, ψ_i, ψ_j), ψ = V s the Step 1 influences, and ψ_ρ = (s_ρ + G_i ψ_i + G_j ψ_j) / I.
+    v_i, v_j = information[i], information[j]
+    cov = np.zeros((5, 5))
+    cov[0, 0] = info
+    for x in range(2):
+        cov[0, 1 + x] = v_i[x, 0] * score_i[0] + v_i[x, 1] * score_i[1]
+        cov[0, 3 + x] = v_j[x, 0] * score_j[0] + v_j[x, 1] * score_j[1]
+        for y in range(2):
+            cov[1 + x, 1 + y], cov[3 + x, 3 + y] = v_i[x, y], v_j[x, y]
+            total = 0.0
+            for e in range(2):
+                for f in range(2):
+                    total += v_i[x, e] * scores[e, f] * v_j[f, y]
+            cov[1 + x, 3 + y] = total
+    for a in range(5):
+        for b in range(a):
+            cov[a, b] = cov[b, a]
+    coefficients = np.array([1.0, g_i[0], g_i[1], g_j[0], g_j[1]]) / info
+    out[0] = _quadratic(coefficients, cov)
+    coefficients *= scale[i] * scale[j]
+    coefficients[2] += rho * scale[j]
+    coefficients[4] += rho * scale[i]
+    out[1] = _quadratic(coefficients, cov)
+
+
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _cut_pair_variances(scale, zero_point, information, below, step, first, second, h_first, h_second, rho, rules,
+                        rule_limits, out):
+    for m in range(rho.size):
+        _cut_pair_variance(scale, zero_point, information, below, step, first[m], second[m], h_first[m],
+                           h_second[m], rho[m], rules, rule_limits, out[m])
+
+
+def cut_pair_variances(terms, first, second, h_first, h_second, rho):
+    """Return ``(var_ρ, var_Σ)`` per sample (divide by ``n``) of pairs' polychoric ``ρ̂`` (``polychoric``).
+
+    ``ρ̂`` maximises the likelihood of the pair's table of cut-point
+    categories with the margins' standardised cut points ``h = (c − b̂)/σ̂``
+    (``h_first``, ``h_second``, ``(P, K)``, increasing, ``+inf`` for a
+    missing cut). Its influence is ``(s_ρ + G_i ψ_i + G_j ψ_j)/I``: ``s_ρ``
+    the table's score (``P'_ab/P_ab`` on category ``(a, b)``), ``I`` its
+    information, ``ψ = V s`` the Step 1 influences and ``G`` the derivative
+    of the score's mean in ``(b, σ)`` (``−Σ_ab w_ab ∂P_ab/∂θ``), through the
+    cut points' ``h``. Every covariance is a sum of orthant moments over the
+    cells of the grid the cut points and the zero points ``u`` make.
+    ``Σ̂ = σ̂_i σ̂_j ρ̂`` adds the scales' influences, as ``pair_variances``.
+    In the terms' units (``CoordinateTerms``); NaN where the table carries
+    no information.
+    """
+    out = np.empty((len(rho), 2))
+    _cut_pair_variances(*(np.ascontiguousarray(field, dtype=np.float64) for field in
+                          (terms.scale, terms.zero_point, terms.information, terms.score_below, terms.score_step)),
+                        np.asarray(first, dtype=np.int64), np.asarray(second, dtype=np.int64),
+                        np.ascontiguousarray(h_first, dtype=np.float64), np.ascontiguousarray(h_second, dtype=np.float64),
+                        np.asarray(rho, dtype=np.float64), *compiled.ORTHANT_RULES, out)
+    return out[:, 0], out[:, 1]
+
+
 SLAB_PAIRS = 8_192
 
 
