@@ -426,6 +426,25 @@ def standard_errors(counts, n_samples, covariance, terms, inversion):
     return _mirror_upper_blocks(stacked[0]), _mirror_upper_blocks(stacked[1])
 
 
+def cut_standard_errors(covariance, n_samples, terms, standardised):
+    """Return lazy ``(SE(ρ̂), SE(Σ̂))`` of polychoric estimates: ``standard_errors`` for ``cut_correlations``' pairs.
+
+    ``covariance`` is ``Σ̂`` as stored; ``terms`` ``(d, 21)`` in memory;
+    ``standardised`` ``(d, K)`` the cut points by the fitted margins.
+    One task per block of the upper triangle (``uncertainty.cut_standard_error_block``), mirrored.
+    """
+    chunks = (covariance.chunks[0],)
+    terms = da.from_array(np.asarray(terms), chunks=(chunks[0], terms.shape[1]))
+    standardised = da.asarray(standardised).rechunk({0: chunks[0], 1: standardised.shape[1]})
+    index = da.arange(covariance.shape[0], chunks=chunks)
+    stacked = da.blockwise(
+        uncertainty.cut_standard_error_block, "sij", n_samples, _scalar_index(n_samples), covariance, "ij",
+        terms, "ik", terms, "jk", standardised, "il", standardised, "jl", index, "i", index, "j",
+        new_axes={"s": 2}, concatenate=True, dtype=np.float64, token="cut-standard-error-block",
+    )
+    return _mirror_upper_blocks(stacked[0]), _mirror_upper_blocks(stacked[1])
+
+
 def jackknife_standard_errors(group_counts, counts, replicates):
     """Return lazy jackknife ``(SE(ρ̂), SE(Σ̂))``, each ``(d, d)``: one task per block of the upper triangle, mirrored.
 

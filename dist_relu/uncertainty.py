@@ -626,14 +626,58 @@ def standard_error_block(counts, n, covariance, terms_i, terms_j, index_i, index
                 se[1, fit] = np.where(var_sigma > 0, np.ldexp(np.sqrt(var_sigma / n), units[fit]),
                                       np.where(np.isnan(var_sigma), np.nan, np.inf))
             out[:, i, j] = se
-        if diagonal:
-            out[:, columns, rows] = out[:, rows, columns]
-        same = index_i[:, None] == index_j[None, :]
-        sigma_se = np.sqrt(terms_i.information[:, 1, 1] / n)
-        own = np.ldexp(2 * terms_i.scale * sigma_se, 2 * terms_i.exponent.astype(np.int64))
-        own_sigma = np.broadcast_to(own[:, None], counts.shape)
-        out[0][same] = np.where(terms_i.scale[:, None] > 0, 0.0, np.nan).repeat(counts.shape[1], 1)[same]
-        out[1][same] = own_sigma[same]
+        _mirrored_with_own(out, diagonal, rows, columns, terms_i, index_i, index_j, n)
+    return out
+
+
+def _mirrored_with_own(out, diagonal, rows, columns, terms_i, index_i, index_j, n):
+    """Mirror a diagonal block's upper triangle of ``out`` (2, d_i, d_j), and set each coordinate's own entries.
+
+    ``SE(ρ̂_ii) = 0`` and ``SE(Σ̂_ii) = 2 σ̂_i SE(σ̂_i)`` (NaN without an estimate).
+    """
+    if diagonal:
+        out[:, columns, rows] = out[:, rows, columns]
+    same = index_i[:, None] == index_j[None, :]
+    sigma_se = np.sqrt(terms_i.information[:, 1, 1] / n)
+    own = np.ldexp(2 * terms_i.scale * sigma_se, 2 * terms_i.exponent.astype(np.int64))
+    own_sigma = np.broadcast_to(own[:, None], out.shape[1:])
+    out[0][same] = np.where(terms_i.scale[:, None] > 0, 0.0, np.nan).repeat(out.shape[2], 1)[same]
+    out[1][same] = own_sigma[same]
+
+
+def cut_standard_error_block(n, covariance, terms_i, terms_j, h_i, h_j, index_i, index_j):
+    """Return ``(SE(ρ̂), SE(Σ̂))`` of a block of pairs' polychoric estimates, stacked: shape (2, d_i, d_j).
+
+    As ``standard_error_block``, by ``cut_pair_variances``: ``covariance``
+    is the block's ``Σ̂``, ``terms_i`` and ``terms_j`` the ``CoordinateTerms``
+    stacked, ``h_i`` and ``h_j`` ``(d_i, K)`` and ``(d_j, K)`` the
+    coordinates' standardised cut points (``polychoric.standardised_cuts``).
+    NaN where a coordinate has no estimate (``σ̂ = 0``), ``inf`` where the
+    pair's table carries no information (``ρ̂`` at ``±1``).
+    """
+    terms = CoordinateTerms.unstack(np.concatenate([terms_i, terms_j]))
+    terms_i, terms_j = CoordinateTerms.unstack(terms_i), CoordinateTerms.unstack(terms_j)
+    h = np.concatenate([h_i, h_j])
+    out = np.full((2,) + covariance.shape, np.nan)
+    diagonal = covariance.shape[0] == covariance.shape[1] and np.array_equal(index_i, index_j)
+    rows, columns = np.triu_indices(covariance.shape[0], k=1) if diagonal else \
+        (k.ravel() for k in np.indices(covariance.shape))
+    with np.errstate(divide="ignore", invalid="ignore", over="ignore"):
+        for start in range(0, rows.size, SLAB_PAIRS):
+            i, j = rows[start:start + SLAB_PAIRS], columns[start:start + SLAB_PAIRS]
+            pair_i, pair_j = terms_i.take(i), terms_j.take(j)
+            units = (pair_i.exponent + pair_j.exponent).astype(np.int64)
+            rho = np.ldexp(covariance[i, j], -units) / (pair_i.scale * pair_j.scale)
+            estimated = (pair_i.scale > 0) & (pair_j.scale > 0)
+            se = np.stack([np.where(estimated, np.inf, np.nan)] * 2)
+            fit = np.flatnonzero(estimated & (np.abs(rho) < 1))
+            if fit.size:
+                second = len(terms_i.scale) + j[fit]
+                var_rho, var_sigma = cut_pair_variances(terms, i[fit], second, h[i[fit]], h[second], rho[fit])
+                se[0, fit] = np.where(var_rho > 0, np.sqrt(var_rho / n), np.inf)
+                se[1, fit] = np.where(var_sigma > 0, np.ldexp(np.sqrt(var_sigma / n), units[fit]), np.inf)
+            out[:, i, j] = se
+        _mirrored_with_own(out, diagonal, rows, columns, terms_i, index_i, index_j, n)
     return out
 
 

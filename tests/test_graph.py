@@ -170,3 +170,32 @@ def test_cut_points_make_k_indicators_a_value_counted_and_fitted_block_by_block(
     whole = polychoric.correlation_block(expected, kept, exceeded, exceeded, h, h, np.arange(d), np.arange(d))
     np.testing.assert_array_equal(rho.compute(), whole[0])
     np.testing.assert_array_equal(information.compute(), whole[1])
+
+
+def test_the_polychoric_standard_errors_of_a_blocked_fit_are_each_pairs_own():
+    """Block by block (three blocks, the upper triangle mirrored), each pair's SE is cut_pair_variances' own,
+    and each coordinate's own entries are those of the one-threshold standard errors."""
+    from dist_relu import polychoric, uncertainty
+
+    rng = np.random.default_rng(8)
+    n, d, k = 20_000, 7, 3
+    weights, bias = rng.standard_normal((d, 2)), np.maximum(0, rng.standard_normal(d))
+    x = kernels.relu_gaussian_chunk(n, weights, bias, 8, 0)
+    statistics = kernels.chunk_statistics(x)
+    fitted_bias, scale, status = kernels.fit_coordinates(statistics)
+    information = kernels.coordinate_information(statistics, fitted_bias, scale, status)
+    terms = uncertainty.coordinate_terms(fitted_bias, scale, np.zeros(d), information, np.zeros(d))
+    cuts = kernels.cut_points(x[:5000], np.maximum(0, fitted_bias), k)
+    h = polychoric.standardised_cuts(cuts, fitted_bias, scale)
+    rho = np.clip(np.corrcoef(x.T), -0.95, 0.95)  # any ρ̂ inside (−1, 1) will do for the bookkeeping
+    np.fill_diagonal(rho, 1.0)
+    covariance = rho * np.outer(scale, scale)
+    se_rho, se_sigma = graph.cut_standard_errors(da.from_array(covariance, chunks=3), n, terms.stack(), h)
+    se_rho, se_sigma = se_rho.compute(), se_sigma.compute()
+    first, second = np.triu_indices(d, 1)
+    var_rho, var_sigma = uncertainty.cut_pair_variances(terms, first, second, h[first], h[second], rho[first, second])
+    np.testing.assert_allclose(se_rho[first, second], np.sqrt(var_rho / n), rtol=1e-12)
+    np.testing.assert_allclose(se_sigma[first, second], np.sqrt(var_sigma / n), rtol=1e-12)
+    np.testing.assert_array_equal(se_rho, se_rho.T)
+    np.testing.assert_array_equal(np.diag(se_rho), 0.0)
+    np.testing.assert_allclose(np.diag(se_sigma), 2 * scale * np.sqrt(information[:, 1, 1] / n), rtol=1e-12)
