@@ -445,10 +445,11 @@ def _print_summary(out, attributes, as_json):
                    + ("" if attributes["converged"] else " (not converged)"))
         click.echo("span(Â) moved by: " + ", ".join(f"{change:.1e}" for change in summary["change"]))
     else:
+        correlations = f"{attributes['cuts']} cut points" if attributes.get("cuts", 1) > 1 else attributes["inversion"]
         click.echo(
             f"fitted {summary['n_samples']:,} samples × {summary['n_coordinates']} coordinates "
             f"in {summary['seconds']:.1f} s ({attributes['method']}, {attributes['passes']} "
-            f"pass{'es' if attributes['passes'] == 2 else ''}, {attributes['inversion']})"
+            f"pass{'es' if attributes['passes'] == 2 else ''}, {correlations})"
         )
     click.echo("stages: " + ", ".join(f"{stage} {seconds:.1f} s" for stage, seconds in summary["timings"].items()))
     click.echo("coordinates: " + ", ".join(f"{count} {name}" for name, count in summary["status"].items()))

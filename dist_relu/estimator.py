@@ -26,7 +26,7 @@ from .settings import OneLayerSettings
 
 
 def estimates(statistics, counts, n_samples, thresholds, method, inversion, clip_bias, sgd_estimates=None,
-              exponents=None):
+              exponents=None, cut_counts=None, cut_points=None):
     """Return the lazy estimates from a fit's sums: ``Σ̂`` and the per-coordinate arrays.
 
     Parameters
@@ -46,6 +46,11 @@ def estimates(statistics, counts, n_samples, thresholds, method, inversion, clip
         The SGD's ``(µ̂, σ̂)`` (``method="sgd"``), used where the coordinate is ok.
     exponents : array (d,), optional
         The units of the sums; 0 by default.
+    cut_counts, cut_points : dask array (K·d, K·d), ndarray (d, K), optional
+        With ``K > 1`` cut points per coordinate: the counts of every cut
+        point, in blocks ``K`` times as wide, and the cut points. ``Σ̂`` is
+        then the polychoric estimate (``graph.cut_correlations``) with the
+        likelihood's margins; ``inversion`` and ``clip_bias`` are for one cut.
 
     Returns
     -------
@@ -55,7 +60,7 @@ def estimates(statistics, counts, n_samples, thresholds, method, inversion, clip
         ``check_estimates`` them: ``Σ̂`` may not be representable. Not
         stored, for the standard errors: ``margins`` (d,), the inversion's,
         and ``likelihood_bias``, the maximum likelihood ``b̂`` before any
-        clipping or SGD.
+        clipping or SGD; with cut points, ``standardised_cuts`` (d, K).
 
     Notes
     -----
@@ -75,14 +80,22 @@ def estimates(statistics, counts, n_samples, thresholds, method, inversion, clip
     else:
         thresholds = da.from_array(np.asarray(thresholds), chunks=bias.chunks)
         margins = da.map_blocks(kernels.threshold_margins, bias, scale, thresholds, dtype=np.float64)
+    if cut_counts is None:
+        covariance, standardised = graph.covariance(counts, n_samples, margins, scale), None
+    else:
+        d, cuts = cut_points.shape
+        standardised = graph.standardised_cuts(cut_points, likelihood_bias, scale)
+        rho, _ = graph.cut_correlations(cut_counts, n_samples, da.diagonal(cut_counts).reshape(d, cuts), standardised)
+        covariance = rho * scale[:, None] * scale[None, :]
     return {
-        "covariance": graph.covariance(counts, n_samples, margins, scale),
+        "covariance": covariance,
         "bias": bias,
         "scale": scale,
         "status": status,
         "positive_fraction": statistics[:, 1] / n_samples,
         "margins": margins,
         "likelihood_bias": likelihood_bias,
+        **({} if standardised is None else {"standardised_cuts": standardised}),
     }
 
 
@@ -192,8 +205,9 @@ def write_fit(output, fit_settings, column_block, record, stages, thresholds, ma
     with stages(("pass" if fit_settings.passes == 1 else "pass 2") if main else "merge"):
         # Everything the pass makes is computed by one graph: computed apart, each array would be
         # optimised apart, and dask would fuse a second read of the samples into the smaller ones.
-        computed = output.store(fitstore.sums_arrays(sums, thresholds), also=[*lazy.values(), *extra.values()],
-                                progress=progress)
+        cut_points = main.cut_points if main else None
+        computed = output.store(fitstore.sums_arrays(sums, thresholds, cut_points),
+                                also=[*lazy.values(), *extra.values()], progress=progress)
     measured.update(zip(lazy, computed))
     if check_extra is not None:
         check_extra(dict(zip(extra, computed[len(lazy):])))
@@ -212,7 +226,9 @@ def write_fit(output, fit_settings, column_block, record, stages, thresholds, ma
         lazy_estimates = estimates(
             fitstore.stored_statistics(output, column_block), output.lazy("counts", column_block), kept,
             output.read("thresholds"), fit_settings.method, fit_settings.inversion, fit_settings.clip_bias,
-            measured["sgd"], output.lazy("statistics_exponent", column_block))
+            measured["sgd"], output.lazy("statistics_exponent", column_block),
+            *((output.lazy("cut_counts", cut_points.shape[1] * column_block), output.read("cut_points"))
+              if cut_points is not None else ()))
         covariance = lazy_estimates.pop("covariance")
         per_coordinate = dict(zip(lazy_estimates, compute(*lazy_estimates.values(), progress=progress)))
         checked = per_coordinate["bias"], per_coordinate["scale"], per_coordinate["status"]
@@ -275,6 +291,7 @@ def _standard_errors(output, column_block, n_samples, fit_settings, per_coordina
     ``StandardErrorSummary``.
     """
     margins, likelihood_bias = per_coordinate.pop("margins"), per_coordinate.pop("likelihood_bias")
+    standardised = per_coordinate.pop("standardised_cuts", None)
     scale, status = per_coordinate["scale"], per_coordinate["status"]
     exponents = np.asarray(output.read("statistics_exponent"), dtype=np.int64)
     if fit_settings.method == "sgd":
@@ -288,8 +305,11 @@ def _standard_errors(output, column_block, n_samples, fit_settings, per_coordina
     terms = uncertainty.coordinate_terms(likelihood_bias, scale, margins, information, exceedances,
                                          likelihood_of(fit_settings.method), exponents)
     covariance = output.lazy("covariance", column_block)
-    correlation_se, covariance_se = graph.standard_errors(counts, n_samples, covariance, terms.stack(),
-                                                          fit_settings.inversion)
+    if standardised is None:
+        correlation_se, covariance_se = graph.standard_errors(counts, n_samples, covariance, terms.stack(),
+                                                              fit_settings.inversion)
+    else:
+        correlation_se, covariance_se = graph.cut_standard_errors(covariance, n_samples, terms.stack(), standardised)
     (trust,) = output.store({"correlation_se": correlation_se, "covariance_se": covariance_se},
                             also=[graph.trust_counts(covariance, covariance_se, correlation_se)], progress=progress)
     d = len(scale)
@@ -412,6 +432,9 @@ class ReLUGaussian(settings.Estimator):
     thresholds_ : ndarray (d,)
     counts_ : ndarray (d, d) of int64
         Co-exceedance counts ``C_ij = #{m : x_mi > t_i, x_mj > t_j}``.
+    cut_points_ : ndarray (d, K) or None
+        With ``cuts`` ``K > 1``, each coordinate's cut points (its threshold
+        first; ``+inf`` where the pilot gave fewer); else None.
     statistics_ : ndarray (d, 4)
         ``(n0, n1, S1, S2)`` per coordinate, the sums in units
         ``2**statistics_exponent_``.
@@ -486,6 +509,7 @@ class ReLUGaussian(settings.Estimator):
             setattr(self, f"jackknife_{name}_se_", arrays.get(f"jackknife_{name}_se"))
         self.thresholds_ = arrays["thresholds"]
         self.counts_ = arrays["counts"]
+        self.cut_points_ = arrays.get("cut_points")
         self.statistics_ = np.stack([arrays[name] for name in kernels.STATISTICS], axis=1)
         self.statistics_exponent_ = np.asarray(arrays["statistics_exponent"], dtype=np.int64)
         self.n_samples_ = self.settings_["n_samples"]

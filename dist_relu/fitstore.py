@@ -103,9 +103,17 @@ def total(sums):
 MOMENTS = ("sum_cube_positive", "sum_fourth_positive")
 
 
-def sums_arrays(sums, thresholds):
-    """Return the arrays that store ``sums`` counted at ``thresholds``, by their names in the group."""
+def sums_arrays(sums, thresholds, cut_points=None):
+    """Return the arrays that store ``sums`` counted at ``thresholds``, by their names in the group.
+
+    With ``cut_points`` ``(d, K)``, ``K > 1``, the sums' counts are those of
+    every cut point, ``(K·d, K·d)``: stored as ``cut_counts``, with the
+    cut points, and ``counts`` the first cut's, the thresholds'.
+    """
     arrays = {"counts": sums.counts, "thresholds": thresholds, "statistics_exponent": sums.statistics_exponent}
+    if cut_points is not None:
+        cuts = cut_points.shape[1]
+        arrays.update(counts=sums.counts[::cuts, ::cuts], cut_counts=sums.counts, cut_points=cut_points)
     arrays.update({name: sums.statistics[:, k] for k, name in enumerate(kernels.STATISTICS)})
     if sums.value_problems is not None:
         arrays["value_problems"] = sums.value_problems
@@ -289,6 +297,9 @@ def check_additive(groups, d):
                 "estimates and a first pass's thresholds are not sums)")
         if attrs["n_coordinates"] != d:
             raise io.InputError(f"{group.store_path} has {attrs['n_coordinates']} coordinates; the data has {d}")
+        if attrs.get("cuts", 1) > 1:
+            raise io.InputError(f"{group.store_path} was fitted with --cuts {attrs['cuts']}: fits with cut points "
+                                "cannot be updated or merged yet")
     first = groups[0]
     for group in groups[1:]:
         settings, first_settings = additive_settings(group), additive_settings(first)

@@ -284,6 +284,17 @@ def coordinate_estimates(statistics, method="censored", exponents=None):
     return solved[:, 0], solved[:, 1], solved[:, 2].astype(np.int8)
 
 
+def pilot_cut_points(pilot, thresholds, cuts, column_chunks):
+    """Return the lazy ``(d, cuts)`` cut points of ``kernels.cut_points`` from the ``pilot`` rows, per column block.
+
+    Each block's task holds the pilot's rows of its columns.
+    """
+    pilot = pilot.rechunk({0: -1, 1: column_chunks})
+    thresholds = _per_column(thresholds, column_chunks, 0.0, np.float64)
+    return da.blockwise(kernels.cut_points, "ik", pilot, "ri", thresholds, "i", cuts, None, new_axes={"k": cuts},
+                        concatenate=True, dtype=np.float64, token="cut-points")
+
+
 def column_exponents(samples):
     """Return the lazy ``(d,)`` int64 units ``2**e`` of the statistics' sums (``kernels.statistics_exponents``).
 
@@ -469,6 +480,13 @@ def jackknife_standard_errors(group_counts, counts, replicates):
 
 def _cut_correlation_block(counts, n, margins_i, margins_j, h_i, h_j, index_i, index_j):
     return np.stack(polychoric.correlation_block(counts, n, margins_i, margins_j, h_i, h_j, index_i, index_j))
+
+
+def standardised_cuts(cut_points, bias, scale):
+    """Return lazy ``(d, K)`` cut points standardised by the margins, ``(c − b̂)/σ̂`` (``polychoric.standardised_cuts``)."""
+    cut_points = _per_column(cut_points, bias.chunks[0], None, np.float64)
+    return da.blockwise(polychoric.standardised_cuts, "ik", cut_points, "ik", bias, "i", scale, "i",
+                        dtype=np.float64, token="standardised-cuts")
 
 
 def cut_correlations(counts, n_samples, exceeded, standardised):

@@ -104,7 +104,7 @@ def split_at_groups(samples, n_groups):
 
 
 def plan_layout(samples, column_block="auto", memory_per_worker=None, split_every=8, jackknife_groups=0,
-                stored_bytes=None):
+                stored_bytes=None, cuts=1):
     """Return the ``Layout`` of ``samples``: a given ``column_block``, or with "auto" the widest that fits memory.
 
     "auto" asks ``budget`` for the widest block whose tasks fit each worker
@@ -114,7 +114,8 @@ def plan_layout(samples, column_block="auto", memory_per_worker=None, split_ever
     so that each row chunk's partial sums belong to one group, and the
     budget counts the jackknife's tasks, which hold ``G`` count blocks.
     ``stored_bytes`` is the size of the largest stored chunk as stored
-    (``Input.largest_object``); None: as large as decoded.
+    (``Input.largest_object``); None: as large as decoded. ``cuts`` is the
+    cut points per coordinate, whose counts are ``cuts²`` as large.
     """
     n, d = samples.shape
     memory = None
@@ -125,14 +126,14 @@ def plan_layout(samples, column_block="auto", memory_per_worker=None, split_ever
         share, threads = budget.memory_share(memory_per_worker, current_client())
         chunk = budget.StoredChunk(max(samples.chunks[0]), max(samples.chunks[1]), samples.dtype.itemsize,
                                    stored_bytes)
-        column_block = budget.column_block_for(d, chunk, split_every, share, threads, jackknife_groups)
+        column_block = budget.column_block_for(d, chunk, split_every, share, threads, jackknife_groups, cuts)
         memory = {"share_per_thread": share, "threads": threads,
-                  "task_bytes": budget.task_bytes(d, column_block, chunk, split_every, jackknife_groups)}
+                  "task_bytes": budget.task_bytes(d, column_block, chunk, split_every, jackknife_groups, cuts)}
     blocked = samples
     if max(samples.chunks[1]) != min(column_block, d) or len(set(samples.chunks[1][:-1])) > 1:
         blocked = samples.rechunk({1: column_block})
     if memory is not None:
-        memory["waiting_bytes"] = budget.waiting_bytes(blocked.chunks[1], split_every, max(blocked.chunks[0]))
+        memory["waiting_bytes"] = budget.waiting_bytes(blocked.chunks[1], split_every, max(blocked.chunks[0]), cuts)
         budget.check_waiting(memory["waiting_bytes"], share, threads, split_every)
     # The fused passes read chunks of whole rows block by block, in place (graph.chunk_passes); other
     # chunkings, and the SGD chains, go through the rechunk to column blocks.

@@ -36,6 +36,7 @@ class MainPass:
     thresholds: np.ndarray | da.Array
     count_kernel: da.Array | None
     sgd: np.ndarray | da.Array | None
+    cut_points: da.Array | None = None  # (d, K) with cuts K > 1, lazy: the sums' counts are then (K·d, K·d)
 
 
 @dataclass(frozen=True)
@@ -98,10 +99,13 @@ def plan_fit(input, settings, checkpoint=None, thresholds=None, stages=None, pro
     FitPlan
     """
     stages = Stages() if stages is None else stages
+    if settings.cuts > 1 and (thresholds is not None or checkpoint is not None):
+        raise ValueError(f"cuts {settings.cuts} takes its cut points from the pilot: not with given thresholds "
+                         "(update, --thresholds-from) or a checkpoint")
     samples = input.samples
     n, d = samples.shape
     layout = plan_layout(samples, settings.column_block, settings.memory_per_worker, settings.split_every,
-                         settings.jackknife_groups, input.largest_object)
+                         settings.jackknife_groups, input.largest_object, settings.cuts)
     passed, column_chunks, split_every = layout.passed, layout.column_chunks, settings.split_every
     checkpoint = open_checkpoint(checkpoint, input, layout, split_every, settings.drop_nonfinite)
     sgd_settings = {"seed": settings.seed, "n_batches": settings.sgd_batches, "radius": settings.sgd_radius,
@@ -160,16 +164,21 @@ def plan_fit(input, settings, checkpoint=None, thresholds=None, stages=None, pro
         thresholds = np.maximum(0.0, first_bias)
         scope = tokenize(thresholds)
 
+    cut_points = None
+    if settings.cuts > 1:
+        # The threshold and quantiles of the pilot's values above it, in the main pass's graph as the thresholds.
+        cut_points = graph.pilot_cut_points(passed[:pilot_rows], thresholds, settings.cuts, column_chunks)
     # The main pass: its partial sums are checkpointed under the thresholds they were counted at.
     main = None if checkpoint is None else checkpoint.child(f"thresholds-{scope}")
-    main_passes = graph.chunk_passes(passed, thresholds, keep, column_chunks, exponents)
+    main_passes = graph.chunk_passes(passed, thresholds if cut_points is None else cut_points, keep, column_chunks,
+                                     exponents)
     # With "auto", a task of the pass chooses; the record says which once it has run.
     chosen = graph.count_kernel_choice(main_passes) if settings.count_kernel == "auto" else None
     kernel = settings.count_kernel if chosen is None else chosen
     if layout.row_groups is None:
         groups = None
         statistics = graph.column_statistics(main_passes, split_every, main)
-        counts = graph.coexceedance_counts(main_passes, split_every, main, kernel)
+        counts = graph.coexceedance_counts(main_passes, split_every, main, kernel, cuts=settings.cuts)
     else:
         # The jackknife's state: each group's sums, which add up to the pass's.
         groups = GroupSums(graph.column_statistics(main_passes, split_every, main, layout.row_groups),
@@ -190,7 +199,8 @@ def plan_fit(input, settings, checkpoint=None, thresholds=None, stages=None, pro
         moments=graph.positive_moments(main_passes, split_every, main),
         groups=groups,
     )
-    return FitPlan(settings, input, layout, checkpoint, pilot_rows, MainPass(sums, thresholds, chosen, estimates))
+    return FitPlan(settings, input, layout, checkpoint, pilot_rows,
+                   MainPass(sums, thresholds, chosen, estimates, cut_points))
 
 
 def _pilot_thresholds(statistics, problems, exponents, likelihood, pilot_rows, checkpoint):

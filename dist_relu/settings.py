@@ -293,6 +293,14 @@ class OneLayerSettings(PipelineSettings, GaussianFitSettings):
         "counts, stored with it, and refits Σ̂ once per group left out. Not with method 'sgd'.", minimum=0,
         cli_help="Also give jackknife standard errors over G groups of consecutive rows (0: none, else ≥ 2); "
         "keeps G copies of the d×d counts.")
+    cuts: int = setting(
+        1, "Cut points per coordinate for the correlations: 1, the threshold alone (each pair's 2×2 table of "
+        "exceedances, inverted); K > 1, the threshold and K − 1 quantiles of the pilot's values above it, and "
+        "each pair's ρ by maximum likelihood of its (K+1)×(K+1) table: closer to the truth for the same samples, "
+        "K² the counts and their memory. One pass with a pilot; not with method 'sgd' or a jackknife.",
+        minimum=1, maximum=8, stored="cuts", stored_when=lambda settings: settings.cuts > 1,
+        cli_help="Cut points per coordinate (1: the threshold alone; K > 1: each pair's (K+1)×(K+1) table, "
+        "K² the counts' work and memory).")
 
     def __post_init__(self):
         super().__post_init__()
@@ -301,6 +309,9 @@ class OneLayerSettings(PipelineSettings, GaussianFitSettings):
         if self.jackknife_groups and self.method == "sgd":
             raise ValueError("jackknife_groups needs a likelihood: the SGD's estimates are not sums of the groups'; "
                              "use method 'censored' or 'truncated'")
+        if self.cuts > 1 and (self.method == "sgd" or self.jackknife_groups or self.passes != 1):
+            raise ValueError(f"cuts {self.cuts} takes its cut points from a pilot and the margins from a likelihood: "
+                             "one pass (passes 1), method 'censored' or 'truncated', and no jackknife")
 
 
 @dataclass(frozen=True, kw_only=True)

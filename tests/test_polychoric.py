@@ -169,3 +169,83 @@ def test_a_block_of_relu_samples_gets_the_correlations_of_the_truth_closer_with_
         squared["cuts"].append((rho[upper] - truth[upper]) ** 2)
     ratio = np.mean(squared["cuts"]) / np.mean(squared["one"])
     assert ratio < 0.8, ratio  # about 0.45-0.7 in the studies; 1 would mean the cuts add nothing
+
+
+# --------------------------------------------------------------------------
+# The fit with cut points
+# --------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def relu_store(tmp_path_factory):
+    import dist_relu
+
+    rng = np.random.default_rng(1)
+    weights, bias = rng.standard_normal((7, 3)), np.maximum(0, rng.standard_normal(7))
+    path = tmp_path_factory.mktemp("cuts") / "samples.zarr"
+    dist_relu.simulate_to_zarr(path, weights, bias, 60_000, chunk_rows=10_000, seed=1)
+    return path
+
+
+def test_a_fit_with_cut_points_is_the_kernels_on_the_whole_data(relu_store):
+    """Pilot cut points, K bits a value in blocks of 3 columns, tables fitted per block pair: the numbers the
+    kernels give on all the samples at once; its counts at the thresholds are a one-cut fit's."""
+    import zarr
+
+    import dist_relu
+    from dist_relu import kernels, uncertainty
+
+    k = 3
+    fit = dist_relu.ReLUGaussian(cuts=k, column_block=3).fit(str(relu_store))
+    one = dist_relu.ReLUGaussian(column_block=3).fit(str(relu_store))
+    x = zarr.open_array(str(relu_store), path="samples", mode="r")[:]
+    n, d = x.shape
+    pilot = fit.settings_["pilot_rows"]
+    assert fit.settings_["cuts"] == k and "cuts" not in one.settings_
+    np.testing.assert_array_equal(fit.cut_points_, kernels.cut_points(x[:pilot], fit.thresholds_, k))
+    np.testing.assert_array_equal(fit.thresholds_, one.thresholds_)
+    np.testing.assert_array_equal(fit.counts_, one.counts_)  # the first cut is the threshold
+    many = compiled.chunk_pass(x, fit.cut_points_)
+    counts = compiled.popcount_counts(many.indicators, many.indicators)
+    exceeded = np.diag(counts).reshape(d, k)
+    h = polychoric.standardised_cuts(fit.cut_points_, fit.bias_, fit.scale_)
+    rho, _ = polychoric.correlation_block(counts, n, exceeded, exceeded, h, h, np.arange(d), np.arange(d))
+    np.testing.assert_allclose(fit.covariance_, rho * np.outer(fit.scale_, fit.scale_), rtol=1e-12, atol=1e-15)
+    assert not np.allclose(fit.covariance_, one.covariance_, rtol=1e-3)  # another estimator
+    # The standard errors are the polychoric estimator's: each pair's own, by the delta method.
+    information = kernels.coordinate_information(fit.statistics_, fit.bias_, fit.scale_, fit.status_)
+    terms = uncertainty.coordinate_terms(fit.bias_, fit.scale_, np.zeros(d), information, np.zeros(d),
+                                         exponents=fit.statistics_exponent_)
+    first, second = np.triu_indices(d, 1)
+    var_rho, _ = uncertainty.cut_pair_variances(terms, first, second, h[first], h[second], rho[first, second])
+    np.testing.assert_allclose(fit.correlation_se_[first, second], np.sqrt(var_rho / n), rtol=1e-9)
+    assert np.all(fit.correlation_se_[first, second] < one.correlation_se_[first, second])
+
+
+def test_cut_points_where_they_are_not_built_are_refused_and_nothing_is_written(relu_store, tmp_path):
+    import dist_relu
+    from dist_relu import io
+
+    for settings in ({"passes": 2}, {"method": "sgd"}, {"jackknife_groups": 4}):
+        with pytest.raises(ValueError, match="cuts 3 takes its cut points from a pilot"):
+            dist_relu.ReLUGaussian(cuts=3, **settings).fit(str(relu_store))
+    with pytest.raises(ValueError, match="cuts"):
+        dist_relu.ReLUGaussian(cuts=9).fit(str(relu_store))
+    earlier = tmp_path / "earlier.zarr"
+    dist_relu.fit_to_zarr(str(relu_store), str(earlier), cuts=3)
+    before = conftest_digest(earlier)
+    with pytest.raises(io.InputError, match="cut points cannot be updated or merged"):
+        dist_relu.fit_to_zarr(str(relu_store), str(tmp_path / "updated.zarr"), update=str(earlier))
+    with pytest.raises(ValueError, match="not with given thresholds"):
+        dist_relu.fit_to_zarr(str(relu_store), str(tmp_path / "given.zarr"), thresholds_from=str(earlier), cuts=3)
+    with pytest.raises(ValueError, match="or a checkpoint"):
+        dist_relu.fit_to_zarr(str(relu_store), str(tmp_path / "resumable.zarr"), cuts=3,
+                              checkpoint=str(tmp_path / "checkpoint"))
+    assert [p.name for p in tmp_path.iterdir()] == ["earlier.zarr"]
+    assert conftest_digest(earlier) == before
+
+
+def conftest_digest(root):
+    from .conftest import digest
+
+    return digest(root)
