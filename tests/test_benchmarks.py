@@ -168,3 +168,23 @@ def test_huge_pages_benchmark_quick(tmp_path):
         assert record["summary"][step]["plain_over_huge_pages"]["seconds"] > 0
     assert record["glibc"][0] and "cores" in record["machine"] and "enabled" in record["transparent_hugepage"]
     assert (tmp_path / "huge_pages_quick.png").stat().st_size > 10_000
+
+
+def test_cuts_accuracy_benchmark_quick(tmp_path):
+    subprocess.run([sys.executable, str(BENCHMARKS / "cuts_accuracy.py"), "--quick", "--out", str(tmp_path)],
+                   check=True, capture_output=True, text=True, timeout=300)
+    record = json.loads((tmp_path / "cuts_accuracy_quick.json").read_text())
+    assert (record["d"], record["n"], record["seeds"], record["reference_pairs"]) == (10, 50_000, [0, 1], 10)
+    kinds = ("figure1 clipped", "figure1 gaussian", "low-rank clipped", "low-rank gaussian")
+    assert set(record["summary"]) == set(kinds) and len(record["runs"]) == 8
+    for kind in kinds:
+        s = record["summary"][kind]
+        for scope, methods in (("all", ("default", "K=3", "K=5")),
+                               ("subsample", ("default", "K=3", "K=5", "reference"))):
+            assert all(0 < s["mean_mse"][scope][method] < float("inf") for method in methods), (kind, scope)
+        assert all(s["mean_process_seconds_per_pair"][method] > 0 for method in ("K=3", "K=5", "reference"))
+    # The cut points' point: closer to the truth than one threshold where the biases are clipped at 0.
+    for kind in ("figure1 clipped", "low-rank clipped"):
+        mse = record["summary"][kind]["mean_mse"]["all"]
+        assert mse["K=5"] < mse["default"], (kind, mse)
+    assert (tmp_path / "cuts_accuracy_quick.png").stat().st_size > 10_000
