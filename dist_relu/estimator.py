@@ -154,7 +154,7 @@ def _columns(mask):
 
 
 def write_fit(output, fit_settings, column_block, record, stages, thresholds, main=None, bases=(), source=None,
-              data=None, parts=None, progress=False, extra=None, check_extra=None):
+              data=None, parts=None, progress=False, extra=None, check_extra=None, cut_points=None):
     """Make a fit from a main pass and stored sums, write it into ``output``; return its attributes.
 
     The one orchestration of every fit. The main pass's sums (``main``, a
@@ -186,6 +186,8 @@ def write_fit(output, fit_settings, column_block, record, stages, thresholds, ma
     parts : list of dict, optional
         The pieces of samples the fit holds (update and merge); the new
         piece's ``n_samples`` is None until the pass has counted it.
+    cut_points : ndarray (d, K), optional
+        For a merge of fits with ``K > 1`` cut points (the main pass has its own).
     extra : dict of dask arrays, optional
         More results of the main pass's read, computed in its graph (a model
         that fits the one-layer model on values it derives from its samples
@@ -205,7 +207,7 @@ def write_fit(output, fit_settings, column_block, record, stages, thresholds, ma
     with stages(("pass" if fit_settings.passes == 1 else "pass 2") if main else "merge"):
         # Everything the pass makes is computed by one graph: computed apart, each array would be
         # optimised apart, and dask would fuse a second read of the samples into the smaller ones.
-        cut_points = main.cut_points if main else None
+        cut_points = main.cut_points if main else cut_points
         computed = output.store(fitstore.sums_arrays(sums, thresholds, cut_points),
                                 also=[*lazy.values(), *extra.values()], progress=progress)
     measured.update(zip(lazy, computed))
@@ -380,12 +382,12 @@ def _jackknife(output, column_block, fit_settings, per_coordinate, progress):
 
 @rechunk_by_tasks
 def _fit(source, fit_settings, output, *, array="samples", allow_missing_chunks=False, progress=False,
-         checkpoint=None, thresholds=None, bases=(), parts=None, checked_input=None):
+         checkpoint=None, thresholds=None, bases=(), parts=None, checked_input=None, cut_points=None):
     """Fit the samples at ``source`` into ``output`` (a context manager yielding an output); return the attributes."""
     input = checked_input or Input.open(source, array, allow_missing_chunks)
     stages = Stages()
     with output as opened:
-        plan = plan_fit(input, fit_settings, checkpoint, thresholds, stages, progress)
+        plan = plan_fit(input, fit_settings, checkpoint, thresholds, stages, progress, cut_points)
         stored = [fitstore.stored_sums(group, plan.layout.column_block) for group in bases]
         return write_fit(opened, fit_settings, plan.layout.column_block, plan.record(), stages, plan.main.thresholds,
                          plan.main, stored, input.label, input.identity, parts, progress)
@@ -617,10 +619,13 @@ def fit_to_zarr(source, out, *, array="samples", allow_missing_chunks=False, ove
     fit_settings = OneLayerSettings(**fit_settings)
     input = Input.open(source, array, allow_missing_chunks)
     bases = [] if update is None else [fitstore.open_fit_group(update)]
+    cut_points = None
     if thresholds_from is not None:
         if thresholds is not None:
             raise ValueError("give thresholds or thresholds_from, not both")
-        thresholds = fitstore.open_fit_group(thresholds_from)["thresholds"][:]
+        given = fitstore.open_fit_group(thresholds_from)
+        thresholds = given["thresholds"][:]
+        cut_points = given["cut_points"][:] if "cut_points" in given and fit_settings.cuts > 1 else None
     parts = None
     if bases:
         if thresholds is not None:
@@ -628,11 +633,13 @@ def fit_to_zarr(source, out, *, array="samples", allow_missing_chunks=False, ove
         fitstore.check_additive(bases, input.samples.shape[1])
         fit_settings = dataclasses.replace(fit_settings, **fitstore.additive_settings(bases[0]))
         thresholds = bases[0]["thresholds"][:]
+        cut_points = bases[0]["cut_points"][:] if "cut_points" in bases[0] else None
         parts = fitstore.parts(bases, fitstore.part(input.label, None, None, input.identity))
     if checkpoint is not None:
         check_checkpoint_location(checkpoint, out, inputs)
     return _fit(source, fit_settings, fitstore.zarr_output(out, inputs, overwrite), progress=progress,
-                checkpoint=checkpoint, thresholds=thresholds, bases=bases, parts=parts, checked_input=input)
+                checkpoint=checkpoint, thresholds=thresholds, bases=bases, parts=parts, checked_input=input,
+                cut_points=cut_points)
 
 
 @rechunk_by_tasks
@@ -667,8 +674,10 @@ def merge_fits(fits, out, *, overwrite=False, progress=False):
                                           "pilot_rows", "clip_bias", "column_block", "row_chunk", "split_every",
                                           "count_kernel")}
     fit_settings = OneLayerSettings(**fitstore.additive_settings(bases[0]))
-    record.update(checkpoint=None, memory=None, jackknife_groups=fit_settings.jackknife_groups)
+    record.update(checkpoint=None, memory=None, jackknife_groups=fit_settings.jackknife_groups,
+                  **({"cuts": fit_settings.cuts} if fit_settings.cuts > 1 else {}))
     stored = [fitstore.stored_sums(group, fit_settings.column_block) for group in bases]
     with fitstore.zarr_output(out, fits, overwrite) as output:
         return write_fit(output, fit_settings, fit_settings.column_block, record, stages,
-                         bases[0]["thresholds"][:], bases=stored, parts=parts, progress=progress)
+                         bases[0]["thresholds"][:], bases=stored, parts=parts, progress=progress,
+                         cut_points=bases[0]["cut_points"][:] if "cut_points" in bases[0] else None)

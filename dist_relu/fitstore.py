@@ -268,18 +268,24 @@ def stored_sums(group, column_block):
         groups = GroupSums(output.lazy("group_statistics", (n_groups, column_block, 4)),
                            output.lazy("group_counts", (n_groups, column_block, column_block)))
     kept = int(group.attrs["n_samples"])
-    return Sums(stored_statistics(output, column_block), exponents, output.lazy("counts", column_block), problems,
+    if "cut_points" in group:  # the counts of every cut point, in blocks K times as wide
+        counts = output.lazy("cut_counts", group["cut_points"].shape[1] * column_block)
+    else:
+        counts = output.lazy("counts", column_block)
+    return Sums(stored_statistics(output, column_block), exponents, counts, problems,
                 kept, kept + int(group.attrs.get("rows_dropped") or 0), moments, groups)
 
 
 # The settings that new samples added to a stored fit must be counted with.
 ADDITIVE_SETTINGS = ("method", "inversion", "clip_bias", "drop_nonfinite", "split_every", "column_block",
-                     "jackknife_groups")
+                     "jackknife_groups", "cuts")
+# What a setting was before it was stored: no jackknife, one cut point (stored only when K > 1).
+_UNSTORED = {"jackknife_groups": 0, "cuts": 1}
 
 
 def additive_settings(group):
-    """Return the ``ADDITIVE_SETTINGS`` a stored fit was made with (no jackknife for fits stored before it existed)."""
-    return {key: group.attrs.get(key, 0) if key == "jackknife_groups" else group.attrs[key]
+    """Return the ``ADDITIVE_SETTINGS`` a stored fit was made with (``_UNSTORED`` where it has none)."""
+    return {key: group.attrs.get(key, _UNSTORED[key]) if key in _UNSTORED else group.attrs[key]
             for key in ADDITIVE_SETTINGS}
 
 
@@ -297,13 +303,10 @@ def check_additive(groups, d):
                 "estimates and a first pass's thresholds are not sums)")
         if attrs["n_coordinates"] != d:
             raise io.InputError(f"{group.store_path} has {attrs['n_coordinates']} coordinates; the data has {d}")
-        if attrs.get("cuts", 1) > 1:
-            raise io.InputError(f"{group.store_path} was fitted with --cuts {attrs['cuts']}: fits with cut points "
-                                "cannot be updated or merged yet")
     first = groups[0]
     for group in groups[1:]:
         settings, first_settings = additive_settings(group), additive_settings(first)
-        for key in ("method", "inversion", "clip_bias", "drop_nonfinite", "jackknife_groups"):
+        for key in ("method", "inversion", "clip_bias", "drop_nonfinite", "jackknife_groups", "cuts"):
             if settings[key] != first_settings[key]:
                 raise io.InputError(f"{group.store_path} and {first.store_path} differ in {key}: "
                                     f"{settings[key]!r} and {first_settings[key]!r}")
@@ -311,6 +314,10 @@ def check_additive(groups, d):
             raise io.InputError(
                 f"{group.store_path} and {first.store_path} were counted at different thresholds: fit the "
                 "pieces with the thresholds of one of them (--thresholds-from FIT) to merge them")
+        if "cut_points" in group and not np.array_equal(group["cut_points"][:], first["cut_points"][:]):
+            raise io.InputError(
+                f"{group.store_path} and {first.store_path} were counted at different cut points: fit the "
+                "pieces with the cut points of one of them (--thresholds-from FIT) to merge them")
 
 
 def part(source, n_samples, created, data, fit_id=None):

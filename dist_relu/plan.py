@@ -71,7 +71,7 @@ def likelihood_of(method):
     return "censored" if method == "sgd" else method
 
 
-def plan_fit(input, settings, checkpoint=None, thresholds=None, stages=None, progress=False):
+def plan_fit(input, settings, checkpoint=None, thresholds=None, stages=None, progress=False, cut_points=None):
     """Return the ``FitPlan`` of fitting ``input`` (a ``pipeline.Input``) with ``settings``.
 
     With one pass, the pilot that sets the thresholds (the first
@@ -91,6 +91,9 @@ def plan_fit(input, settings, checkpoint=None, thresholds=None, stages=None, pro
     thresholds : ndarray (d,), optional
         Count at these thresholds (another fit's, so that the two can be
         merged) instead of the pilot's. One pass, not with ``method="sgd"``.
+    cut_points : ndarray (d, K), optional
+        With ``settings.cuts`` ``K > 1`` and given ``thresholds``, the cut
+        points to count at (another fit's; their first column the thresholds).
     stages : pipeline.Stages, optional
     progress : bool
 
@@ -99,9 +102,17 @@ def plan_fit(input, settings, checkpoint=None, thresholds=None, stages=None, pro
     FitPlan
     """
     stages = Stages() if stages is None else stages
-    if settings.cuts > 1 and (thresholds is not None or checkpoint is not None):
-        raise ValueError(f"cuts {settings.cuts} takes its cut points from the pilot: not with given thresholds "
-                         "(update, --thresholds-from) or a checkpoint")
+    if settings.cuts > 1 and checkpoint is not None:
+        raise ValueError(f"cuts {settings.cuts} takes its cut points from the pilot or another fit: not with a "
+                         "checkpoint")
+    if settings.cuts > 1 and thresholds is not None:
+        cut_points = None if cut_points is None else np.asarray(cut_points, dtype=np.float64)
+        if cut_points is None or cut_points.shape != (len(thresholds), settings.cuts) or \
+                not np.array_equal(cut_points[:, 0], thresholds):
+            raise ValueError(f"cuts {settings.cuts} with given thresholds needs the cut points they are the first of "
+                             f"({len(thresholds)}, {settings.cuts}): give a fit made with --cuts {settings.cuts}")
+    elif cut_points is not None:
+        raise ValueError("cut points are for a fit with cuts > 1 at given thresholds")
     samples = input.samples
     n, d = samples.shape
     layout = plan_layout(samples, settings.column_block, settings.memory_per_worker, settings.split_every,
@@ -164,8 +175,9 @@ def plan_fit(input, settings, checkpoint=None, thresholds=None, stages=None, pro
         thresholds = np.maximum(0.0, first_bias)
         scope = tokenize(thresholds)
 
-    cut_points = None
-    if settings.cuts > 1:
+    if cut_points is not None:
+        cut_points = da.from_array(cut_points, chunks=(column_chunks, settings.cuts))
+    elif settings.cuts > 1:
         # The threshold and quantiles of the pilot's values above it, in the main pass's graph as the thresholds.
         cut_points = graph.pilot_cut_points(passed[:pilot_rows], thresholds, settings.cuts, column_chunks)
     # The main pass: its partial sums are checkpointed under the thresholds they were counted at.

@@ -224,7 +224,6 @@ def test_a_fit_with_cut_points_is_the_kernels_on_the_whole_data(relu_store):
 
 def test_cut_points_where_they_are_not_built_are_refused_and_nothing_is_written(relu_store, tmp_path):
     import dist_relu
-    from dist_relu import io
 
     for settings in ({"passes": 2}, {"method": "sgd"}, {"jackknife_groups": 4}):
         with pytest.raises(ValueError, match="cuts 3 takes its cut points from a pilot"):
@@ -232,17 +231,49 @@ def test_cut_points_where_they_are_not_built_are_refused_and_nothing_is_written(
     with pytest.raises(ValueError, match="cuts"):
         dist_relu.ReLUGaussian(cuts=9).fit(str(relu_store))
     earlier = tmp_path / "earlier.zarr"
-    dist_relu.fit_to_zarr(str(relu_store), str(earlier), cuts=3)
+    dist_relu.fit_to_zarr(str(relu_store), str(earlier))  # one cut
     before = conftest_digest(earlier)
-    with pytest.raises(io.InputError, match="cut points cannot be updated or merged"):
-        dist_relu.fit_to_zarr(str(relu_store), str(tmp_path / "updated.zarr"), update=str(earlier))
-    with pytest.raises(ValueError, match="not with given thresholds"):
+    with pytest.raises(ValueError, match="needs the cut points"):
         dist_relu.fit_to_zarr(str(relu_store), str(tmp_path / "given.zarr"), thresholds_from=str(earlier), cuts=3)
-    with pytest.raises(ValueError, match="or a checkpoint"):
+    with pytest.raises(ValueError, match="not with a checkpoint"):
         dist_relu.fit_to_zarr(str(relu_store), str(tmp_path / "resumable.zarr"), cuts=3,
                               checkpoint=str(tmp_path / "checkpoint"))
     assert [p.name for p in tmp_path.iterdir()] == ["earlier.zarr"]
     assert conftest_digest(earlier) == before
+
+
+def test_updates_and_merges_with_cut_points_count_exactly_what_one_fit_of_all_the_samples_counts(relu_store, tmp_path):
+    """A fit of the first half, updated with the second, or merged with a fit of the second at its cut points:
+    the counts of every cut point are those of one fit of all the rows at the same cut points, and Σ̂ agrees."""
+    import zarr
+
+    import dist_relu
+
+    x = zarr.open_array(str(relu_store), path="samples", mode="r")[:]
+    half = len(x) // 2
+    first, second = tmp_path / "first.zarr", tmp_path / "second.zarr"
+    dist_relu.fit_to_zarr(x[:half], str(first), cuts=3)
+    updated = dist_relu.fit_to_zarr(x[half:], str(tmp_path / "updated.zarr"), update=str(first))
+    dist_relu.fit_to_zarr(x[half:], str(second), thresholds_from=str(first), cuts=3)
+    dist_relu.merge_fits([str(first), str(second)], str(tmp_path / "merged.zarr"))
+    dist_relu.fit_to_zarr(x, str(tmp_path / "whole.zarr"), thresholds_from=str(first), cuts=3)
+    groups = {name: zarr.open_group(str(tmp_path / f"{name}.zarr"), mode="r")
+              for name in ("first", "updated", "merged", "whole")}
+    assert updated["cuts"] == 3 and all(group.attrs["cuts"] == 3 for group in groups.values())
+    for name in ("updated", "merged"):
+        group, whole = groups[name], groups["whole"]
+        assert group.attrs["n_samples"] == whole.attrs["n_samples"] == len(x)
+        np.testing.assert_array_equal(group["cut_points"][:], groups["first"]["cut_points"][:])
+        np.testing.assert_array_equal(group["cut_counts"][:], whole["cut_counts"][:])
+        np.testing.assert_array_equal(group["counts"][:], whole["counts"][:])
+        np.testing.assert_allclose(group["covariance"][:], whole["covariance"][:], rtol=1e-9, atol=1e-12)
+        np.testing.assert_allclose(group["correlation_se"][:], whole["correlation_se"][:], rtol=1e-9, atol=1e-12)
+    # Fits at other cut points do not merge.
+    other = tmp_path / "other.zarr"
+    dist_relu.fit_to_zarr(x[half:], str(other), cuts=3)
+    with pytest.raises(dist_relu.io.InputError, match="different"):
+        dist_relu.merge_fits([str(first), str(other)], str(tmp_path / "refused.zarr"))
+    assert not (tmp_path / "refused.zarr").exists()
 
 
 def conftest_digest(root):
