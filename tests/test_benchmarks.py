@@ -188,3 +188,23 @@ def test_cuts_accuracy_benchmark_quick(tmp_path):
         mse = record["summary"][kind]["mean_mse"]["all"]
         assert mse["K=5"] < mse["default"], (kind, mse)
     assert (tmp_path / "cuts_accuracy_quick.png").stat().st_size > 10_000
+
+
+def test_cuts_cost_benchmark_quick(tmp_path):
+    subprocess.run([sys.executable, str(BENCHMARKS / "cuts_cost.py"), "--quick", "--out", str(tmp_path)],
+                   check=True, capture_output=True, text=True, timeout=300)
+    record = json.loads((tmp_path / "cuts_cost_quick.json").read_text())
+    assert [case["d"] for case in record["cases"]] == [10, 50] and record["repeats"] == 1
+    fits = {"fit K=1": 1, "fit K=3": 3, "fit K=5": 5}
+    for case in record["cases"]:
+        assert case["n"] == 100_000 and set(case["runs"]) == {"read", *fits}
+        for step in ("read", *fits):
+            assert case["summary"][step]["median_seconds"] > 0 and len(case["runs"][step]) == 1
+        for step, cuts in fits.items():
+            assert [r["cuts"] for r in case["runs"][step]] == [cuts], (case["d"], step)
+            assert set(case["summary"][step]["median_stage_seconds"]) == {"pass", "inversion", "standard errors",
+                                                                           "write"}
+        ratios = case["summary"]["ratios"]
+        assert ratios["fit K=5 / fit K=1"] == pytest.approx(case["summary"]["fit K=5"]["median_seconds"]
+                                                             / case["summary"]["fit K=1"]["median_seconds"])
+    assert (tmp_path / "cuts_cost_quick.png").stat().st_size > 10_000
