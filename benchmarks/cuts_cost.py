@@ -2,7 +2,7 @@
 
 For each ``d`` in ``--d`` (default 100 and 1000) simulates ``n × d`` float32
 samples (zstd Zarr, row chunks of about ``--chunk-mb`` MB, all columns in one
-chunk; ``fit_vs_read.chunk_rows_for``)::
+chunk; ``steps.chunk_rows_for``)::
 
     dist_relu.simulate_to_zarr(store, *dist_relu.figure1_truth(d, seed=0), n, chunk_rows=ROWS, seed=0, overwrite=True)
 
@@ -47,11 +47,9 @@ import os
 import shutil
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import steps
-from fit_vs_read import chunk_rows_for
 from steps import package_fingerprint, run_step
 
 CUTS = (1, 3, 5)
@@ -154,16 +152,8 @@ def main():
     try:
         for d in args.d:
             n = args.n or DEFAULT_N.get(d, 200_000 if d >= 1000 else 2_000_000)
-            chunk_rows = chunk_rows_for(d, args.chunk_mb, n)
-            chunk_mb = chunk_rows * d * 4 / 2**20
-            store, out = str(workdir / f"samples-d{d}.zarr"), str(workdir / f"fit-d{d}.zarr")
-            start = time.perf_counter()
-            weights, bias = dist_relu.figure1_truth(d, seed=0)
-            dist_relu.simulate_to_zarr(store, weights, bias, n, chunk_rows=chunk_rows, seed=0, overwrite=True)
-            simulate_seconds = time.perf_counter() - start
-            stored_bytes = sum(f.stat().st_size for f in Path(store).rglob("*") if f.is_file())
-            print(f"d = {d}: simulated n = {n:,} in {simulate_seconds:.1f} s, chunks of {chunk_rows:,} rows "
-                  f"({chunk_mb:.1f} MB), {stored_bytes / 2**20:.0f} MB on disk", flush=True)
+            store, out, chunk_rows, chunk_mb, simulate_seconds, stored_bytes = steps.simulate_figure1(
+                workdir, d, n, args.chunk_mb)
             load_case = os.getloadavg()
             measure("read", store, out)  # warm the page cache, untimed
             warm_up = {}

@@ -38,7 +38,6 @@ import os
 import shutil
 import statistics
 import tempfile
-import time
 from pathlib import Path
 
 import steps
@@ -79,12 +78,6 @@ def measure(step, store, out):
     return steps.measure(__file__, step, [store, out], env=env)
 
 
-def chunk_rows_for(d, chunk_mb, n):
-    """Rows per chunk so that a float32 chunk of all d columns is about ``chunk_mb`` MB (a multiple of 1024 rows)."""
-    rows = max(1024, round(chunk_mb * 2**20 / (4 * d) / 1024) * 1024)
-    return min(rows, n)
-
-
 def main():
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--d", type=int, nargs="+", default=[10, 100, 1000])
@@ -116,16 +109,8 @@ def main():
     try:
         for d in args.d:
             n = args.n or DEFAULT_N.get(d, 200_000 if d >= 1000 else 2_000_000)
-            chunk_rows = chunk_rows_for(d, args.chunk_mb, n)
-            chunk_mb = chunk_rows * d * 4 / 2**20
-            store, out = str(workdir / f"samples-d{d}.zarr"), str(workdir / f"fit-d{d}.zarr")
-            start = time.perf_counter()
-            weights, bias = dist_relu.figure1_truth(d, seed=0)
-            dist_relu.simulate_to_zarr(store, weights, bias, n, chunk_rows=chunk_rows, seed=0, overwrite=True)
-            simulate_seconds = time.perf_counter() - start
-            stored_bytes = sum(f.stat().st_size for f in Path(store).rglob("*") if f.is_file())
-            print(f"d = {d}: simulated n = {n:,} in {simulate_seconds:.1f} s, chunks of {chunk_rows:,} rows "
-                  f"({chunk_mb:.1f} MB), {stored_bytes / 2**20:.0f} MB on disk", flush=True)
+            store, out, chunk_rows, chunk_mb, simulate_seconds, stored_bytes = steps.simulate_figure1(
+                workdir, d, n, args.chunk_mb)
             if not args.quick:
                 measure("read", store, out)  # warm the page cache, untimed
             runs = {step: [] for step in STEPS}

@@ -16,6 +16,7 @@ import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import NamedTuple
 
 
 def status_kb(field):
@@ -138,3 +139,38 @@ def write_results(record, out, stem, print_table, plot):
         print("WARNING: the package's sources changed during this run")
     plot(record, out / f"{stem}.png")
     print(f"wrote {out / stem}.json and .png")
+
+
+def chunk_rows_for(d, chunk_mb, n):
+    """Rows per chunk so that a float32 chunk of all d columns is about ``chunk_mb`` MB (a multiple of 1024 rows)."""
+    rows = max(1024, round(chunk_mb * 2**20 / (4 * d) / 1024) * 1024)
+    return min(rows, n)
+
+
+class SimulatedStore(NamedTuple):
+    """A store ``simulate_figure1`` made, and how."""
+
+    store: str
+    out: str  # where a fit of it goes
+    chunk_rows: int
+    chunk_mb: float
+    simulate_seconds: float
+    stored_bytes: int
+
+
+def simulate_figure1(workdir, d, n, chunk_mb):
+    """Simulate ``n × d`` samples of ``figure1_truth(d, seed=0)`` (float32 zstd, row chunks of about ``chunk_mb`` MB
+    of all columns) into ``workdir``; print a line on it and return the ``SimulatedStore``."""
+    import dist_relu
+
+    chunk_rows = chunk_rows_for(d, chunk_mb, n)
+    chunk_mb = chunk_rows * d * 4 / 2**20
+    store, out = str(Path(workdir) / f"samples-d{d}.zarr"), str(Path(workdir) / f"fit-d{d}.zarr")
+    start = time.perf_counter()
+    weights, bias = dist_relu.figure1_truth(d, seed=0)
+    dist_relu.simulate_to_zarr(store, weights, bias, n, chunk_rows=chunk_rows, seed=0, overwrite=True)
+    simulate_seconds = time.perf_counter() - start
+    stored_bytes = sum(f.stat().st_size for f in Path(store).rglob("*") if f.is_file())
+    print(f"d = {d}: simulated n = {n:,} in {simulate_seconds:.1f} s, chunks of {chunk_rows:,} rows "
+          f"({chunk_mb:.1f} MB), {stored_bytes / 2**20:.0f} MB on disk", flush=True)
+    return SimulatedStore(store, out, chunk_rows, chunk_mb, simulate_seconds, stored_bytes)

@@ -238,6 +238,23 @@ def _score_products(first, second, moments, out):
                     out[c, e] += first[c, x] * second[e, y] * moments[x, y]
 
 
+@numba.njit(cache=True, nogil=True, error_model="numpy")
+def _with_step_one_influences(v_i, v_j, scores, cov, first):
+    """Fill ``cov`` with ``Cov(ψ_i) = V_i``, ``Cov(ψ_j) = V_j`` and ``Cov(ψ_i, ψ_j) = V_i E[s_i s_jᵀ] V_j`` from
+    row ``first``, and mirror its upper triangle: the Step 1 influences' block of a pair's covariance."""
+    for x in range(2):
+        for y in range(2):
+            cov[first + x, first + y], cov[first + 2 + x, first + 2 + y] = v_i[x, y], v_j[x, y]
+            total = 0.0
+            for e in range(2):
+                for f in range(2):
+                    total += v_i[x, e] * scores[e, f] * v_j[f, y]
+            cov[first + x, first + 2 + y] = total
+    for a in range(cov.shape[0]):
+        for b in range(a):
+            cov[a, b] = cov[b, a]
+
+
 # Where a pair's orthant moments are kept (``_pair_variance``'s scratch).
 _BOTH, _AT_H_I, _AT_H_J, _AT_U_I, _AT_U_J, _U_I_H_J, _H_I_U_J, _U_I_U_J, _EVERYWHERE = range(9)
 
@@ -322,17 +339,7 @@ def _pair_variance(scale, zero_point, margin, information, below, step, edges, i
     _score_products(step_i, below_j, moments[_AT_U_I], scores)
     _score_products(below_i, step_j, moments[_AT_U_J], scores)
     _score_products(step_i, step_j, moments[_U_I_U_J], scores)
-    for x in range(2):
-        for y in range(2):
-            cov[3 + x, 3 + y], cov[5 + x, 5 + y] = v_i[x, y], v_j[x, y]
-            total = 0.0
-            for e in range(2):
-                for f in range(2):
-                    total += v_i[x, e] * scores[e, f] * v_j[f, y]
-            cov[3 + x, 5 + y] = total
-    for a in range(7):
-        for b in range(a):
-            cov[a, b] = cov[b, a]
+    _with_step_one_influences(v_i, v_j, scores, cov, 3)
 
     c[:] = 0.0
     c[0] = 1.0 / density
@@ -513,16 +520,7 @@ def _cut_pair_variance(scale, zero_point, information, below, step, i, j, h_i, h
     for x in range(2):
         cov[0, 1 + x] = v_i[x, 0] * score_i[0] + v_i[x, 1] * score_i[1]
         cov[0, 3 + x] = v_j[x, 0] * score_j[0] + v_j[x, 1] * score_j[1]
-        for y in range(2):
-            cov[1 + x, 1 + y], cov[3 + x, 3 + y] = v_i[x, y], v_j[x, y]
-            total = 0.0
-            for e in range(2):
-                for f in range(2):
-                    total += v_i[x, e] * scores[e, f] * v_j[f, y]
-            cov[1 + x, 3 + y] = total
-    for a in range(5):
-        for b in range(a):
-            cov[a, b] = cov[b, a]
+    _with_step_one_influences(v_i, v_j, scores, cov, 1)
     coefficients = np.array([1.0, g_i[0], g_i[1], g_j[0], g_j[1]]) / info
     out[0] = _quadratic(coefficients, cov)
     coefficients *= scale[i] * scale[j]
