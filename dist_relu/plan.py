@@ -178,8 +178,10 @@ def plan_fit(input, settings, checkpoint=None, thresholds=None, stages=None, pro
     if cut_points is not None:
         cut_points = da.from_array(cut_points, chunks=(column_chunks, settings.cuts))
     elif settings.cuts > 1:
-        # The threshold and quantiles of the pilot's values above it, in the main pass's graph as the thresholds.
-        cut_points = graph.pilot_cut_points(passed[:pilot_rows], thresholds, settings.cuts, column_chunks)
+        # The threshold and quantiles of the pilot's values above it, in the main pass's graph as the thresholds
+        # (with two passes, of the first rows' values, at the first pass's thresholds).
+        cut_rows = first_rows(samples, settings.pilot_rows) if pilot_rows is None else pilot_rows
+        cut_points = graph.pilot_cut_points(passed[:cut_rows], thresholds, settings.cuts, column_chunks)
     # The main pass: its partial sums are checkpointed under the thresholds they were counted at.
     main = None if checkpoint is None else checkpoint.child(f"thresholds-{scope}")
     main_passes = graph.chunk_passes(passed, thresholds if cut_points is None else cut_points, keep, column_chunks,

@@ -222,11 +222,31 @@ def test_a_fit_with_cut_points_is_the_kernels_on_the_whole_data(relu_store):
     assert np.all(fit.correlation_se_[first, second] < one.correlation_se_[first, second])
 
 
+def test_two_passes_take_the_cut_points_of_the_first_rows_at_the_first_passs_thresholds(relu_store):
+    import zarr
+
+    import dist_relu
+    from dist_relu import kernels
+
+    fit = dist_relu.ReLUGaussian(cuts=3, passes=2).fit(str(relu_store))
+    x = zarr.open_array(str(relu_store), path="samples", mode="r")[:]
+    n, d = x.shape
+    np.testing.assert_array_equal(fit.thresholds_, np.maximum(0, fit.bias_))  # the first pass's, of all the rows
+    rows = kernels.default_pilot_rows(n, d * x.dtype.itemsize)
+    np.testing.assert_array_equal(fit.cut_points_, kernels.cut_points(x[:rows], fit.thresholds_, 3))
+    many = compiled.chunk_pass(x, fit.cut_points_)
+    counts = compiled.popcount_counts(many.indicators, many.indicators)
+    h = polychoric.standardised_cuts(fit.cut_points_, fit.bias_, fit.scale_)
+    exceeded = np.diag(counts).reshape(d, 3)
+    rho, _ = polychoric.correlation_block(counts, n, exceeded, exceeded, h, h, np.arange(d), np.arange(d))
+    np.testing.assert_allclose(fit.covariance_, rho * np.outer(fit.scale_, fit.scale_), rtol=1e-12, atol=1e-15)
+
+
 def test_cut_points_where_they_are_not_built_are_refused_and_nothing_is_written(relu_store, tmp_path):
     import dist_relu
 
-    for settings in ({"passes": 2}, {"method": "sgd"}, {"jackknife_groups": 4}):
-        with pytest.raises(ValueError, match="cuts 3 takes its cut points from a pilot"):
+    for settings in ({"method": "sgd"}, {"jackknife_groups": 4}):
+        with pytest.raises(ValueError, match="cuts 3 takes the margins from a likelihood"):
             dist_relu.ReLUGaussian(cuts=3, **settings).fit(str(relu_store))
     with pytest.raises(ValueError, match="cuts"):
         dist_relu.ReLUGaussian(cuts=9).fit(str(relu_store))
