@@ -625,7 +625,7 @@ def fit_to_zarr(source, out, *, array="samples", allow_missing_chunks=False, ove
             raise ValueError("give thresholds or thresholds_from, not both")
         given = fitstore.open_fit_group(thresholds_from)
         thresholds = given["thresholds"][:]
-        cut_points = given["cut_points"][:] if "cut_points" in given and fit_settings.cuts > 1 else None
+        cut_points = fitstore.stored_cut_points(given) if fit_settings.cuts > 1 else None
     parts = None
     if bases:
         if thresholds is not None:
@@ -633,7 +633,7 @@ def fit_to_zarr(source, out, *, array="samples", allow_missing_chunks=False, ove
         fitstore.check_additive(bases, input.samples.shape[1])
         fit_settings = dataclasses.replace(fit_settings, **fitstore.additive_settings(bases[0]))
         thresholds = bases[0]["thresholds"][:]
-        cut_points = bases[0]["cut_points"][:] if "cut_points" in bases[0] else None
+        cut_points = fitstore.stored_cut_points(bases[0])
         parts = fitstore.parts(bases, fitstore.part(input.label, None, None, input.identity))
     if checkpoint is not None:
         check_checkpoint_location(checkpoint, out, inputs)
@@ -680,4 +680,4 @@ def merge_fits(fits, out, *, overwrite=False, progress=False):
     with fitstore.zarr_output(out, fits, overwrite) as output:
         return write_fit(output, fit_settings, fit_settings.column_block, record, stages,
                          bases[0]["thresholds"][:], bases=stored, parts=parts, progress=progress,
-                         cut_points=bases[0]["cut_points"][:] if "cut_points" in bases[0] else None)
+                         cut_points=fitstore.stored_cut_points(bases[0]))

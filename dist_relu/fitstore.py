@@ -276,6 +276,11 @@ def stored_sums(group, column_block):
                 kept, kept + int(group.attrs.get("rows_dropped") or 0), moments, groups)
 
 
+def stored_cut_points(group):
+    """Return the ``(d, K)`` cut points a stored fit counted at, or None for a fit of one cut point."""
+    return group["cut_points"][:] if "cut_points" in group else None
+
+
 # The settings that new samples added to a stored fit must be counted with.
 ADDITIVE_SETTINGS = ("method", "inversion", "clip_bias", "drop_nonfinite", "split_every", "column_block",
                      "jackknife_groups", "cuts")

@@ -30,6 +30,7 @@ import math
 
 import numba
 import numpy as np
+from scipy import special
 
 from . import compiled
 
@@ -191,8 +192,6 @@ def correlation_block(counts, n, margins_i, margins_j, h_i, h_j, index_i, index_
     points. Where ``index_i`` equals ``index_j``, ``ρ = 1``; a block on the
     diagonal is fitted on its upper triangle and mirrored.
     """
-    from scipy import special
-
     d_i, k = margins_i.shape
     d_j = margins_j.shape[0]
     rho, information = np.empty((d_i, d_j)), np.zeros((d_i, d_j))
