@@ -12,7 +12,8 @@ appear whole, written in place), so a file that exists is complete.
 dtype and chunking, the segment size, and the data's identity: the sizes and
 modification times, or ETags, of its stored objects; see
 ``io.stored_data``), and ``thresholds.npy`` beside the sums the thresholds
-they were counted at. A checkpoint made for other data or another chunking
+they were counted at (and ``cut_points.npy`` the cut points, with more than
+one a coordinate). A checkpoint made for other data or another chunking
 is refused rather than mixed in.
 """
 
@@ -91,18 +92,20 @@ class Checkpoint:
         self.resumed[0] += len(done)
         return done
 
-    def bind_thresholds(self, thresholds):
-        """Record the thresholds the sums here are counted at; raise ``InputError`` if others were recorded."""
-        path = self._path("thresholds.npy")
+    def bind(self, name, values):
+        """Record the ``values`` (the thresholds or the cut points) the sums here are counted at, as ``NAME.npy``;
+        raise ``InputError`` if others were recorded."""
+        path = self._path(f"{name}.npy")
         if self.fs.exists(path):
             saved = np.load(_bytes_io.BytesIO(self.fs.cat_file(path)), allow_pickle=False)
-            if not np.array_equal(saved, thresholds):
+            if not np.array_equal(saved, values):
                 raise InputError(
-                    f"checkpoint {self.url} holds sums counted at other thresholds: the data's first rows have "
-                    "changed since it was made; give a new checkpoint directory, or remove this one to start over")
+                    f"checkpoint {self.url} holds sums counted at other {name.replace('_', ' ')}: the data's first "
+                    "rows have changed since it was made; give a new checkpoint directory, or remove this one to "
+                    "start over")
             return
         buffer = _bytes_io.BytesIO()
-        np.save(buffer, np.asarray(thresholds), allow_pickle=False)
+        np.save(buffer, np.asarray(values), allow_pickle=False)
         self._write_whole(path, buffer.getvalue())
 
     def load(self, name, index):

@@ -108,12 +108,13 @@ def sums_arrays(sums, thresholds, cut_points=None):
 
     With ``cut_points`` ``(d, K)``, ``K > 1``, the sums' counts are those of
     every cut point, ``(K·d, K·d)``: stored as ``cut_counts``, with the
-    cut points, and ``counts`` the first cut's, the thresholds'.
+    cut points, and ``counts`` those of the thresholds, each one of its
+    coordinate's cut points (``graph.threshold_counts``).
     """
     arrays = {"counts": sums.counts, "thresholds": thresholds, "statistics_exponent": sums.statistics_exponent}
     if cut_points is not None:
-        cuts = cut_points.shape[1]
-        arrays.update(counts=sums.counts[::cuts, ::cuts], cut_counts=sums.counts, cut_points=cut_points)
+        arrays.update(counts=graph.threshold_counts(sums.counts, cut_points, thresholds), cut_counts=sums.counts,
+                      cut_points=cut_points)
     arrays.update({name: sums.statistics[:, k] for k, name in enumerate(kernels.STATISTICS)})
     if sums.value_problems is not None:
         arrays["value_problems"] = sums.value_problems

@@ -284,15 +284,51 @@ def coordinate_estimates(statistics, method="censored", exponents=None):
     return solved[:, 0], solved[:, 1], solved[:, 2].astype(np.int8)
 
 
-def pilot_cut_points(pilot, thresholds, cuts, column_chunks):
+def pilot_cut_points(pilot, thresholds, cuts, column_chunks, checkpoint=None):
     """Return the lazy ``(d, cuts)`` cut points of ``kernels.cut_points`` from the ``pilot`` rows, per column block.
 
-    Each block's task holds the pilot's rows of its columns.
+    Each block's task holds the pilot's rows of its columns. With a
+    ``checkpoint``, the cut points, whole, must equal those its partial sums
+    were counted at (``Checkpoint.bind``): a resumed fit never mixes counts
+    at other cut points.
     """
     pilot = pilot.rechunk({0: -1, 1: column_chunks})
     thresholds = _per_column(thresholds, column_chunks, 0.0, np.float64)
-    return da.blockwise(kernels.cut_points, "ik", pilot, "ri", thresholds, "i", cuts, None, new_axes={"k": cuts},
-                        concatenate=True, dtype=np.float64, token="cut-points")
+    points = da.blockwise(kernels.cut_points, "ik", pilot, "ri", thresholds, "i", cuts, None, new_axes={"k": cuts},
+                          concatenate=True, dtype=np.float64, token="cut-points")
+    if checkpoint is None:
+        return points
+    return points.rechunk({0: -1}).map_blocks(_bound, "cut_points", checkpoint, dtype=np.float64,
+                                              meta=np.empty((0, 0)), token="bound-cut-points").rechunk(
+        {0: column_chunks})
+
+
+def _bound(values, name, checkpoint):
+    checkpoint.bind(name, values)
+    return values
+
+
+def threshold_counts(cut_counts, cut_points, thresholds):
+    """Return the lazy ``(d, d)`` co-exceedances of the thresholds, from the ``(K·d, K·d)`` counts of every cut point.
+
+    Each coordinate's threshold is one of its ``(d, K)`` ``cut_points``
+    (``kernels.cut_points``): its row and column ``p·K + a``, ``a`` the
+    number of its cut points below the threshold. One task per block of
+    ``cut_counts``.
+    """
+    cuts = cut_points.shape[1]
+    blocks = tuple(size // cuts for size in cut_counts.chunks[0])
+    below = (_per_column(cut_points, blocks, None, np.float64)
+             < _per_column(thresholds, blocks, None, np.float64)[:, None]).sum(axis=1)
+    narrower = {"i": lambda size: size // cuts, "j": lambda size: size // cuts}
+    return da.blockwise(_threshold_block, "ij", cut_counts, "ij", below, "i", below, "j", cuts, None,
+                        align_arrays=False, adjust_chunks=narrower, dtype=cut_counts.dtype, token="threshold-counts")
+
+
+def _threshold_block(counts, below_i, below_j, cuts):
+    rows = np.arange(below_i.size) * cuts + below_i
+    columns = np.arange(below_j.size) * cuts + below_j
+    return counts[np.ix_(rows, columns)]
 
 
 def column_exponents(samples):

@@ -237,30 +237,39 @@ CUT_MIN_PER_CATEGORY = 20
 
 
 def cut_points(values, thresholds, cuts, min_per_category=CUT_MIN_PER_CATEGORY):
-    """Return ``(d, cuts)`` cut points per column: its threshold, then quantiles of its values above it.
+    """Return ``(d, cuts)`` cut points per column, increasing: 0 below a positive threshold, the threshold, then
+    quantiles of its values above it.
 
     ``values`` ``(rows, d)`` are the pilot's rows (non-finite values are left
-    out), ``thresholds`` ``(d,)``. Column ``j``, with ``m_j`` values above
-    its threshold, gets ``k_j = min(cuts, max(1, m_j // min_per_category))``
-    cut points: the threshold, and the values at the levels ``a/k_j`` (``a =
-    1 … k_j − 1``) of those above it (the lower quantiles: each cut point is
-    a value seen), each once. Columns with fewer, whether from few values
-    or from ties, are filled with ``+inf``: no value exceeds it, so its
-    category is empty and carries nothing. ``finite_cuts`` counts each
-    column's.
+    out), ``thresholds`` ``(d,)``, not negative. With ``cuts > 1``, a column
+    whose threshold is above 0 and that has at least ``min_per_category``
+    values in ``(0, t]`` gets 0 as its first cut point: a value's being
+    positive at all is the most telling split below the threshold (the
+    censored part of the margin), and the threshold alone would lump those
+    values with the zeros. The threshold is always a cut point. Then, with
+    ``m_j`` values above the threshold and ``r`` cut points left, column ``j``
+    gets ``min(r, max(0, m_j // min_per_category − 1))`` more: the values at
+    the levels ``a/(k + 1)`` (``a = 1 … k``) of those above the threshold (the
+    lower quantiles: each cut point is a value seen), each once. Columns
+    with fewer, whether from few values or from ties, are filled with
+    ``+inf``: no value exceeds it, so its category is empty and carries
+    nothing. ``finite_cuts`` counts each column's.
     """
     values = np.asarray(values, dtype=np.float64)
     thresholds = np.asarray(thresholds, dtype=np.float64)
     points = np.full((thresholds.size, cuts), np.inf)
-    points[:, 0] = thresholds
     for j, threshold in enumerate(thresholds):
         column = values[:, j]
-        above = np.sort(column[np.isfinite(column) & (column > threshold)])
-        wanted = min(cuts, max(1, above.size // min_per_category))
-        if wanted > 1:
-            levels = np.arange(1, wanted) / wanted
+        finite = column[np.isfinite(column)]
+        low = cuts > 1 and threshold > 0 and np.count_nonzero((finite > 0) & (finite <= threshold)) >= min_per_category
+        above = np.sort(finite[finite > threshold])
+        start = 1 + int(low)
+        wanted = min(cuts - start, max(0, above.size // min_per_category - 1))
+        points[j, :start] = (0.0, threshold) if low else (threshold,)
+        if wanted > 0:
+            levels = np.arange(1, wanted + 1) / (wanted + 1)
             chosen = np.unique(above[np.floor(levels * (above.size - 1)).astype(np.int64)])
-            points[j, 1:1 + chosen.size] = chosen
+            points[j, start:start + chosen.size] = chosen
     return points
 
 

@@ -102,14 +102,11 @@ def plan_fit(input, settings, checkpoint=None, thresholds=None, stages=None, pro
     FitPlan
     """
     stages = Stages() if stages is None else stages
-    if settings.cuts > 1 and checkpoint is not None:
-        raise ValueError(f"cuts {settings.cuts} takes its cut points from the pilot or another fit: not with a "
-                         "checkpoint")
     if settings.cuts > 1 and thresholds is not None:
         cut_points = None if cut_points is None else np.asarray(cut_points, dtype=np.float64)
         if cut_points is None or cut_points.shape != (len(thresholds), settings.cuts) or \
-                not np.array_equal(cut_points[:, 0], thresholds):
-            raise ValueError(f"cuts {settings.cuts} with given thresholds needs the cut points they are the first of "
+                not (cut_points == np.asarray(thresholds)[:, None]).any(axis=1).all():
+            raise ValueError(f"cuts {settings.cuts} with given thresholds needs the cut points they are among "
                              f"({len(thresholds)}, {settings.cuts}): give a fit made with --cuts {settings.cuts}")
     elif cut_points is not None:
         raise ValueError("cut points are for a fit with cuts > 1 at given thresholds")
@@ -136,7 +133,7 @@ def plan_fit(input, settings, checkpoint=None, thresholds=None, stages=None, pro
         if thresholds.shape != (d,) or not np.all(thresholds >= 0):
             raise ValueError(f"thresholds must be {d} numbers ≥ 0; got shape {thresholds.shape}")
         pilot_rows = 0
-        scope = tokenize(thresholds)
+        scope = tokenize(thresholds) if cut_points is None else tokenize(thresholds, cut_points)
     elif settings.passes == 1:
         # Thresholds from a pilot, the first pilot_rows rows, in the main pass's own graph: the pilot's
         # chunks are read once for both, and no chunk is counted before the thresholds are known.
@@ -144,7 +141,8 @@ def plan_fit(input, settings, checkpoint=None, thresholds=None, stages=None, pro
                                           column_chunks=column_chunks, exponents=exponents)
         pilot_statistics = graph.column_statistics(pilot_passes, split_every)
         whole = {0: d}
-        scope = f"pilot-{pilot_rows}-{likelihood}"  # the thresholds it makes of the fingerprinted data
+        # The thresholds (and cut points) it makes of the fingerprinted data.
+        scope = f"pilot-{pilot_rows}-{likelihood}" + (f"-cuts-{settings.cuts}" if settings.cuts > 1 else "")
         thresholds = da.blockwise(
             _pilot_thresholds, "i", pilot_statistics.rechunk(whole), "ia",
             graph.value_problems(pilot_passes, split_every).rechunk(whole), "ib", exponents.rechunk(whole), "i",
@@ -173,17 +171,18 @@ def plan_fit(input, settings, checkpoint=None, thresholds=None, stages=None, pro
                                                            exponents=exponents, **sgd_settings), progress=progress)
             first_bias = sgd.with_degenerate(estimates, *first_estimates)[0]
         thresholds = np.maximum(0.0, first_bias)
-        scope = tokenize(thresholds)
+        scope = tokenize(thresholds) + (f"-cuts-{settings.cuts}" if settings.cuts > 1 else "")
 
+    # The main pass: its partial sums are checkpointed under the thresholds (and cut points) they were counted at.
+    main = None if checkpoint is None else checkpoint.child(f"thresholds-{scope}")
     if cut_points is not None:
         cut_points = da.from_array(cut_points, chunks=(column_chunks, settings.cuts))
     elif settings.cuts > 1:
-        # The threshold and quantiles of the pilot's values above it, in the main pass's graph as the thresholds
-        # (with two passes, of the first rows' values, at the first pass's thresholds).
+        # 0 below a positive threshold, the threshold, and quantiles of the pilot's values above it, in the main
+        # pass's graph as the thresholds (with two passes, of the first rows' values, at the first pass's
+        # thresholds).
         cut_rows = first_rows(samples, settings.pilot_rows) if pilot_rows is None else pilot_rows
-        cut_points = graph.pilot_cut_points(passed[:cut_rows], thresholds, settings.cuts, column_chunks)
-    # The main pass: its partial sums are checkpointed under the thresholds they were counted at.
-    main = None if checkpoint is None else checkpoint.child(f"thresholds-{scope}")
+        cut_points = graph.pilot_cut_points(passed[:cut_rows], thresholds, settings.cuts, column_chunks, main)
     main_passes = graph.chunk_passes(passed, thresholds if cut_points is None else cut_points, keep, column_chunks,
                                      exponents)
     # With "auto", a task of the pass chooses; the record says which once it has run.
@@ -226,5 +225,5 @@ def _pilot_thresholds(statistics, problems, exponents, likelihood, pilot_rows, c
     io.check_values(problems, where=f" among the pilot's {pilot_rows:,} rows")
     thresholds = np.maximum(0.0, kernels.fit_coordinates(statistics, likelihood, exponents)[0])
     if checkpoint is not None:
-        checkpoint.bind_thresholds(thresholds)
+        checkpoint.bind("thresholds", thresholds)
     return thresholds

@@ -126,3 +126,53 @@ def test_a_fit_killed_half_way_resumes_and_reads_only_what_was_not_saved(tmp_pat
     resumed, expected = zarr.open_group(str(out), mode="r"), zarr.open_group(str(reference), mode="r")
     for name in ("counts", "covariance", "bias", "scale", "sum_sq_positive", "n_zero"):
         np.testing.assert_array_equal(resumed[name][:], expected[name][:], err_msg=name)
+
+
+def test_a_fit_with_cut_points_killed_half_way_resumes_to_the_same_bits_and_refuses_other_cut_points(tmp_path):
+    """Cut points from the pilot are bound to the checkpoint as the thresholds are: a resumed fit gives the bits of
+    an uninterrupted one, and sums counted at other cut points are refused before anything is written."""
+    from .conftest import digest
+
+    n, d, rows, split_every, cuts = 1_000_000, 16, 5_000, 2, 3
+    rng = np.random.default_rng(4)
+    weights, b = rng.standard_normal((d, 3)), np.maximum(0, rng.standard_normal(d))
+    path = tmp_path / "s.zarr"
+    dist_relu.simulate_to_zarr(path, weights, b, n, chunk_rows=rows, seed=4)
+    data = digest(path)
+    reference = tmp_path / "reference.zarr"
+    dist_relu.fit_to_zarr(str(path), reference, split_every=split_every, cuts=cuts)
+
+    out, checkpoint = tmp_path / "fit.zarr", tmp_path / "fit.checkpoint"
+    process = subprocess.Popen(
+        [str(BIN / "dist-relu"), "fit", str(path), "--out", str(out), "--checkpoint", str(checkpoint),
+         "--split-every", str(split_every), "--cuts", str(cuts)],
+        env={**os.environ, "DASK_SCHEDULER": "synchronous"}, stderr=subprocess.PIPE,
+    )
+    n_segments = -(-n // rows) // split_every
+    deadline = time.monotonic() + 120
+    while len(saved_blocks(checkpoint, "counts")) < n_segments // 4 and process.poll() is None:
+        assert time.monotonic() < deadline, "the fit saved no blocks in 120 s"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
+    assert not out.exists()
+    (scope,) = checkpoint.glob("thresholds-*")
+    assert scope.name.endswith(f"-cuts-{cuts}") and (scope / "cut_points.npy").exists()
+    assert 0 < len(saved_blocks(checkpoint, "counts")) < n_segments
+
+    attributes = dist_relu.fit_to_zarr(str(path), out, checkpoint=checkpoint, split_every=split_every, cuts=cuts)
+    assert attributes["checkpoint"]["blocks_resumed"] > 0
+    resumed, expected = zarr.open_group(str(out), mode="r"), zarr.open_group(str(reference), mode="r")
+    for name in ("cut_points", "cut_counts", "counts", "covariance", "correlation_se", "bias", "scale"):
+        np.testing.assert_array_equal(resumed[name][:], expected[name][:], err_msg=name)
+
+    # Sums said to be counted at other cut points: refused, nothing written, the data and the fit untouched.
+    bound = np.load(scope / "cut_points.npy")
+    np.save(scope / "cut_points.npy", np.where(np.isfinite(bound), bound * 1.01, bound))
+    before = digest(out)
+    with pytest.raises(io.InputError, match="other cut points"):
+        dist_relu.fit_to_zarr(str(path), tmp_path / "again.zarr", checkpoint=checkpoint, split_every=split_every,
+                              cuts=cuts)
+    assert not (tmp_path / "again.zarr").exists()
+    assert digest(out) == before and digest(path) == data

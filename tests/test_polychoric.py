@@ -107,7 +107,7 @@ def test_a_pair_without_a_finite_cut_says_nothing_and_a_mismatch_is_refused():
         polychoric.fit_pairs([[0.0, 1.0]], [[0.0, 1.0]], np.zeros((1, 2, 2)))
 
 
-def test_cut_points_are_the_threshold_then_quantiles_above_it_and_fewer_where_the_pilot_is_thin():
+def test_cut_points_are_zero_below_a_positive_threshold_the_threshold_then_quantiles_above_it_and_fewer_where_thin():
     from dist_relu import kernels
 
     rng = np.random.default_rng(3)
@@ -116,20 +116,27 @@ def test_cut_points_are_the_threshold_then_quantiles_above_it_and_fewer_where_th
         np.maximum(0, rng.standard_normal(rows)),  # half above 0: five cut points
         np.maximum(0, rng.standard_normal(rows) - 2.9),  # about 7 of 4000 above 0: the threshold alone
         np.round(np.maximum(0, rng.standard_normal(rows)), 0),  # values 0, 1, 2, 3, …: ties
-        np.maximum(0, rng.standard_normal(rows) + 0.5),
+        np.maximum(0, rng.standard_normal(rows) + 0.5),  # a positive threshold: 0 below it
+        np.maximum(0, rng.standard_normal(rows) + 0.5),  # the same, with too few values in (0, 0.003]
     ])
     values[5, 0] = np.nan  # left out
-    thresholds = np.array([0.0, 0.0, 0.0, 0.5])
+    thresholds = np.array([0.0, 0.0, 0.0, 0.5, 0.003])
     points = kernels.cut_points(values, thresholds, 5)
-    assert points.shape == (4, 5)
-    np.testing.assert_array_equal(points[:, 0], thresholds)
+    assert points.shape == (5, 5)
+    np.testing.assert_array_equal(points[[0, 1, 2, 4], 0], thresholds[[0, 1, 2, 4]])
     above = np.sort(values[:, 0][values[:, 0] > 0])
     np.testing.assert_array_equal(points[0, 1:], above[np.floor(np.arange(1, 5) / 5 * (above.size - 1)).astype(int)])
-    assert np.all(np.diff(points[0]) > 0)
+    assert np.all(np.diff(points[0]) > 0) and np.all(np.diff(points[3]) > 0) and np.all(np.diff(points[4]) > 0)
     np.testing.assert_array_equal(points[1], [0.0] + [np.inf] * 4)
     np.testing.assert_array_equal(points[2], [0.0, 1.0, 2.0, np.inf, np.inf])  # the tied quantiles, once each
-    assert np.all(points[3, 1:] > 0.5)
-    np.testing.assert_array_equal(kernels.finite_cuts(points), [5, 1, 3, 5])
+    # 0, the threshold, and three quantiles of the values above the threshold.
+    above = np.sort(values[:, 3][values[:, 3] > 0.5])
+    quantiles = above[np.floor(np.arange(1, 4) / 4 * (above.size - 1)).astype(int)]
+    np.testing.assert_array_equal(points[3], [0.0, 0.5, *quantiles])
+    assert np.count_nonzero((values[:, 4] > 0) & (values[:, 4] <= 0.003)) < kernels.CUT_MIN_PER_CATEGORY
+    np.testing.assert_array_equal(kernels.finite_cuts(points), [5, 1, 3, 5, 5])
+    # One cut point is the threshold alone, whatever lies below it.
+    np.testing.assert_array_equal(kernels.cut_points(values, thresholds, 1), thresholds[:, None])
 
 
 def test_a_block_of_relu_samples_gets_the_correlations_of_the_truth_closer_with_cuts():
@@ -204,7 +211,9 @@ def test_a_fit_with_cut_points_is_the_kernels_on_the_whole_data(relu_store):
     assert fit.settings_["cuts"] == k and "cuts" not in one.settings_
     np.testing.assert_array_equal(fit.cut_points_, kernels.cut_points(x[:pilot], fit.thresholds_, k))
     np.testing.assert_array_equal(fit.thresholds_, one.thresholds_)
-    np.testing.assert_array_equal(fit.counts_, one.counts_)  # the first cut is the threshold
+    below = fit.cut_points_[:, 0] < fit.thresholds_
+    assert below.any() and not below.all()  # 0 is the first cut point below a positive threshold
+    np.testing.assert_array_equal(fit.counts_, one.counts_)  # the thresholds' counts, among the cut points'
     many = compiled.chunk_pass(x, fit.cut_points_)
     counts = compiled.popcount_counts(many.indicators, many.indicators)
     exceeded = np.diag(counts).reshape(d, k)
@@ -255,9 +264,6 @@ def test_cut_points_where_they_are_not_built_are_refused_and_nothing_is_written(
     before = conftest_digest(earlier)
     with pytest.raises(ValueError, match="needs the cut points"):
         dist_relu.fit_to_zarr(str(relu_store), str(tmp_path / "given.zarr"), thresholds_from=str(earlier), cuts=3)
-    with pytest.raises(ValueError, match="not with a checkpoint"):
-        dist_relu.fit_to_zarr(str(relu_store), str(tmp_path / "resumable.zarr"), cuts=3,
-                              checkpoint=str(tmp_path / "checkpoint"))
     assert [p.name for p in tmp_path.iterdir()] == ["earlier.zarr"]
     assert conftest_digest(earlier) == before
 
