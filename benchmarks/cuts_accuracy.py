@@ -3,8 +3,9 @@
 A study at the level of the kernels: each estimator is run here from the
 kernels the fit (``dist-relu fit --cuts K``) uses, on samples in memory,
 with the margins ``(b̂, σ̂)`` and thresholds of all the samples, so that
-every method, the reference included, shares the same margins. (The fit
-takes its thresholds and cut points from a pilot of the first rows.) For each truth kind,
+every method, the reference included, shares the same margins; and the
+product's own fits of the same samples, which take their thresholds and cut
+points from a pilot of the first rows. For each truth kind,
 each seed and ``x = ReLU(W z + b)``, ``z ~ N(0, I)`` (float32,
 ``kernels.relu_gaussian_chunk(rows, W, b, seed, piece)`` in pieces of at most
 10⁵ rows, piece ``m`` drawn with chunk index ``m``):
@@ -20,6 +21,8 @@ each seed and ``x = ReLU(W z + b)``, ``z ~ N(0, I)`` (float32,
   pass at ``(d, K)`` cut points, its ``(K·d)²`` counts, each coordinate's
   exceedances from the diagonal of its own K×K block,
   ``polychoric.standardised_cuts`` and ``polychoric.correlation_block``;
+- ``fit default``, ``fit K=5``: ``dist_relu.ReLUGaussian(cuts=K).fit(x)`` on
+  the local threads, ``ρ̂`` from its ``Σ̂`` (0 where a ``σ̂`` is 0);
 - ``reference``: the full pairwise censored-normal likelihood in ``ρ`` with
   the margins fixed at the fitted ``(b̂, σ̂)`` (``z = (x − b̂)/σ̂``, censoring
   point ``c = −b̂/σ̂``; a row contributes ``log φ₂(z_i, z_j; ρ)`` when both
@@ -43,7 +46,7 @@ Truth kinds (``rng = np.random.default_rng(seed)`` for the low-rank ones):
 The truth's ``ρ`` is ``simulate.gram(W)`` normalised to unit diagonal.
 Recorded per truth kind and seed, each the mean over pairs of ``(ρ̂ − ρ)²``:
 
-- ``all``: every pair ``i < j``: default, K=3, K=5;
+- ``all``: every pair ``i < j``: default, K=3, K=5, fit default, fit K=5;
 - ``subsample``: the reference's pairs: default, K=3, K=5, reference;
 - ``all ≥5%`` and ``subsample ≥5%``: the same, over the pairs whose two
   coordinates both have at least 5% positive values. With negative biases,
@@ -88,11 +91,15 @@ TRUTH_KINDS = ("figure1 clipped", "figure1 gaussian", "low-rank clipped", "low-r
 CLIPPED_KINDS = ("figure1 clipped", "low-rank clipped")
 CUTS = (3, 5)
 METHODS = ("default", "K=3", "K=5", "reference")
-SCOPES = {"all": METHODS[:3], "subsample": METHODS, "all ≥5%": METHODS[:3], "subsample ≥5%": METHODS,
+# The product's own fits of the same samples: dist_relu.ReLUGaussian(cuts=K).fit(x), thresholds and cut points
+# from its pilot, ρ̂ from its Σ̂.
+FIT_METHODS = {"fit default": 1, "fit K=5": 5}
+SCOPES = {"all": METHODS[:3] + tuple(FIT_METHODS), "subsample": METHODS, "all ≥5%": METHODS[:3], "subsample ≥5%": METHODS,
           "all ≥5% co-exceeded": METHODS[:3]}
 RATIOS = {  # name: (scope, numerator, denominator)
     "K=5/default": ("all", "K=5", "default"),
     "K=3/default": ("all", "K=3", "default"),
+    "fit K=5/fit default": ("all", "fit K=5", "fit default"),
     "K=5/reference": ("subsample", "K=5", "reference"),
     "K=3/reference": ("subsample", "K=3", "reference"),
     "default/reference": ("subsample", "default", "reference"),
@@ -207,6 +214,18 @@ def reference_rho(x_i, x_j, bias_i, scale_i, bias_j, scale_j):
     return float(result.x)
 
 
+def fitted_rho(x, cuts):
+    """Return ``ρ̂`` (d, d) of the product's fit ``ReLUGaussian(cuts=cuts).fit(x)``: 0 where a ``σ̂`` is 0, as the
+    kernels give."""
+    import dist_relu
+
+    covariance = dist_relu.ReLUGaussian(cuts=cuts).fit(x).covariance_
+    scale = np.sqrt(np.diag(covariance))
+    with np.errstate(invalid="ignore", divide="ignore"):
+        rho = covariance / np.outer(scale, scale)
+    return np.where(np.isfinite(rho), rho, 0.0)
+
+
 def mse(errors, mask):
     """Return the mean of ``errors[mask]``, or None where the mask is empty."""
     return float(np.mean(errors[mask])) if mask.any() else None
@@ -248,7 +267,9 @@ def one_run(kind, seed, d, n, reference_pairs):
     masks = {"all": np.ones(n_pairs, dtype=bool), "subsample": in_subsample,
              "all ≥5%": pair_frequent, "subsample ≥5%": in_subsample & pair_frequent,
              "all ≥5% co-exceeded": pair_frequent & coexceeded}
-    squared = {method: (estimates[method][upper] - rho_true[upper]) ** 2 for method in METHODS[:3]}
+    for method, cuts in FIT_METHODS.items():
+        estimates[method] = fitted_rho(x, cuts)
+    squared = {method: (estimates[method][upper] - rho_true[upper]) ** 2 for method in SCOPES["all"]}
     squared["reference"] = np.full(n_pairs, np.nan)
     squared["reference"][chosen] = (reference - rho_true[upper][chosen]) ** 2
     errors = {scope: {method: mse(squared[method], masks[scope]) for method in methods}
@@ -347,6 +368,7 @@ def warm_up():
     thresholds = np.maximum(0.0, fitted)
     default_rho(x, thresholds)
     cuts_rho(x, thresholds, fitted, scale, 3, 2_000)
+    fitted_rho(x, 3)
     reference_rho(x[:, 0], x[:, 1], fitted[0], scale[0], fitted[1], scale[1])
 
 
@@ -386,7 +408,8 @@ def main():
         "benchmark": "cuts_accuracy",
         "date": datetime.datetime.now(datetime.timezone.utc).isoformat(timespec="seconds"),
         "wall_seconds": time.perf_counter() - started,
-        "level": "kernels (the fit command does not take cut points yet)",
+        "level": "kernels, with the margins and thresholds of all the samples; and the product's fits "
+                 "(ReLUGaussian(cuts=K).fit(x): thresholds and cut points from its pilot)",
         "d": args.d, "n": args.n, "seeds": list(range(args.seeds)), "reference_pairs": args.reference_pairs,
         "truth_kinds": {
             "figure1 clipped": f"figure1_truth(d, kappa={KAPPA}, seed, bias='clipped')",
@@ -472,7 +495,8 @@ def plot(record, path):
     fig, (ax_all, ax_frequent, ax_mse) = plt.subplots(1, 3, figsize=(17, 5.2))
     frequent = ("K=5/default ≥5%", "K=3/default ≥5%", "K=5/reference ≥5%", "default/reference ≥5%",
                 "K=5/default ≥5% co-exceeded")
-    panels = ((ax_all, ("K=5/default", "K=3/default", "K=5/reference", "K=3/reference", "default/reference"),
+    panels = ((ax_all, ("K=5/default", "K=3/default", "fit K=5/fit default", "K=5/reference", "K=3/reference",
+                        "default/reference"),
                "all pairs (reference ratios: its subsample)"),
               (ax_frequent, frequent, "pairs of coordinates both ≥ 5% positive (reference ratios: its subsample)"))
     colours = {"K=5/default": "#1f77b4", "K=3/default": "#aec7e8", "K=5/reference": "#2ca02c",

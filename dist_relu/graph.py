@@ -287,15 +287,16 @@ def coordinate_estimates(statistics, method="censored", exponents=None):
 def pilot_cut_points(pilot, thresholds, cuts, column_chunks, checkpoint=None):
     """Return the lazy ``(d, cuts)`` cut points of ``kernels.cut_points`` from the ``pilot`` rows, per column block.
 
-    Each block's task holds the pilot's rows of its columns. With a
+    Each block's task takes the pilot's row chunks of its columns as they
+    are (the main pass holds them too), never a copy of them joined. With a
     ``checkpoint``, the cut points, whole, must equal those its partial sums
     were counted at (``Checkpoint.bind``): a resumed fit never mixes counts
     at other cut points.
     """
-    pilot = pilot.rechunk({0: -1, 1: column_chunks})
+    pilot = pilot.rechunk({1: column_chunks})
     thresholds = _per_column(thresholds, column_chunks, 0.0, np.float64)
     points = da.blockwise(kernels.cut_points, "ik", pilot, "ri", thresholds, "i", cuts, None, new_axes={"k": cuts},
-                          concatenate=True, dtype=np.float64, token="cut-points")
+                          concatenate=False, dtype=np.float64, token="cut-points")
     if checkpoint is None:
         return points
     return points.rechunk({0: -1}).map_blocks(_bound, "cut_points", checkpoint, dtype=np.float64,

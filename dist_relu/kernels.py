@@ -240,35 +240,36 @@ def cut_points(values, thresholds, cuts, min_per_category=CUT_MIN_PER_CATEGORY):
     """Return ``(d, cuts)`` cut points per column, increasing: 0 below a positive threshold, the threshold, then
     quantiles of its values above it.
 
-    ``values`` ``(rows, d)`` are the pilot's rows (non-finite values are left
-    out), ``thresholds`` ``(d,)``, not negative. With ``cuts > 1``, a column
-    whose threshold is above 0 and that has at least ``min_per_category``
-    values in ``(0, t]`` gets 0 as its first cut point: a value's being
-    positive at all is the most telling split below the threshold (the
-    censored part of the margin), and the threshold alone would lump those
-    values with the zeros. The threshold is always a cut point. Then, with
-    ``m_j`` values above the threshold and ``r`` cut points left, column ``j``
-    gets ``min(r, max(0, m_j // min_per_category − 1))`` more: the values at
-    the levels ``a/(k + 1)`` (``a = 1 … k``) of those above the threshold (the
-    lower quantiles: each cut point is a value seen), each once. Columns
-    with fewer, whether from few values or from ties, are filled with
-    ``+inf``: no value exceeds it, so its category is empty and carries
-    nothing. ``finite_cuts`` counts each column's.
+    ``values`` are the pilot's rows, ``(rows, d)``, or a list of blocks of
+    them (so that a pilot of many chunks is never copied whole); non-finite
+    values are left out. ``thresholds`` ``(d,)`` are not negative. With
+    ``cuts > 1``, a column whose threshold is above 0 and that has at least
+    ``min_per_category`` values in ``(0, t]`` gets 0 as its first cut point:
+    a value's being positive at all is the most telling split below the
+    threshold (the censored part of the margin), and the threshold alone
+    would lump those values with the zeros. The threshold is always a cut
+    point. Then, with ``m_j`` values above the threshold and ``r`` cut points
+    left, column ``j`` gets ``min(r, max(0, m_j // min_per_category − 1))``
+    more: the values at the levels ``a/(k + 1)`` (``a = 1 … k``) of those
+    above the threshold (the lower quantiles: each cut point is a value
+    seen), each once. Columns with fewer, whether from few values or from
+    ties, are filled with ``+inf``: no value exceeds it, so its category is
+    empty and carries nothing. ``finite_cuts`` counts each column's.
     """
-    values = np.asarray(values, dtype=np.float64)
+    blocks = values if isinstance(values, (list, tuple)) else [values]
     thresholds = np.asarray(thresholds, dtype=np.float64)
     points = np.full((thresholds.size, cuts), np.inf)
     for j, threshold in enumerate(thresholds):
-        column = values[:, j]
-        finite = column[np.isfinite(column)]
-        low = cuts > 1 and threshold > 0 and np.count_nonzero((finite > 0) & (finite <= threshold)) >= min_per_category
-        above = np.sort(finite[finite > threshold])
+        columns = [np.asarray(block[:, j], dtype=np.float64) for block in blocks]  # a column at a time
+        low = cuts > 1 and threshold > 0 and \
+            sum(np.count_nonzero((column > 0) & (column <= threshold)) for column in columns) >= min_per_category
+        above = np.concatenate([column[(column > threshold) & (column < np.inf)] for column in columns])
         start = 1 + int(low)
         wanted = min(cuts - start, max(0, above.size // min_per_category - 1))
         points[j, :start] = (0.0, threshold) if low else (threshold,)
         if wanted > 0:
-            levels = np.arange(1, wanted + 1) / (wanted + 1)
-            chosen = np.unique(above[np.floor(levels * (above.size - 1)).astype(np.int64)])
+            ranks = np.floor(np.arange(1, wanted + 1) / (wanted + 1) * (above.size - 1)).astype(np.int64)
+            chosen = np.unique(np.partition(above, ranks)[ranks])  # the order statistics, without a whole sort
             points[j, start:start + chosen.size] = chosen
     return points
 
