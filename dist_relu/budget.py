@@ -19,7 +19,7 @@ bits a value, count blocks ``K²`` as large), all in bytes:
   ``P`` = ``kernels.INVERSION_SLAB_PAIRS`` pairs of ``B`` =
   ``kernels.INVERSION_BYTES_PER_PAIR`` temporaries), and ``8(K² − 1)c²``
   more for the counts of ``K`` cut points;
-- with a jackknife over ``G`` groups, its standard errors: ``8(G + 10)c² +
+- with a jackknife over ``G`` groups, its standard errors: ``8(G·K² + 10)c² +
   P·B`` (the ``G`` groups' count blocks, and the inversion's and the
   replicates' running sums).
 
@@ -95,7 +95,7 @@ def task_sizes(d, column_block, chunk, split_every, jackknife_groups=0, cuts=1):
         counting=int(2 * k * c * r / 8 + count * k * k * c * c),
         summing=(split_every * count + 16) * k * k * c * c,
         inverting=(48 + 8 * (k * k - 1)) * c * c + slab,
-        jackknife=8 * (jackknife_groups + 10) * c * c + slab if jackknife_groups else 0,
+        jackknife=8 * (jackknife_groups * k * k + 10) * c * c + slab if jackknife_groups else 0,
     )
 
 

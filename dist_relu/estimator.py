@@ -357,13 +357,18 @@ def _jackknife(output, column_block, fit_settings, per_coordinate, progress):
     both are finite and positive.
     """
     statistics = np.stack([output.read(name) for name in kernels.STATISTICS], axis=1)
-    group_counts = output.lazy("group_counts", (1, column_block, column_block))
-    counts = output.lazy("counts", column_block)
+    cut_points = output.read("cut_points") if output.has("cut_points") else None
+    cuts = 1 if cut_points is None else cut_points.shape[1]
+    group_counts = output.lazy("group_counts", (1, cuts * column_block, cuts * column_block))
+    counts = output.lazy("counts" if cut_points is None else "cut_counts", cuts * column_block)
     exceedances, group_exceedances = compute(da.diagonal(counts), da.diagonal(group_counts, axis1=1, axis2=2))
+    if cut_points is not None:  # every cut point's, (d, K) and (G, d, K)
+        exceedances = exceedances.reshape(-1, cuts)
+        group_exceedances = group_exceedances.reshape(len(group_exceedances), -1, cuts)
     replicates = uncertainty.jackknife_replicates(
         statistics, output.read("group_statistics"), exceedances, group_exceedances,
         output.read("statistics_exponent"), output.read("thresholds"), likelihood_of(fit_settings.method),
-        fit_settings.inversion, fit_settings.clip_bias)
+        fit_settings.inversion, fit_settings.clip_bias, cut_points)
     correlation_se, covariance_se = graph.jackknife_standard_errors(group_counts, counts, replicates)
     analytic = {name: output.lazy(name, column_block) for name in ("correlation_se", "covariance_se")}
     ratios = output.store({"jackknife_correlation_se": correlation_se, "jackknife_covariance_se": covariance_se},

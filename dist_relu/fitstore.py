@@ -263,16 +263,15 @@ def stored_sums(group, column_block):
     moments = None
     if all(name in group for name in MOMENTS):  # fits stored before the model check have none
         moments = da.stack([output.lazy(name, column_block) for name in MOMENTS], axis=1).rechunk((column_block, 2))
+    # With cut points, the counts are those of every cut point, in blocks K times as wide.
+    counted = column_block * (group["cut_points"].shape[1] if "cut_points" in group else 1)
     groups = None
     if "group_counts" in group:
         n_groups = group["group_counts"].shape[0]
         groups = GroupSums(output.lazy("group_statistics", (n_groups, column_block, 4)),
-                           output.lazy("group_counts", (n_groups, column_block, column_block)))
+                           output.lazy("group_counts", (n_groups, counted, counted)))
     kept = int(group.attrs["n_samples"])
-    if "cut_points" in group:  # the counts of every cut point, in blocks K times as wide
-        counts = output.lazy("cut_counts", group["cut_points"].shape[1] * column_block)
-    else:
-        counts = output.lazy("counts", column_block)
+    counts = output.lazy("cut_counts" if "cut_points" in group else "counts", counted)
     return Sums(stored_statistics(output, column_block), exponents, counts, problems,
                 kept, kept + int(group.attrs.get("rows_dropped") or 0), moments, groups)
 

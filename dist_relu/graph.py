@@ -498,20 +498,33 @@ def jackknife_standard_errors(group_counts, counts, replicates):
 
     ``group_counts`` (``(G, d, d)``) are each group's counts, ``replicates``
     the ``uncertainty.JackknifeReplicates`` (in memory). A task holds the
-    ``G`` count blocks of its pair of column blocks.
+    ``G`` count blocks of its pair of column blocks. With cut points
+    (``replicates.standardised``), the counts are those of every cut point,
+    ``(G, K·d, K·d)`` and ``(K·d, K·d)``, and each replicate refits the
+    pairs' tables (``uncertainty.cut_jackknife_block``).
     """
-    chunks = counts.chunks[0]
     n_groups = group_counts.shape[0]
-    per_group = {name: da.from_array(getattr(replicates, name), chunks=(n_groups, chunks))
-                 for name in ("margins", "scale")}
-    index = da.arange(counts.shape[0], chunks=chunks)
-    stacked = da.blockwise(
-        uncertainty.jackknife_block, "sij",
-        group_counts.rechunk((n_groups, chunks, chunks)), "gij", counts, "ij", replicates.rows, None,
-        per_group["margins"], "gi", per_group["margins"], "gj", per_group["scale"], "gi", per_group["scale"], "gj",
-        index, "i", index, "j",
-        new_axes={"s": 2}, concatenate=True, dtype=np.float64, token="jackknife-block",
-    )
+    cuts = 1 if replicates.standardised is None else replicates.standardised.shape[2]
+    chunks = tuple(size // cuts for size in counts.chunks[0])
+    per_group = {name: da.from_array(getattr(replicates, name), chunks=(n_groups, chunks) + getattr(
+        replicates, name).shape[2:]) for name in ("margins", "scale") + (("standardised",) if cuts > 1 else ())}
+    index = da.arange(counts.shape[0] // cuts, chunks=chunks)
+    group_counts = group_counts.rechunk((n_groups, counts.chunks[0], counts.chunks[0]))
+    if cuts == 1:
+        stacked = da.blockwise(
+            uncertainty.jackknife_block, "sij", group_counts, "gij", counts, "ij", replicates.rows, None,
+            per_group["margins"], "gi", per_group["margins"], "gj", per_group["scale"], "gi", per_group["scale"], "gj",
+            index, "i", index, "j",
+            new_axes={"s": 2}, concatenate=True, dtype=np.float64, token="jackknife-block",
+        )
+    else:
+        stacked = da.blockwise(
+            uncertainty.cut_jackknife_block, "sij", group_counts, "gij", counts, "ij", replicates.rows, None,
+            per_group["margins"], "gik", per_group["margins"], "gjk", per_group["standardised"], "gik",
+            per_group["standardised"], "gjk", per_group["scale"], "gi", per_group["scale"], "gj", index, "i", index, "j",
+            new_axes={"s": 2}, adjust_chunks={"i": chunks, "j": chunks}, align_arrays=False, concatenate=True,
+            dtype=np.float64, token="cut-jackknife-block", meta=np.empty((0, 0, 0), dtype=np.float64),
+        )
     return _mirror_upper_blocks(stacked[0]), _mirror_upper_blocks(stacked[1])
 
 

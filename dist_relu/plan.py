@@ -195,7 +195,8 @@ def plan_fit(input, settings, checkpoint=None, thresholds=None, stages=None, pro
     else:
         # The jackknife's state: each group's sums, which add up to the pass's.
         groups = GroupSums(graph.column_statistics(main_passes, split_every, main, layout.row_groups),
-                           graph.coexceedance_counts(main_passes, split_every, main, kernel, layout.row_groups))
+                           graph.coexceedance_counts(main_passes, split_every, main, kernel, layout.row_groups,
+                                                     settings.cuts))
         statistics, counts = groups.statistics.sum(axis=0), groups.counts.sum(axis=0)
     if settings.method == "sgd" and estimates is None:
         estimates = graph.sgd_estimates(layout.blocked, sgd_statistics, keep=keep, exponents=exponents,

@@ -295,9 +295,9 @@ class OneLayerSettings(PipelineSettings, GaussianFitSettings):
         "keeps G copies of the d×d counts.")
     cuts: int = setting(
         1, "Cut points per coordinate for the correlations: 1, the threshold alone (each pair's 2×2 table of "
-        "exceedances, inverted); K > 1, the threshold and K − 1 quantiles of the pilot's values above it, and "
-        "each pair's ρ by maximum likelihood of its (K+1)×(K+1) table: closer to the truth for the same samples, "
-        "K² the counts and their memory. Not with method 'sgd' or a jackknife.",
+        "exceedances, inverted); K > 1, 0 below a positive threshold, the threshold and quantiles of the pilot's "
+        "values above it, and each pair's ρ by maximum likelihood of its (K+1)×(K+1) table: closer to the truth "
+        "for the same samples, K² the counts and their memory. Not with method 'sgd'.",
         minimum=1, maximum=8, stored="cuts", stored_when=lambda settings: settings.cuts > 1,
         cli_help="Cut points per coordinate (1: the threshold alone; K > 1: each pair's (K+1)×(K+1) table, "
         "K² the counts' work and memory).")
@@ -309,9 +309,9 @@ class OneLayerSettings(PipelineSettings, GaussianFitSettings):
         if self.jackknife_groups and self.method == "sgd":
             raise ValueError("jackknife_groups needs a likelihood: the SGD's estimates are not sums of the groups'; "
                              "use method 'censored' or 'truncated'")
-        if self.cuts > 1 and (self.method == "sgd" or self.jackknife_groups):
+        if self.cuts > 1 and self.method == "sgd":
             raise ValueError(f"cuts {self.cuts} takes the margins from a likelihood: method 'censored' or "
-                             "'truncated', and no jackknife")
+                             "'truncated'")
 
 
 @dataclass(frozen=True, kw_only=True)

@@ -26,7 +26,7 @@ import numba
 import numpy as np
 from scipy import special
 
-from . import compiled, kernels
+from . import compiled, kernels, polychoric
 
 _NORMAL = 1.0 / math.sqrt(2.0 * math.pi)
 
@@ -713,12 +713,13 @@ class JackknifeReplicates(NamedTuple):
 
     bias: np.ndarray  # (G, d): b̂ as reported (clipped with clip_bias)
     scale: np.ndarray  # (G, d): σ̂
-    margins: np.ndarray  # (G, d): the inversion's margins a
+    margins: np.ndarray  # (G, d): the inversion's margins a; with cut points (G, d, K), their exceedances
     rows: np.ndarray  # (G,) int64: the rows left in
+    standardised: np.ndarray | None = None  # (G, d, K) with cut points: (c − b̂)/σ̂ with the likelihood's b̂
 
 
 def jackknife_replicates(statistics, group_statistics, exceedances, group_exceedances, exponents, thresholds, method,
-                         inversion, clip_bias):
+                         inversion, clip_bias, cut_points=None):
     """Return the ``JackknifeReplicates`` of a fit from its sums and each group's.
 
     Parameters
@@ -729,6 +730,9 @@ def jackknife_replicates(statistics, group_statistics, exceedances, group_exceed
         Each group's, in the same units; they add up to ``statistics``.
     exceedances : ndarray (d,)
         The diagonal of the counts, ``c_i``; ``group_exceedances`` (G, d) each group's.
+        With ``cut_points`` (d, K), the exceedances of every cut point, (d, K)
+        and (G, d, K): the replicates' margins are then those of the tables,
+        with the cut points standardised by each replicate's margins.
     exponents, thresholds : ndarray (d,)
     method : {"censored", "truncated"}
     inversion : {"tetrachoric", "model"}
@@ -741,14 +745,18 @@ def jackknife_replicates(statistics, group_statistics, exceedances, group_exceed
         rest = statistics - group
         rows = int(round(rest[0, 0] + rest[0, 1]))  # n0 + n1: every kept row, zero or positive
         bias, scale, _ = kernels.fit_coordinates(rest, method, exponents)
+        standardised = None if cut_points is None else polychoric.standardised_cuts(cut_points, bias, scale)
         bias = np.maximum(bias, 0.0) if clip_bias else bias
-        if inversion == "tetrachoric":
+        if cut_points is not None:
+            margins = exceedances - group_exceedance
+        elif inversion == "tetrachoric":
             margins = kernels.tetrachoric_margins(exceedances - group_exceedance, rows)
         else:
             margins = kernels.threshold_margins(bias, scale, thresholds)
-        replicates.append((bias, scale, margins, rows))
-    bias, scale, margins, rows = zip(*replicates)
-    return JackknifeReplicates(np.array(bias), np.array(scale), np.array(margins), np.array(rows, dtype=np.int64))
+        replicates.append((bias, scale, margins, rows, standardised))
+    bias, scale, margins, rows, standardised = zip(*replicates)
+    return JackknifeReplicates(np.array(bias), np.array(scale), np.array(margins), np.array(rows, dtype=np.int64),
+                               None if cut_points is None else np.array(standardised))
 
 
 def jackknife_variance(replicates):
@@ -779,17 +787,46 @@ def jackknife_block(group_counts, counts, rows, margins_i, margins_j, scale_i, s
         they are made (Welford's update), so a task holds a few blocks
         besides the ``G`` count blocks.
     """
-    n_groups = group_counts.shape[0]
-    mean = np.zeros((2,) + counts.shape)
-    squares = np.zeros_like(mean)
     ones_i, ones_j = np.ones(counts.shape[0]), np.ones(counts.shape[1])
-    for g in range(n_groups):
-        rho = compiled.covariance_block(counts - group_counts[g], rows[g], margins_i[g], margins_j[g], ones_i,
-                                        ones_j, index_i, index_j)
+    return _jackknife_errors(
+        (compiled.covariance_block(counts - group_counts[g], rows[g], margins_i[g], margins_j[g], ones_i, ones_j,
+                                   index_i, index_j) for g in range(group_counts.shape[0])),
+        scale_i, scale_j)
+
+
+def cut_jackknife_block(group_counts, counts, rows, exceeded_i, exceeded_j, h_i, h_j, scale_i, scale_j, index_i,
+                        index_j):
+    """Return the jackknife standard errors ``(SE(ρ̂), SE(Σ̂))`` of a block of pairs' polychoric estimates.
+
+    As ``jackknife_block``, with the counts of every cut point: ``group_counts``
+    ``(G, K·d_i, K·d_j)`` and ``counts`` ``(K·d_i, K·d_j)``; ``exceeded_i``
+    ``(G, d_i, K)`` each replicate's exceedances of the cut points and
+    ``h_i`` ``(G, d_i, K)`` its standardised cut points
+    (``JackknifeReplicates.margins`` and ``.standardised``). Each replicate
+    refits every pair's table (``polychoric.correlation_block``).
+    """
+    return _jackknife_errors(
+        (polychoric.correlation_block(counts - group_counts[g], rows[g], exceeded_i[g], exceeded_j[g], h_i[g], h_j[g],
+                                      index_i, index_j)[0] for g in range(group_counts.shape[0])),
+        scale_i, scale_j)
+
+
+def _jackknife_errors(correlations, scale_i, scale_j):
+    """Return the jackknife's ``(SE(ρ̂), SE(Σ̂))`` (2, d_i, d_j) of replicates' ``ρ`` blocks, made one at a time.
+
+    Replicate ``g``'s ``Σ̂`` is its ``ρ`` times ``σ̂_i σ̂_j`` (``scale_i``,
+    ``scale_j``, ``(G, d)``). The replicates are summed as they are made
+    (Welford's update), so only a few blocks are held at once.
+    """
+    mean = squares = None
+    for g, rho in enumerate(correlations):
         replicate = np.stack([rho, rho * np.multiply.outer(scale_i[g], scale_j[g])])
+        if mean is None:
+            mean, squares = np.zeros_like(replicate), np.zeros_like(replicate)
         step = replicate - mean
         mean += step / (g + 1)
         squares += step * (replicate - mean)
+    n_groups = len(scale_i)
     return np.sqrt((n_groups - 1) / n_groups * squares)
 
 

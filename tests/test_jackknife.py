@@ -70,13 +70,15 @@ def test_each_groups_sums_are_those_of_its_rows_whatever_the_chunking(tmp_path, 
                                np.stack([fit["sum_positive"][:], fit["sum_sq_positive"][:]], axis=1), rtol=1e-12)
 
 
-@pytest.mark.parametrize("method, inversion, bias", [("censored", "tetrachoric", "gaussian"),
-                                                     ("truncated", "model", "clipped")])
-def test_the_jackknifes_errors_agree_with_the_analytic_ones(simulated, method, inversion, bias):
+@pytest.mark.parametrize("method, inversion, bias, cuts", [("censored", "tetrachoric", "gaussian", 1),
+                                                           ("truncated", "model", "clipped", 1),
+                                                           ("censored", "tetrachoric", "clipped", 3)])
+def test_the_jackknifes_errors_agree_with_the_analytic_ones(simulated, method, inversion, bias, cuts):
     # At n = 10⁵ the two agree within 15%: each jackknife variance is about the truth times χ²(G − 1)/(G − 1),
-    # and the ratio is the root of the mean ratio of variances over the 465 entries (30 coordinates).
+    # and the ratio is the root of the mean ratio of variances over the 465 entries (30 coordinates). With cut
+    # points, the analytic errors are the two-step polychoric estimator's.
     path, _, _ = simulated(100_000, 30, seed=5, bias=bias)
-    fit = dist_relu.ReLUGaussian(jackknife_groups=20, method=method, inversion=inversion).fit(path)
+    fit = dist_relu.ReLUGaussian(jackknife_groups=20, method=method, inversion=inversion, cuts=cuts).fit(path)
     ratios = fit.settings_["jackknife"]
     assert ratios["groups"] == 20
     for name in ("covariance", "correlation", "bias", "scale"):
@@ -156,6 +158,9 @@ def test_the_budget_counts_the_jackknifes_count_blocks():
     share = 2 * 8 * 50 * 512**2
     assert budget.column_block_for(4096, chunk, 8, share, 2, jackknife_groups=50) < \
         budget.column_block_for(4096, chunk, 8, share, 2)
+    # With K cut points each group's count blocks are K² as large.
+    jackknife = budget.task_sizes(4096, 512, chunk, 8, jackknife_groups=100, cuts=3).jackknife
+    assert jackknife > 8 * 100 * 9 * 512**2 > budget.task_sizes(4096, 512, chunk, 8, jackknife_groups=100).jackknife
 
 
 def test_the_summary_gives_the_jackknifes_ratios(tmp_path, relu_data):

@@ -12,8 +12,8 @@ PACKAGE = Path(__file__).parent.parent / "dist_relu"
 LAYERS = [
     {"errors", "kernels", "model", "separable", "sgd"},  # the math, on plain arrays
     {"entry", "compiled", "budget", "latent"},
-    {"storage", "scheduler", "settings", "uncertainty", "polychoric"},
-    {"io", "checkpoint"},  # Zarr in and out; saved partial sums
+    {"storage", "scheduler", "settings", "polychoric"},
+    {"io", "checkpoint", "uncertainty"},  # Zarr in and out; saved partial sums; standard errors (of tables too)
     {"graph"},  # dask graphs of the kernels
     {"pipeline", "fitstore"},  # the seam every model uses; the fit format
     {"plan", "simulate", "convert"},

@@ -254,9 +254,8 @@ def test_two_passes_take_the_cut_points_of_the_first_rows_at_the_first_passs_thr
 def test_cut_points_where_they_are_not_built_are_refused_and_nothing_is_written(relu_store, tmp_path):
     import dist_relu
 
-    for settings in ({"method": "sgd"}, {"jackknife_groups": 4}):
-        with pytest.raises(ValueError, match="cuts 3 takes the margins from a likelihood"):
-            dist_relu.ReLUGaussian(cuts=3, **settings).fit(str(relu_store))
+    with pytest.raises(ValueError, match="cuts 3 takes the margins from a likelihood"):
+        dist_relu.ReLUGaussian(cuts=3, method="sgd").fit(str(relu_store))
     with pytest.raises(ValueError, match="cuts"):
         dist_relu.ReLUGaussian(cuts=9).fit(str(relu_store))
     earlier = tmp_path / "earlier.zarr"
@@ -306,3 +305,35 @@ def conftest_digest(root):
     from .conftest import digest
 
     return digest(root)
+
+
+def test_a_jackknife_with_cut_points_is_the_spread_of_fits_of_the_data_less_each_group(relu_store, tmp_path):
+    """Each replicate is the fit of the samples without one group, at the fit's own thresholds and cut points."""
+    import zarr
+
+    import dist_relu
+    from dist_relu.pipeline import group_bounds
+
+    groups, k = 4, 3
+    whole = tmp_path / "whole.zarr"
+    dist_relu.fit_to_zarr(str(relu_store), str(whole), cuts=k, jackknife_groups=groups, column_block=3)
+    fit = zarr.open_group(str(whole), mode="r")
+    x = zarr.open_array(str(relu_store), path="samples", mode="r")[:]
+    assert fit["group_counts"].shape == (groups, k * 7, k * 7)
+    np.testing.assert_array_equal(fit["group_counts"][:].sum(axis=0), fit["cut_counts"][:])
+    bounds = group_bounds(len(x), groups)
+    replicates = []
+    for g in range(groups):
+        less = np.concatenate([x[:bounds[g]], x[bounds[g + 1]:]])
+        out = tmp_path / f"less-{g}.zarr"
+        dist_relu.fit_to_zarr(less, str(out), thresholds_from=str(whole), cuts=k)
+        refit = zarr.open_group(str(out), mode="r")
+        np.testing.assert_array_equal(refit["cut_counts"][:], fit["cut_counts"][:] - fit["group_counts"][g])
+        covariance = refit["covariance"][:]
+        scale = np.sqrt(np.diag(covariance))
+        replicates.append(np.stack([covariance / np.outer(scale, scale), covariance]))
+    replicates = np.array(replicates)
+    expected = np.sqrt((groups - 1) / groups * ((replicates - replicates.mean(axis=0)) ** 2).sum(axis=0))
+    off = ~np.eye(7, dtype=bool)
+    np.testing.assert_allclose(fit["jackknife_correlation_se"][:][off], expected[0][off], rtol=1e-6)
+    np.testing.assert_allclose(fit["jackknife_covariance_se"][:], expected[1], rtol=1e-6, atol=1e-15)
