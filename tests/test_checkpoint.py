@@ -84,6 +84,23 @@ def saved_blocks(checkpoint, name):
     return list(checkpoint.glob(f"thresholds-*/{name}/*.npy"))
 
 
+def fit_killed_a_quarter_way(path, out, checkpoint, n_segments, *options):
+    """Run ``dist-relu fit`` with a checkpoint on one thread (segments finish one by one) and SIGKILL it once a
+    quarter of the segments' counts are saved; check that it died so and left no output."""
+    process = subprocess.Popen(
+        [str(BIN / "dist-relu"), "fit", str(path), "--out", str(out), "--checkpoint", str(checkpoint), *options],
+        env={**os.environ, "DASK_SCHEDULER": "synchronous"}, stderr=subprocess.PIPE,
+    )
+    deadline = time.monotonic() + 120
+    while len(saved_blocks(checkpoint, "counts")) < n_segments // 4 and process.poll() is None:
+        assert time.monotonic() < deadline, "the fit saved no blocks in 120 s"
+        time.sleep(0.01)
+    process.send_signal(signal.SIGKILL)
+    process.wait()
+    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
+    assert not out.exists()
+
+
 def test_a_fit_killed_half_way_resumes_and_reads_only_what_was_not_saved(tmp_path):
     n, d, rows, split_every, pilot_rows = 2_000_000, 32, 10_000, 2, 1000
     weights, b = dist_relu.figure1_truth(d, seed=3)
@@ -93,22 +110,10 @@ def test_a_fit_killed_half_way_resumes_and_reads_only_what_was_not_saved(tmp_pat
     reference = tmp_path / "reference.zarr"
     dist_relu.fit_to_zarr(str(path), reference, **settings)
 
-    # One thread, so that segments finish one by one and the kill lands half way.
     out, checkpoint = tmp_path / "fit.zarr", tmp_path / "fit.checkpoint"
-    process = subprocess.Popen(
-        [str(BIN / "dist-relu"), "fit", str(path), "--out", str(out), "--checkpoint", str(checkpoint),
-         "--split-every", str(split_every), "--pilot-rows", str(pilot_rows)],
-        env={**os.environ, "DASK_SCHEDULER": "synchronous"}, stderr=subprocess.PIPE,
-    )
     n_segments = -(-n // rows) // split_every
-    deadline = time.monotonic() + 120
-    while len(saved_blocks(checkpoint, "counts")) < n_segments // 4 and process.poll() is None:
-        assert time.monotonic() < deadline, "the fit saved no blocks in 120 s"
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
-    assert not out.exists()
+    fit_killed_a_quarter_way(path, out, checkpoint, n_segments, "--split-every", str(split_every), "--pilot-rows",
+                             str(pilot_rows))
     counted = {name: len(saved_blocks(checkpoint, name)) for name in ("statistics", "counts", "value-problems", "moments")}
     assert 0 < counted["counts"] < n_segments, counted
 
@@ -143,20 +148,8 @@ def test_a_fit_with_cut_points_killed_half_way_resumes_to_the_same_bits_and_refu
     dist_relu.fit_to_zarr(str(path), reference, split_every=split_every, cuts=cuts)
 
     out, checkpoint = tmp_path / "fit.zarr", tmp_path / "fit.checkpoint"
-    process = subprocess.Popen(
-        [str(BIN / "dist-relu"), "fit", str(path), "--out", str(out), "--checkpoint", str(checkpoint),
-         "--split-every", str(split_every), "--cuts", str(cuts)],
-        env={**os.environ, "DASK_SCHEDULER": "synchronous"}, stderr=subprocess.PIPE,
-    )
     n_segments = -(-n // rows) // split_every
-    deadline = time.monotonic() + 120
-    while len(saved_blocks(checkpoint, "counts")) < n_segments // 4 and process.poll() is None:
-        assert time.monotonic() < deadline, "the fit saved no blocks in 120 s"
-        time.sleep(0.01)
-    process.send_signal(signal.SIGKILL)
-    process.wait()
-    assert process.returncode == -signal.SIGKILL, process.stderr.read().decode()
-    assert not out.exists()
+    fit_killed_a_quarter_way(path, out, checkpoint, n_segments, "--split-every", str(split_every), "--cuts", str(cuts))
     (scope,) = checkpoint.glob("thresholds-*")
     assert scope.name.endswith(f"-cuts-{cuts}") and (scope / "cut_points.npy").exists()
     assert 0 < len(saved_blocks(checkpoint, "counts")) < n_segments
