@@ -445,7 +445,10 @@ def _print_summary(out, attributes, as_json):
                    + ("" if attributes["converged"] else " (not converged)"))
         click.echo("span(Â) moved by: " + ", ".join(f"{change:.1e}" for change in summary["change"]))
     else:
-        correlations = f"{attributes['cuts']} cut points" if attributes.get("cuts", 1) > 1 else attributes["inversion"]
+        correlations = attributes["inversion"]
+        if attributes.get("cuts", 1) > 1:
+            fewer = attributes.get("cuts_fewer", 0)
+            correlations = f"{attributes['cuts']} cut points" + (f", fewer for {fewer} coordinate{'s' * (fewer > 1)}" if fewer else "")
         click.echo(
             f"fitted {summary['n_samples']:,} samples × {summary['n_coordinates']} coordinates "
             f"in {summary['seconds']:.1f} s ({attributes['method']}, {attributes['passes']} "

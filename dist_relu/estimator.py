@@ -224,6 +224,9 @@ def write_fit(output, fit_settings, column_block, record, stages, thresholds, ma
         record["count_kernel"] = compiled.COUNT_KERNELS[int(measured["count_kernel"])]
     if fit_settings.drop_nonfinite:
         record["rows_dropped"] = sums.rows_read - kept
+    if cut_points is not None:  # coordinates the pilot gave fewer cut points (few values above 0, or ties)
+        stored = output.read("cut_points")
+        record["cuts_fewer"] = int(np.count_nonzero(kernels.finite_cuts(stored) < stored.shape[1]))
     with stages("inversion"):
         lazy_estimates = estimates(
             fitstore.stored_statistics(output, column_block), output.lazy("counts", column_block), kept,

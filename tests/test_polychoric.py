@@ -337,3 +337,23 @@ def test_a_jackknife_with_cut_points_is_the_spread_of_fits_of_the_data_less_each
     off = ~np.eye(7, dtype=bool)
     np.testing.assert_allclose(fit["jackknife_correlation_se"][:][off], expected[0][off], rtol=1e-6)
     np.testing.assert_allclose(fit["jackknife_covariance_se"][:], expected[1], rtol=1e-6, atol=1e-15)
+
+
+def test_a_coordinate_the_pilot_gives_fewer_cut_points_is_counted_and_said(tmp_path):
+    import zarr
+    from click.testing import CliRunner
+
+    import dist_relu
+    from dist_relu import kernels
+    from dist_relu.cli import main
+
+    store, out = tmp_path / "samples.zarr", tmp_path / "fit.zarr"
+    # The last coordinate is positive in about 2 of 10⁴ rows: too few for more than its threshold.
+    dist_relu.simulate_to_zarr(store, np.eye(4), np.array([0.0, 0.5, 0.0, -3.5]), 40_000, chunk_rows=10_000, seed=2)
+    result = CliRunner().invoke(main, ["fit", str(store), "--out", str(out), "--cuts", "3"])
+    assert result.exit_code == 0, result.output
+    fit = zarr.open_group(str(out), mode="r")
+    finite = kernels.finite_cuts(fit["cut_points"][:])
+    assert finite[-1] == 1 and np.all(finite[:-1] == 3)
+    assert fit.attrs["cuts_fewer"] == 1
+    assert "3 cut points, fewer for 1 coordinate)" in result.output
