@@ -448,7 +448,9 @@ def _print_summary(out, attributes, as_json):
         correlations = attributes["inversion"]
         if attributes.get("cuts", 1) > 1:
             fewer = attributes.get("cuts_fewer", 0)
-            correlations = f"{attributes['cuts']} cut points" + (f", fewer for {fewer} coordinate{'s' * (fewer > 1)}" if fewer else "")
+            correlations = f"{attributes['cuts']} cut points"
+            if fewer:
+                correlations += f", fewer for {fewer} coordinate{'s' * (fewer > 1)}"
         click.echo(
             f"fitted {summary['n_samples']:,} samples × {summary['n_coordinates']} coordinates "
             f"in {summary['seconds']:.1f} s ({attributes['method']}, {attributes['passes']} "

@@ -1,7 +1,7 @@
 """Polychoric correlations: ``ρ`` of a pair by maximum likelihood of its table of cut-point categories.
 
-Each coordinate has ``K`` cut points ``c_1 < … < c_K`` (``c_1`` its
-threshold), and a value's category is the number of cut points it exceeds,
+Each coordinate has ``K`` cut points ``c_1 < … < c_K`` (its threshold among
+them), and a value's category is the number of cut points it exceeds,
 ``0`` to ``K``. Under the model ``x_i = max(0, b_i + σ_i z_i)``, and for a cut
 point ``c ≥ 0``, ``x_i > c`` exactly when ``z_i > h = (c − b_i)/σ_i``: two
 coordinates' categories are those of the standard bivariate normal

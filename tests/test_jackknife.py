@@ -97,15 +97,16 @@ def test_without_groups_a_fit_keeps_no_group_state(relu_data):
 
 
 @pytest.mark.slow
-def test_update_and_merge_carry_each_groups_sums_exactly(tmp_path, simulated):
+@pytest.mark.parametrize("cuts", [1, 3])
+def test_update_and_merge_carry_each_groups_sums_exactly(tmp_path, simulated, cuts):
     path, _, _ = simulated(100_000, 10, seed=6, bias="gaussian", chunk_rows=12_000)
     x = open_group(path)["samples"][:]
     for name, rows in (("first", slice(0, 60_000)), ("second", slice(60_000, None))):
         zarr.open_group(str(tmp_path / f"{name}.zarr"), mode="w").create_array("samples", data=x[rows],
                                                                                chunks=(7_000, 10))
-    dist_relu.fit_to_zarr(tmp_path / "first.zarr", tmp_path / "a.zarr", jackknife_groups=5)
+    dist_relu.fit_to_zarr(tmp_path / "first.zarr", tmp_path / "a.zarr", jackknife_groups=5, cuts=cuts)
     dist_relu.fit_to_zarr(tmp_path / "second.zarr", tmp_path / "b.zarr", jackknife_groups=5,
-                          thresholds_from=tmp_path / "a.zarr")
+                          thresholds_from=tmp_path / "a.zarr", cuts=cuts)
     dist_relu.merge_fits([tmp_path / "a.zarr", tmp_path / "b.zarr"], tmp_path / "merged.zarr")
     dist_relu.fit_to_zarr(tmp_path / "second.zarr", tmp_path / "updated.zarr", update=tmp_path / "a.zarr")
     a, b = open_group(tmp_path / "a.zarr"), open_group(tmp_path / "b.zarr")
@@ -115,11 +116,13 @@ def test_update_and_merge_carry_each_groups_sums_exactly(tmp_path, simulated):
                                       a["group_statistics"][:][..., :2] + b["group_statistics"][:][..., :2])
         np.testing.assert_allclose(combined["group_statistics"][:], a["group_statistics"][:] +
                                    b["group_statistics"][:], rtol=1e-12)
+        assert combined["group_counts"].shape == (5, 10 * cuts, 10 * cuts)
         assert combined.attrs["jackknife_groups"] == 5 and combined.attrs["jackknife"]["groups"] == 5
         for name in JACKKNIFE_ARRAYS:
             assert np.isfinite(combined[name][:]).any(), name
     # A fit without groups cannot join one with them: refused, and nothing written or changed.
-    dist_relu.fit_to_zarr(tmp_path / "second.zarr", tmp_path / "plain.zarr", thresholds_from=tmp_path / "a.zarr")
+    dist_relu.fit_to_zarr(tmp_path / "second.zarr", tmp_path / "plain.zarr", thresholds_from=tmp_path / "a.zarr",
+                          cuts=cuts)
     before = [digest(tmp_path / name) for name in ("a.zarr", "plain.zarr")]
     with pytest.raises(io.InputError, match="jackknife_groups"):
         dist_relu.merge_fits([tmp_path / "a.zarr", tmp_path / "plain.zarr"], tmp_path / "refused.zarr")
