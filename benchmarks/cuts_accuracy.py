@@ -47,6 +47,9 @@ The truth's ``ρ`` is ``simulate.gram(W)`` normalised to unit diagonal.
 Recorded per truth kind and seed, each the mean over pairs of ``(ρ̂ − ρ)²``:
 
 - ``all``: every pair ``i < j``: default, K=3, K=5, fit default, fit K=5;
+- ``all seen``: the same, over the pairs whose two coordinates both have a
+  positive value (a coordinate with none has ``σ̂ = 0``, and every method
+  gives its pairs ``ρ = 0``, whatever the truth);
 - ``subsample``: the reference's pairs: default, K=3, K=5, reference;
 - ``all ≥5%`` and ``subsample ≥5%``: the same, over the pairs whose two
   coordinates both have at least 5% positive values. With negative biases,
@@ -94,12 +97,13 @@ METHODS = ("default", "K=3", "K=5", "reference")
 # The product's own fits of the same samples: dist_relu.ReLUGaussian(cuts=K).fit(x), thresholds and cut points
 # from its pilot, ρ̂ from its Σ̂.
 FIT_METHODS = {"fit default": 1, "fit K=5": 5}
-SCOPES = {"all": METHODS[:3] + tuple(FIT_METHODS), "subsample": METHODS, "all ≥5%": METHODS[:3], "subsample ≥5%": METHODS,
-          "all ≥5% co-exceeded": METHODS[:3]}
+SCOPES = {"all": METHODS[:3] + tuple(FIT_METHODS), "all seen": METHODS[:3] + tuple(FIT_METHODS), "subsample": METHODS,
+          "all ≥5%": METHODS[:3], "subsample ≥5%": METHODS, "all ≥5% co-exceeded": METHODS[:3]}
 RATIOS = {  # name: (scope, numerator, denominator)
     "K=5/default": ("all", "K=5", "default"),
     "K=3/default": ("all", "K=3", "default"),
     "fit K=5/fit default": ("all", "fit K=5", "fit default"),
+    "K=5/default seen": ("all seen", "K=5", "default"),
     "K=5/reference": ("subsample", "K=5", "reference"),
     "K=3/reference": ("subsample", "K=3", "reference"),
     "default/reference": ("subsample", "default", "reference"),
@@ -264,7 +268,9 @@ def one_run(kind, seed, d, n, reference_pairs):
     in_subsample = np.zeros(n_pairs, dtype=bool)
     in_subsample[chosen] = True
     coexceeded = coexceedances[upper] > 0
-    masks = {"all": np.ones(n_pairs, dtype=bool), "subsample": in_subsample,
+    seen = positive_fraction > 0
+    masks = {"all": np.ones(n_pairs, dtype=bool), "all seen": seen[upper[0]] & seen[upper[1]],
+             "subsample": in_subsample,
              "all ≥5%": pair_frequent, "subsample ≥5%": in_subsample & pair_frequent,
              "all ≥5% co-exceeded": pair_frequent & coexceeded}
     for method, cuts in FIT_METHODS.items():
@@ -495,8 +501,8 @@ def plot(record, path):
     fig, (ax_all, ax_frequent, ax_mse) = plt.subplots(1, 3, figsize=(17, 5.2))
     frequent = ("K=5/default ≥5%", "K=3/default ≥5%", "K=5/reference ≥5%", "default/reference ≥5%",
                 "K=5/default ≥5% co-exceeded")
-    panels = ((ax_all, ("K=5/default", "K=3/default", "fit K=5/fit default", "K=5/reference", "K=3/reference",
-                        "default/reference"),
+    panels = ((ax_all, ("K=5/default", "K=3/default", "fit K=5/fit default", "K=5/default seen", "K=5/reference",
+                        "K=3/reference", "default/reference"),
                "all pairs (reference ratios: its subsample)"),
               (ax_frequent, frequent, "pairs of coordinates both ≥ 5% positive (reference ratios: its subsample)"))
     colours = {"K=5/default": "#1f77b4", "K=3/default": "#aec7e8", "K=5/reference": "#2ca02c",
