@@ -224,16 +224,17 @@ def write_fit(output, fit_settings, column_block, record, stages, thresholds, ma
         record["count_kernel"] = compiled.COUNT_KERNELS[int(measured["count_kernel"])]
     if fit_settings.drop_nonfinite:
         record["rows_dropped"] = sums.rows_read - kept
-    if cut_points is not None:  # coordinates the pilot gave fewer cut points (few values above 0, or ties)
-        stored = output.read("cut_points")
-        record["cuts_fewer"] = int(np.count_nonzero(kernels.finite_cuts(stored) < stored.shape[1]))
+    cut_arrays = ()
+    if cut_points is not None:
+        stored_cuts = output.read("cut_points")
+        cut_arrays = output.lazy("cut_counts", stored_cuts.shape[1] * column_block), stored_cuts
+        # Coordinates the pilot gave fewer cut points (few values above 0, or ties).
+        record["cuts_fewer"] = int(np.count_nonzero(kernels.finite_cuts(stored_cuts) < stored_cuts.shape[1]))
     with stages("inversion"):
         lazy_estimates = estimates(
             fitstore.stored_statistics(output, column_block), output.lazy("counts", column_block), kept,
             output.read("thresholds"), fit_settings.method, fit_settings.inversion, fit_settings.clip_bias,
-            measured["sgd"], output.lazy("statistics_exponent", column_block),
-            *((output.lazy("cut_counts", cut_points.shape[1] * column_block), output.read("cut_points"))
-              if cut_points is not None else ()))
+            measured["sgd"], output.lazy("statistics_exponent", column_block), *cut_arrays)
         covariance = lazy_estimates.pop("covariance")
         per_coordinate = dict(zip(lazy_estimates, compute(*lazy_estimates.values(), progress=progress)))
         checked = per_coordinate["bias"], per_coordinate["scale"], per_coordinate["status"]
@@ -443,8 +444,8 @@ class ReLUGaussian(settings.Estimator):
     counts_ : ndarray (d, d) of int64
         Co-exceedance counts ``C_ij = #{m : x_mi > t_i, x_mj > t_j}``.
     cut_points_ : ndarray (d, K) or None
-        With ``cuts`` ``K > 1``, each coordinate's cut points (its threshold
-        first; ``+inf`` where the pilot gave fewer); else None.
+        With ``cuts`` ``K > 1``, each coordinate's cut points, increasing, its
+        threshold among them (``+inf`` where the pilot gave fewer); else None.
     statistics_ : ndarray (d, 4)
         ``(n0, n1, S1, S2)`` per coordinate, the sums in units
         ``2**statistics_exponent_``.
@@ -682,8 +683,9 @@ def merge_fits(fits, out, *, overwrite=False, progress=False):
                                           "pilot_rows", "clip_bias", "column_block", "row_chunk", "split_every",
                                           "count_kernel")}
     fit_settings = OneLayerSettings(**fitstore.additive_settings(bases[0]))
+    stored_settings = fit_settings.stored()  # "cuts" only where K > 1, as a fit stores it
     record.update(checkpoint=None, memory=None, jackknife_groups=fit_settings.jackknife_groups,
-                  **({"cuts": fit_settings.cuts} if fit_settings.cuts > 1 else {}))
+                  **{key: stored_settings[key] for key in ("cuts",) if key in stored_settings})
     stored = [fitstore.stored_sums(group, fit_settings.column_block) for group in bases]
     with fitstore.zarr_output(out, fits, overwrite) as output:
         return write_fit(output, fit_settings, fit_settings.column_block, record, stages,

@@ -321,9 +321,9 @@ def threshold_counts(cut_counts, cut_points, thresholds):
     blocks = tuple(size // cuts for size in cut_counts.chunks[0])
     below = (_per_column(cut_points, blocks, None, np.float64)
              < _per_column(thresholds, blocks, None, np.float64)[:, None]).sum(axis=1)
-    narrower = {"i": lambda size: size // cuts, "j": lambda size: size // cuts}
     return da.blockwise(_threshold_block, "ij", cut_counts, "ij", below, "i", below, "j", cuts, None,
-                        align_arrays=False, adjust_chunks=narrower, dtype=cut_counts.dtype, token="threshold-counts")
+                        align_arrays=False, adjust_chunks={"i": blocks, "j": blocks}, dtype=cut_counts.dtype,
+                        token="threshold-counts")
 
 
 def _threshold_block(counts, below_i, below_j, cuts):

@@ -93,7 +93,7 @@ def plan_fit(input, settings, checkpoint=None, thresholds=None, stages=None, pro
         merged) instead of the pilot's. One pass, not with ``method="sgd"``.
     cut_points : ndarray (d, K), optional
         With ``settings.cuts`` ``K > 1`` and given ``thresholds``, the cut
-        points to count at (another fit's; their first column the thresholds).
+        points to count at (another fit's; each coordinate's threshold among them).
     stages : pipeline.Stages, optional
     progress : bool
 
