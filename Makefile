@@ -39,6 +39,10 @@ bench: $(STAMP)
 	$(BIN)/python benchmarks/se_cost.py
 	$(BIN)/python benchmarks/jackknife.py
 	$(BIN)/python benchmarks/codec_study.py
+	$(BIN)/python benchmarks/huge_pages.py
+	$(BIN)/python benchmarks/cuts_accuracy.py
+	$(BIN)/python benchmarks/cuts_cost.py
+	$(BIN)/python benchmarks/cut_information.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info

@@ -179,7 +179,8 @@ def test_cuts_accuracy_benchmark_quick(tmp_path):
     assert set(record["summary"]) == set(kinds) and len(record["runs"]) == 8
     for kind in kinds:
         s = record["summary"][kind]
-        for scope, methods in (("all", ("default", "K=3", "K=5")),
+        for scope, methods in (("all", ("default", "K=3", "K=5", "fit default", "fit K=5")),
+                               ("all seen", ("default", "K=3", "K=5", "fit default", "fit K=5")),
                                ("subsample", ("default", "K=3", "K=5", "reference"))):
             assert all(0 < s["mean_mse"][scope][method] < float("inf") for method in methods), (kind, scope)
         assert all(s["mean_process_seconds_per_pair"][method] > 0 for method in ("K=3", "K=5", "reference"))
@@ -208,3 +209,22 @@ def test_cuts_cost_benchmark_quick(tmp_path):
         assert ratios["fit K=5 / fit K=1"] == pytest.approx(case["summary"]["fit K=5"]["median_seconds"]
                                                              / case["summary"]["fit K=1"]["median_seconds"])
     assert (tmp_path / "cuts_cost_quick.png").stat().st_size > 10_000
+
+
+def test_cut_information_benchmark(tmp_path):
+    """The calculation of what a margin's cut points keep at ρ = 0: no table keeps more than the values."""
+    subprocess.run([sys.executable, str(BENCHMARKS / "cut_information.py"), "--out", str(tmp_path)],
+                   check=True, capture_output=True, text=True, timeout=300)
+    record = json.loads((tmp_path / "cut_information.json").read_text())
+    ratio = {(row["bias"], row["cuts"], row["rule"]): row["variance_ratio_margin"] for row in record["rows"]}
+    assert len(ratio) == len(record["biases"]) * len(record["cuts"]) * 3
+    for bias in record["biases"]:
+        for cuts in record["cuts"]:
+            first, rule, best = (ratio[bias, cuts, name] for name in ("threshold first", "kernels.cut_points", "best"))
+            assert 1 < best <= rule + 1e-9 and rule <= first + 1e-9, (bias, cuts)
+            if bias <= 0:  # the threshold is 0: the two rules are one
+                assert rule == first
+            else:  # 0 below a positive threshold keeps more
+                assert rule < first
+        assert ratio[bias, 5, "kernels.cut_points"] < ratio[bias, 3, "kernels.cut_points"]
+    assert (tmp_path / "cut_information.png").stat().st_size > 10_000
