@@ -308,6 +308,10 @@ def check_additive(groups, d):
                 "estimates and a first pass's thresholds are not sums)")
         if attrs["n_coordinates"] != d:
             raise io.InputError(f"{group.store_path} has {attrs['n_coordinates']} coordinates; the data has {d}")
+        # Its counts are read at each coordinate's threshold among its cut points (graph.threshold_counts).
+        if "cut_points" in group and not (group["cut_points"][:] == group["thresholds"][:][:, None]).any(axis=1).all():
+            raise io.InputError(f"{group.store_path}: its thresholds are not among its cut points; the fit has been "
+                                "altered since dist_relu wrote it")
     first = groups[0]
     for group in groups[1:]:
         settings, first_settings = additive_settings(group), additive_settings(first)

@@ -1,5 +1,7 @@
 """Polychoric correlations: tables from cumulative counts, and ρ by maximum likelihood of a pair's table."""
 
+import shutil
+
 import numpy as np
 import pytest
 from scipy import special, stats
@@ -299,6 +301,18 @@ def test_updates_and_merges_with_cut_points_count_exactly_what_one_fit_of_all_th
     with pytest.raises(dist_relu.io.InputError, match="different"):
         dist_relu.merge_fits([str(first), str(other)], str(tmp_path / "refused.zarr"))
     assert not (tmp_path / "refused.zarr").exists()
+    # A fit whose thresholds are no longer among its cut points would give counts at other points: refused.
+    damaged = tmp_path / "damaged.zarr"
+    shutil.copytree(first, damaged)
+    cut_points = zarr.open_array(str(damaged), path="cut_points", mode="r+")
+    cut_points[...] = cut_points[...] + 1e-3
+    before = conftest_digest(damaged)
+    for attempt in (lambda out: dist_relu.merge_fits([str(damaged), str(second)], out),
+                    lambda out: dist_relu.fit_to_zarr(x[half:], out, update=str(damaged))):
+        with pytest.raises(dist_relu.io.InputError, match="not among its cut points"):
+            attempt(str(tmp_path / "refused.zarr"))
+        assert not (tmp_path / "refused.zarr").exists()
+    assert conftest_digest(damaged) == before
 
 
 def conftest_digest(root):
